@@ -1,0 +1,17 @@
+"""mi_massive: find, explain and visualise massive activations (Sun, Chen, Kolter, Liu 2024).
+
+    >>> from mi_massive import load_model, find_massive_activations
+    >>> model = load_model()                                    # doctest: +SKIP
+    >>> find_massive_activations(model, "Summer is warm.")      # doctest: +SKIP
+"""
+
+from .detect import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
+from .models import load_model
+
+__all__ = [
+    "load_model",
+    "find_massive_activations",
+    "layer_profile",
+    "MassiveActivations",
+    "LayerProfile",
+]

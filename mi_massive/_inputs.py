@@ -1,0 +1,84 @@
+"""Input validation and batching shared by every analysis: strings, lists of strings or token tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+Inputs = str | Sequence[str] | Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Prompts of one length, so no padding ever enters a statistic."""
+
+    index: tuple[int, ...]  # the prompts' positions in the user's input
+    tokens: Int[Tensor, "batch pos"]
+
+
+def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> list[Int[Tensor, "pos"]]:
+    """One 1-D token tensor per prompt; raises on empty or malformed input.
+
+    `prepend_bos=None` follows the model (TransformerLens prepends BOS by default).
+    """
+    if isinstance(inputs, Tensor):
+        if inputs.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"token tensor must hold integers, not {inputs.dtype}")
+        if inputs.ndim == 1:
+            inputs = inputs[None]
+        if inputs.ndim != 2 or inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            raise ValueError(f"token tensor must be (batch, pos) with batch, pos >= 1; got shape {tuple(inputs.shape)}")
+        d_vocab = model.cfg.d_vocab
+        if int(inputs.min()) < 0 or int(inputs.max()) >= d_vocab:
+            raise ValueError(f"token ids must lie in 0..{d_vocab - 1}; got {int(inputs.min())}..{int(inputs.max())}")
+        return [row.long().cpu() for row in inputs]
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, Sequence) or isinstance(inputs, (bytes, bytearray)):
+        raise ValueError(f"inputs must be a string, a list of strings or a token tensor, not {type(inputs).__name__}")
+    if len(inputs) == 0:
+        raise ValueError("inputs is an empty list: give at least one prompt")
+    out = []
+    n_ctx = model.cfg.n_ctx
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise ValueError(f"prompt {i} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise ValueError(f"prompt {i} is empty: give some text")
+        toks = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0].cpu()
+        if len(toks) > n_ctx:
+            raise ValueError(f"prompt {i} has {len(toks)} tokens; the model's context is {n_ctx}")
+        out.append(toks)
+    return out
+
+
+def batches(prompts: list[Tensor], *, batch_size: int = 8) -> Iterator[Batch]:
+    """Group prompts of equal length into batches (longest first), keeping their indices."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    by_len: dict[int, list[int]] = {}
+    for i, toks in enumerate(prompts):
+        by_len.setdefault(len(toks), []).append(i)
+    for length in sorted(by_len, reverse=True):
+        idx = by_len[length]
+        for start in range(0, len(idx), batch_size):
+            chunk = tuple(idx[start : start + batch_size])
+            yield Batch(chunk, torch.stack([prompts[i] for i in chunk]))
+
+
+def str_tokens(model: Any, toks: Tensor) -> tuple[str, ...]:
+    return tuple(model.tokenizer.convert_ids_to_tokens(toks.tolist()))
+
+
+def check_index(kind: str, value: int, size: int) -> int:
+    """Validate a layer/pos/dim/head/neuron index (negative counts from the end)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{kind} must be an int, not {type(value).__name__}")
+    if not -size <= value < size:
+        raise ValueError(f"{kind} {value} out of range: valid {kind}s are 0..{size - 1}")
+    return value % size

@@ -1,0 +1,264 @@
+"""Detection: residual-stream entries with |x| > threshold and |x| >= ratio x the layer's median |x|.
+
+The paper's rule (Sun et al. 2024, Sec. 2), applied to every block output (``hook_resid_post``) of every
+prompt. Statistics are computed inside the hooks, batch by batch: no activation cache is ever kept, so a
+scan over thousands of prompts costs about one forward pass each.
+
+    >>> from mi_massive import load_model, find_massive_activations
+    >>> model = load_model("smollm2-135m")                       # doctest: +SKIP
+    >>> find_massive_activations(model, "Summer is warm.")        # doctest: +SKIP
+    <MassiveActivations: 1 massive dimension (507) at 1 position ...>
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import _inputs
+from ._hooks import run_with_hooks
+from ._results import Result
+from .arch import hook
+from .models import model_name
+
+HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
+
+
+@dataclass(frozen=True, repr=False)
+class MassiveActivations(Result):
+    """Residual entries with |x| > threshold and |x| >= ratio x the layer's median |x| (per prompt)."""
+
+    prompt: Int[Tensor, "hit"]
+    layer: Int[Tensor, "hit"]
+    pos: Int[Tensor, "hit"]
+    dim: Int[Tensor, "hit"]
+    value: Float[Tensor, "hit"]
+    median: Float[Tensor, "hit"]  # the layer's median |x| for that prompt
+    str_tokens: tuple[tuple[str, ...], ...]  # per prompt
+    threshold: float
+    ratio: float
+    model_name: str
+    n_layers: int
+    d_model: int
+    nonfinite: Int[Tensor, "layer"]  # count of inf/nan entries per layer (dtype overflow)
+    hook_template: str = HOOK_TEMPLATE
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    @property
+    def dims(self) -> list[int]:
+        """Massive dimensions, most massive first."""
+        df = self.to_dataframe()
+        if df.empty:
+            return []
+        return [int(d) for d in df.assign(a=df.value.abs()).groupby("dim").a.max().sort_values(ascending=False).index]
+
+    def positions(self, prompt: int = 0) -> list[int]:
+        """Token positions holding a massive activation in `prompt`."""
+        return sorted({int(p) for p in self.pos[self.prompt == prompt]})
+
+    @property
+    def first_layer(self) -> int | None:
+        return int(self.layer.min()) if len(self) else None
+
+    def sites(self) -> pd.DataFrame:
+        """One row per (prompt, pos, dim): where it first and last appears, its peak value."""
+        df = self.to_dataframe()
+        if df.empty:
+            return pd.DataFrame(columns=["prompt", "pos", "token", "dim", "first_layer", "last_layer", "peak"])
+        g = df.groupby(["prompt", "pos", "token", "dim"], sort=True)
+        return g.agg(
+            first_layer=("layer", "min"), last_layer=("layer", "max"),
+            peak=("value", lambda v: v.iloc[v.abs().argmax()]),
+        ).reset_index()
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per (prompt, layer, pos, dim)."""
+        toks = [self.str_tokens[p][q] for p, q in zip(self.prompt.tolist(), self.pos.tolist())]
+        return pd.DataFrame(
+            {
+                "prompt": self.prompt.numpy(), "layer": self.layer.numpy(), "pos": self.pos.numpy(),
+                "token": toks, "dim": self.dim.numpy(), "value": self.value.numpy(),
+                "ratio": (self.value.abs() / self.median).numpy(),
+            },
+            columns=["prompt", "layer", "pos", "token", "dim", "value", "ratio"],
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """One row per massive dimension: first and last layer, positions and tokens, magnitude range."""
+        df = self.to_dataframe()
+        cols = ["dim", "first_layer", "last_layer", "positions", "tokens", "min_abs", "max_abs", "n_prompts", "n_hits"]
+        if df.empty:
+            return pd.DataFrame(columns=cols)
+        rows = []
+        for dim, g in df.groupby("dim"):
+            rows.append({
+                "dim": int(dim), "first_layer": int(g.layer.min()), "last_layer": int(g.layer.max()),
+                "positions": sorted(set(g.pos.tolist())), "tokens": sorted(set(g.token.tolist())),
+                "min_abs": float(g.value.abs().min()), "max_abs": float(g.value.abs().max()),
+                "n_prompts": int(g.prompt.nunique()), "n_hits": len(g),
+            })
+        return pd.DataFrame(rows, columns=cols).sort_values("max_abs", ascending=False).reset_index(drop=True)
+
+    def sentence(self) -> str:
+        if not len(self):
+            return (f"no massive activations in {self.model_name} over {len(self.str_tokens)} prompt(s) "
+                    f"(|x| > {self.threshold:g} and >= {self.ratio:g}x median)")
+        s = self.summary()
+        dims = ", ".join(str(d) for d in s.dim[:5]) + ("..." if len(s) > 5 else "")
+        npos = len(self.sites()[["prompt", "pos"]].drop_duplicates())
+        return (f"{len(s)} massive dimension(s) ({dims}) at {npos} (prompt, position) site(s) in {self.model_name}, "
+                f"layers {self.first_layer}..{int(self.layer.max())}, up to |x| = {s.max_abs.max():.4g}")
+
+
+@dataclass(frozen=True, repr=False)
+class LayerProfile(Result):
+    """Top-k |x| and median |x| of each layer's residual stream, averaged over prompts (paper Fig. 2)."""
+
+    top: Float[Tensor, "layer k"]
+    median: Float[Tensor, "layer"]
+    n_prompts: int
+    model_name: str
+    hook_template: str = HOOK_TEMPLATE
+
+    @property
+    def k(self) -> int:
+        return self.top.shape[1]
+
+    @property
+    def jump_layer(self) -> int:
+        """The layer whose top-1 magnitude rises most over the previous layer's (where massive values appear)."""
+        top1 = self.top[:, 0].clamp(min=1e-6)
+        return int((top1[1:] / top1[:-1]).argmax()) + 1 if len(top1) > 1 else 0
+
+    def to_dataframe(self) -> pd.DataFrame:
+        df = pd.DataFrame({"layer": range(len(self.median))})
+        for i in range(self.k):
+            df[f"top{i + 1}"] = self.top[:, i].numpy()
+        df["median"] = self.median.numpy()
+        return df
+
+    def sentence(self) -> str:
+        i = int(self.top[:, 0].argmax())
+        return (f"{self.model_name}, {self.n_prompts} prompt(s): top-1 |x| peaks at {float(self.top[i, 0]):.4g} in "
+                f"layer {i} (median {float(self.median[i]):.3g}); largest jump at layer {self.jump_layer}")
+
+
+def _check_rule(threshold: float, ratio: float) -> None:
+    for name, v in (("threshold", threshold), ("ratio", ratio)):
+        if not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+
+
+def _progress(total: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total > 8))
+
+
+def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
+          progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
+    """One forward pass per batch; detection and layer profile computed inside the hooks."""
+    n_layers, name = model.cfg.n_layers, model_name(model)
+    hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
+    top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
+    med_sum = torch.zeros(n_layers, dtype=torch.float64)
+    nonfinite = torch.zeros(n_layers, dtype=torch.long)
+    bar = _progress(len(prompts), progress, "scanning")
+    for batch in _inputs.batches(prompts, batch_size=batch_size):
+        index = torch.tensor(batch.index)
+
+        def stats(layer: int):
+            def fn(x: Tensor, hook: Any) -> None:
+                a = x.detach().abs().float()  # (batch, pos, d_model)
+                flat = a.flatten(1)  # (batch, pos * d_model)
+                nonfinite[layer] += int((~torch.isfinite(flat)).sum())
+                med = flat.nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
+                kk = min(k, flat.shape[1])
+                top_sum[layer, :kk] += flat.topk(kk, dim=1).values.double().sum(0).cpu()
+                med_sum[layer] += med.double().sum().cpu()
+                mask = (a > threshold) & (a >= ratio * med[:, None, None])
+                b, p, d = mask.nonzero(as_tuple=True)
+                if len(b):
+                    rows = torch.stack([
+                        index[b.cpu()].double(), torch.full_like(b, layer).double().cpu(), p.double().cpu(),
+                        d.double().cpu(), x[b, p, d].double().cpu(), med[b].double().cpu(),
+                    ], 1)
+                    hits.append(rows)
+            return fn
+
+        run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)])
+        bar.update(len(batch.index))
+    bar.close()
+    rows = torch.cat(hits) if hits else torch.zeros(0, 6, dtype=torch.float64)
+    rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
+    if nonfinite.any():
+        bad = [int(l) for l in nonfinite.nonzero().flatten()]
+        warnings.warn(
+            f"{int(nonfinite.sum())} non-finite residual entries in layers {bad[:8]}: the activations overflow "
+            f"{model.cfg.dtype}. Massive values are reported as inf; load the model with dtype=torch.float32 "
+            "(or bfloat16) to measure them.", RuntimeWarning, stacklevel=3,
+        )
+    str_toks = tuple(_inputs.str_tokens(model, t) for t in prompts)
+    found = MassiveActivations(
+        prompt=rows[:, 0].long(), layer=rows[:, 1].long(), pos=rows[:, 2].long(), dim=rows[:, 3].long(),
+        value=rows[:, 4].float(), median=rows[:, 5].float(), str_tokens=str_toks, threshold=float(threshold),
+        ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=model.cfg.d_model, nonfinite=nonfinite,
+    )
+    n = len(prompts)
+    profile = LayerProfile(top=(top_sum / n).float(), median=(med_sum / n).float(), n_prompts=n, model_name=name)
+    return found, profile
+
+
+def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio: float = 1000.0, k: int = 3,
+         batch_size: int = 8, prepend_bos: bool | None = None,
+         progress: bool | None = None) -> tuple[MassiveActivations, LayerProfile]:
+    """Detection and layer profile from the same forward passes (what the CLI and benchmarks use)."""
+    _check_rule(threshold, ratio)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
+    return _scan(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size, progress=progress)
+
+
+def find_massive_activations(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    batch_size: int = 8,
+    prepend_bos: bool | None = None,
+    progress: bool | None = None,
+) -> MassiveActivations:
+    """Every residual entry (block outputs) with |x| > threshold and |x| >= ratio x its layer's median |x|.
+
+    `inputs` is a string, a list of strings or a (batch, pos) token tensor; `prepend_bos=None` follows the
+    model (BOS prepended). Raising `threshold` or `ratio` can only remove hits.
+
+        >>> acts = find_massive_activations(model, ["Summer is warm.", "Winter is cold."])   # doctest: +SKIP
+        >>> acts.summary()                                                                    # doctest: +SKIP
+    """
+    return scan(model, inputs, threshold=threshold, ratio=ratio, batch_size=batch_size, prepend_bos=prepend_bos,
+                progress=progress)[0]
+
+
+def layer_profile(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    k: int = 3,
+    batch_size: int = 8,
+    prepend_bos: bool | None = None,
+    progress: bool | None = None,
+) -> LayerProfile:
+    """Top-k |x| and median |x| per layer, averaged over prompts (the data of the paper's Fig. 2)."""
+    return scan(model, inputs, k=k, batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)[1]

@@ -1,0 +1,122 @@
+"""Detection by the paper's rule: real models (smollm2, gemma3) and tiny planted/random models."""
+
+import pytest
+import torch
+
+from mi_massive import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
+from mi_massive.detect import scan
+
+
+# --- tiny models --------------------------------------------------------------------------------------------
+
+def test_planted_activation_found_exactly(tiny_llama):
+    plant = tiny_llama.mi_massive_plant
+    acts = find_massive_activations(tiny_llama, ["hello world", "abc def"])
+    df = acts.to_dataframe()
+    assert set(df.dim) == {plant.dim}
+    assert set(df.pos) == {0}
+    assert df.layer.min() == plant.layer  # appears at the writing block, not before
+    assert set(df.prompt) == {0, 1}
+    assert list(df.columns) == ["prompt", "layer", "pos", "token", "dim", "value", "ratio"]
+    assert (df.value.abs() > 100).all() and (df.ratio >= 1000).all()
+    assert set(df.token) == {"<bos>"}
+
+
+def test_random_model_finds_nothing(tiny_random):
+    acts = find_massive_activations(tiny_random, ["hello world", "abc def"])
+    assert len(acts) == 0
+    assert acts.to_dataframe().empty and acts.summary().empty
+    assert "no massive activations" in repr(acts)
+
+
+def test_raising_threshold_or_ratio_removes_hits(tiny_llama):
+    base = find_massive_activations(tiny_llama, "hello world")
+    peak = float(base.value.abs().max())
+    assert len(base) > 0
+    assert len(find_massive_activations(tiny_llama, "hello world", threshold=peak + 1)) == 0
+    worst_ratio = float(base.to_dataframe().ratio.max())
+    assert len(find_massive_activations(tiny_llama, "hello world", ratio=worst_ratio * 1.01)) == 0
+    # monotone: a stricter rule gives a subset
+    mid = find_massive_activations(tiny_llama, "hello world", ratio=float(base.to_dataframe().ratio.median()))
+    assert 0 < len(mid) <= len(base)
+
+
+def test_token_tensor_and_batching_agree(tiny_llama):
+    texts = ["hello world", "abc def", "a much longer prompt here"]
+    a = find_massive_activations(tiny_llama, texts, batch_size=1).to_dataframe()
+    b = find_massive_activations(tiny_llama, texts, batch_size=8).to_dataframe()
+    assert a.equals(b)
+    toks = tiny_llama.to_tokens("hello world")
+    c = find_massive_activations(tiny_llama, toks).to_dataframe()
+    assert c.drop(columns="prompt").equals(a[a.prompt == 0].drop(columns="prompt").reset_index(drop=True))
+
+
+def test_profile_matches_detection(tiny_llama):
+    found, profile = scan(tiny_llama, "hello world", k=2)
+    assert isinstance(profile, LayerProfile) and profile.top.shape == (4, 2)
+    assert list(profile.to_dataframe().columns) == ["layer", "top1", "top2", "median"]
+    assert profile.jump_layer == tiny_llama.mi_massive_plant.layer
+    at_writer = found.value[found.layer == 1].abs().max()
+    assert torch.isclose(profile.top[1, 0], at_writer, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("", "empty"), ("   ", "empty"), ([], "empty list"), (["ok", ""], "prompt 1 is empty"),
+    (torch.zeros(0, 3, dtype=torch.long), "shape"), (torch.ones(1, 3), "integers"), (42, "string"),
+])
+def test_bad_inputs(tiny_llama, bad, match):
+    with pytest.raises(ValueError, match=match):
+        find_massive_activations(tiny_llama, bad)
+
+
+@pytest.mark.parametrize("kw", [{"threshold": -1.0}, {"ratio": -5.0}, {"threshold": float("nan")}])
+def test_negative_rule(tiny_llama, kw):
+    with pytest.raises(ValueError, match="non-negative"):
+        find_massive_activations(tiny_llama, "hello", **kw)
+
+
+def test_save_load_roundtrip(tiny_llama, tmp_path):
+    acts = find_massive_activations(tiny_llama, "hello world")
+    acts.save(tmp_path / "a.pt")
+    back = MassiveActivations.load(tmp_path / "a.pt")
+    assert back.to_dataframe().equals(acts.to_dataframe()) and repr(back) == repr(acts)
+
+
+# --- real models -------------------------------------------------------------------------------------------
+
+@pytest.mark.real
+def test_smollm2_dim507_at_first_token(smollm2, prompts):
+    for bos in (True, False):
+        acts = find_massive_activations(smollm2, prompts, prepend_bos=bos)
+        s = acts.summary().set_index("dim")
+        assert 507 in s.index, s
+        row = s.loc[507]
+        assert row.positions == [0]
+        assert row.n_prompts == len(prompts)
+        assert row.max_abs > 10_000
+        assert 8 <= row.first_layer <= 14 and row.last_layer >= 25  # appears mid-network, lasts to the end
+        df = acts.to_dataframe()
+        assert (df[df.dim == 507].ratio > 1000).all()
+    assert acts.dims[0] == 507
+
+
+@pytest.mark.real
+def test_smollm2_profile_jump_and_decline(smollm2, prompts):
+    p = layer_profile(smollm2, prompts)
+    top1 = p.top[:, 0]
+    j = p.jump_layer
+    assert top1[j] > 20 * top1[j - 1]  # abrupt appearance
+    assert top1[j] > 10_000
+    assert top1[-1] < 0.5 * top1[j:].max()  # decline in the last blocks
+    assert (p.median < 100).all()
+
+
+@pytest.mark.real
+def test_gemma3_massive_at_bos(gemma3, prompts):
+    acts = find_massive_activations(gemma3, prompts)
+    sites = acts.sites()
+    assert len(acts) > 0
+    assert (sites.pos == 0).any()
+    peak = sites[sites.pos == 0].peak.abs().max()
+    assert peak > 50_000
+    assert acts.nonfinite.sum() == 0
