@@ -7,6 +7,8 @@
 
 from .detect import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
 from .models import load_model
+from .report import write_report
+from .viz import explore
 
 __all__ = [
     "load_model",
@@ -14,4 +16,6 @@ __all__ = [
     "layer_profile",
     "MassiveActivations",
     "LayerProfile",
+    "explore",
+    "write_report",
 ]

@@ -1,0 +1,141 @@
+"""`write_report`: one self-contained HTML file with every finding for a model, readable offline.
+
+plotly.js and circuitsvis's bundled JS are inlined once in the page head; every view after that is a div and a
+small script, so the file opens without a network (`mi-massive report smollm2-135m -o report.html`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .viz._html import STYLE, View, scripts, text
+
+
+@dataclass
+class _Context:
+    """What the sections share: the model, the prompts, detection and profile, and the layer to look at."""
+
+    model: Any
+    prompts: list[str]
+    found: Any
+    profile: Any
+    layer: int
+
+
+def _detection(ctx: _Context) -> list[Any]:
+    return [ctx.found.show()]
+
+
+def _profile(ctx: _Context) -> list[Any]:
+    return [text(ctx.profile.sentence()), ctx.profile.show()]
+
+
+def _magnitudes(ctx: _Context) -> list[Any]:
+    from .viz import magnitudes_3d
+
+    return [text(f"Prompt 0, block {ctx.layer}: drag to rotate; hover for token, dim and |x|."),
+            magnitudes_3d(ctx.model, ctx.prompts[0], ctx.layer)]
+
+
+def _attention(ctx: _Context) -> list[Any]:
+    from .viz import attention_patterns
+
+    return [attention_patterns(ctx.model, ctx.prompts[0], ctx.layer)]
+
+
+# (anchor, title, section): each section returns views (View, plotly Figure or HTML strings), in page order.
+SECTIONS: list[tuple[str, str, Callable[[_Context], list[Any]]]] = [
+    ("detection", "Massive activations", _detection),
+    ("profile", "Layer profile (Fig. 2)", _profile),
+    ("magnitudes", "Magnitudes of one layer (Fig. 1)", _magnitudes),
+    ("attention", "Attention patterns and sink tokens", _attention),
+]
+
+
+def _focus_layer(found: Any, profile: Any, n_layers: int) -> int:
+    """The block after the first one holding a massive activation: its attention already sees them."""
+    first = found.first_layer if found.first_layer is not None else profile.jump_layer
+    return min(first + 1, n_layers - 1)
+
+
+def _page(title: str, header: str, sections: list[tuple[str, str, list[Any]]]) -> str:
+    import plotly.graph_objects as go
+
+    views = [View((v,)) if isinstance(v, go.Figure) else v for _, _, vs in sections for v in vs]
+    needs = set().union(*(v.needs() for v in views if isinstance(v, View)))
+    toc = " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
+    body = []
+    for anchor, name, vs in sections:
+        parts = [v.body() if isinstance(v, View) else View((v,)).body() for v in vs]
+        body.append(f'<section id="{anchor}" class="mi-section"><h2>{html.escape(name)}</h2>{"".join(parts)}</section>')
+    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{STYLE}'
+            '<style>body{max-width:1300px;margin:auto;padding:0 16px;font-family:system-ui,sans-serif}'
+            "section.mi-section{border-top:1px solid #ddd;padding:8px 0}</style>\n"
+            f"{scripts(needs)}</head>\n<body><h1>{html.escape(title)}</h1>{header}<nav>{toc}</nav>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(model: Any, path: str | Path, *, prompts: Sequence[str] | None = None, layer: int | None = None,
+                 progress: bool | None = None) -> Path:
+    """Write one self-contained HTML report of `model`'s massive activations (works offline); returns the path.
+
+        >>> write_report(load_model("smollm2-135m"), "report.html")   # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from importlib.metadata import version
+
+    from . import _inputs
+    from .cli import DEFAULT_PROMPTS
+    from .detect import scan
+    from .models import model_name
+
+    path = Path(path)
+    if not path.parent.exists() or path.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: {'it is a directory' if path.is_dir() else 'no such directory'}")
+    prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
+    _inputs.tokenize(model, prompts)  # validates before the long work
+    if layer is not None:
+        layer = _inputs.check_index("layer", layer, model.cfg.n_layers)
+    found, profile = scan(model, prompts, progress=progress)
+    ctx = _Context(model, prompts, found, profile,
+                   layer if layer is not None else _focus_layer(found, profile, model.cfg.n_layers))
+    done = []
+    for anchor, name, section in tqdm(SECTIONS, desc="report", disable=progress is False):
+        done.append((anchor, name, section(ctx)))
+    cfg = model.cfg
+    header = text(f"{model_name(model)}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads; "
+                  f"{len(prompts)} prompt(s); mi_massive {version('mi_massive')}; "
+                  f"{_dt.datetime.now().isoformat(timespec='minutes')}")
+    header += "<ol class='mi-caption'>" + "".join(f"<li>{html.escape(p)}</li>" for p in prompts) + "</ol>"
+    path.write_text(_page(f"Massive activations in {model_name(model)}", header, done), encoding="utf-8")
+    return path
+
+
+def _report(args: Any) -> int:
+    from .cli import load_from_args, prompts_from_args
+
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise ValueError(f"cannot write {str(out)!r}: no such directory {str(out.parent)!r}")
+    model = load_from_args(args)
+    write_report(model, out, prompts=prompts_from_args(args), layer=args.layer, progress=True)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def add_report_command(sub: Any) -> None:
+    from .cli import add_model_argument, add_prompt_arguments
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of every finding (works offline)")
+    add_model_argument(p)
+    add_prompt_arguments(p)
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="block shown in the 3-D and attention views (default: the one after massive values appear)")
+    p.set_defaults(func=_report)
