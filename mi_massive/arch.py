@@ -33,7 +33,7 @@ FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("mistral", ("mistral",), gated_mlp=True, norm="rms", grouped_query=True),
     FamilySpec("qwen2", ("qwen2",), gated_mlp=True, norm="rms", grouped_query=True),
     FamilySpec(
-        "gemma3", ("gemma3_text", "gemma3"), gated_mlp=True, norm="rms", post_sublayer_norm=True,
+        "gemma3", ("gemma3_text",), gated_mlp=True, norm="rms", post_sublayer_norm=True,
         needs_bos=True, grouped_query=True,
     ),
     FamilySpec("gpt_neox", ("gpt_neox",), gated_mlp=False, norm="layernorm", parallel_attn_mlp=True),

@@ -47,14 +47,36 @@ def char_tokenizer():
 
 VOCAB = 99  # len(char_tokenizer())
 
-# Tiny Hugging Face configs per family: 4 blocks, d_model 64, 4 heads (2 KV heads where the family has GQA).
+# Tiny Hugging Face configs, one per family in `arch.FAMILIES`: 4 blocks, d_model 64, 4 heads of 16 dims
+# (2 KV heads where the family has GQA), d_mlp 128, context 256. `architectures` picks the bridge's adapter.
 _COMMON = dict(vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_DECODER = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=256,
+    tie_word_embeddings=False, **_COMMON,
+)
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama": ("LlamaConfig", dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, tie_word_embeddings=False, **_COMMON,
+    "gpt2": ("GPT2Config", dict(
+        n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256, tie_word_embeddings=False,
+        architectures=["GPT2LMHeadModel"], **_COMMON,
+    )),
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2, architectures=["LlamaForCausalLM"], **_DECODER)),
+    "mistral": ("MistralConfig", dict(
+        num_key_value_heads=2, sliding_window=None, architectures=["MistralForCausalLM"], **_DECODER,
+    )),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, architectures=["Qwen2ForCausalLM"], **_DECODER)),
+    "gemma3": ("Gemma3TextConfig", dict(  # local (sliding) layers and one global layer, like the real model
+        num_key_value_heads=2, head_dim=16, sliding_window=64,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        architectures=["Gemma3ForCausalLM"], **_DECODER,
+    )),
+    "gpt_neox": ("GPTNeoXConfig", dict(  # Pythia: parallel attention and MLP, partial rotary
+        use_parallel_residual=True, rotary_pct=0.25, architectures=["GPTNeoXForCausalLM"], **_DECODER,
     )),
 }
+
+# Default planted magnitude: 1000, or more where the residual median is larger (Gemma 3 renormalises every
+# sublayer output to unit RMS, so its tiny residual has median |x| ~ 1.5 and the paper's 1000x ratio needs more).
+_MAGNITUDE = {"gemma3": 10000.0}
 
 
 def tiny_hf_model(family: str = "llama", *, seed: int = 0):
@@ -70,35 +92,79 @@ def tiny_hf_model(family: str = "llama", *, seed: int = 0):
     return model.eval()
 
 
+def _at_bos(model: Any, name: str, index: int) -> float:
+    """The activation `name`[..., index] at a lone BOS token (position 0 never sees later tokens)."""
+    from ._hooks import capture
+
+    _, cache = capture(model, torch.tensor([[model.tokenizer.bos_token_id]]), [name])
+    return float(cache[name].flatten(0, -2)[0, index])
+
+
+def _calibrate(model: Any, weight: torch.Tensor, where: tuple[int, ...], name: str, index: int, target: float) -> None:
+    """Set weight[where] so that activation `name`[index] at BOS equals `target`; it must be affine in it."""
+    w0 = float(weight[where])
+    y0 = _at_bos(model, name, index)
+    weight[where] = w0 + 1.0
+    slope = _at_bos(model, name, index) - y0
+    if abs(slope) < 1e-6:
+        weight[where] = w0
+        raise RuntimeError(f"cannot plant: {name}[{index}] does not respond to the planted weight")
+    weight[where] = w0 + (target - y0) / slope
+
+
 @torch.no_grad()
 def plant_massive_activation(model: Any, plant: Plant, *, seed: int = 0) -> None:
-    """Make `plant.neuron` of block `plant.layer` fire only on BOS and write ~magnitude into `plant.dim`.
+    """Make `plant.neuron` of block `plant.layer` fire only on BOS and write `magnitude` into `plant.dim`.
 
-    Works through the bridge's weight views (W_E, W_in, W_gate, W_out), so it edits the model in place.
+    Works through the bridge's weight views (W_E, W_pos, W_in, W_gate, W_out), so it edits the model in
+    place, for every family: the written value is calibrated by forward passes on a lone BOS, so embedding
+    scales, LayerNorm and biases need no special case. Where the family normalises the MLP output before
+    the residual add (Gemma 3's post-MLP RMSNorm), the massive value gets through that norm the way it does
+    in the real model: by a large norm weight at the massive dimension.
     """
+    from .arch import hook, spec
+
+    fam = spec(model)
+    for kind, value, size in (("layer", plant.layer, model.cfg.n_layers), ("neuron", plant.neuron, model.cfg.d_mlp),
+                              ("dim", plant.dim, model.cfg.d_model)):
+        if not 0 <= value < size:
+            raise ValueError(f"plant {kind} {value} out of range: valid {kind}s are 0..{size - 1}")
     gen = torch.Generator().manual_seed(seed + 1)
     d_model = model.cfg.d_model
     u = torch.randn(d_model, generator=gen)
     u = u - u.mean()  # zero-mean, so LayerNorm keeps the direction
     u = u / u.norm()
     bos = model.tokenizer.bos_token_id
-    W_E = model.W_E  # (d_vocab, d_model) view of the embedding
-    W_E -= (W_E @ u)[:, None] * u[None]  # no ordinary token points along u
+    # Only BOS ever points along u before the planted neuron reads it: remove u from every other writer
+    # into the residual stream up to that block (norms with unit weights keep a vector orthogonal to u).
+    writers = [model.W_E]  # (d_vocab, d_model) view of the embedding
+    if model.cfg.positional_embedding_type == "standard":  # learned absolute positions (GPT-2)
+        writers.append(model.W_pos)  # (n_ctx, d_model)
+    for layer in range(plant.layer + 1):
+        attn, mlp = model.blocks[layer].attn, model.blocks[layer].mlp
+        writers += [attn.W_O, mlp.W_out] + [b for b in (attn.b_O, mlp.b_out) if b is not None]
+    for w in writers:
+        w -= (w @ u)[..., None] * u
+    W_E = model.W_E
     W_E[bos] = u * W_E.norm(dim=1).mean() * 4  # BOS points along u
-    if hasattr(model, "W_pos") and getattr(model.cfg, "positional_embedding_type", "") == "standard":
-        W_pos = model.W_pos
-        W_pos -= (W_pos @ u)[:, None] * u[None]
     mlp = model.blocks[plant.layer].mlp
-    c = 2.0
+    mlp.W_out[:, plant.dim] = 0.0  # only the planted neuron writes into plant.dim in its block
+    c = 2.0  # at BOS the normalised MLP input is ~ sqrt(d_model) * u, so the neuron's pre-activation is ~ c sqrt(d)
     mlp.W_in[:, plant.neuron] = c * u  # (d_model, d_mlp)
-    gate = getattr(mlp, "W_gate", None) if model.cfg.gated_mlp else None
-    if gate is not None:
-        gate[:, plant.neuron] = c * u
-    # At BOS the normalised input is ~ sqrt(d_model) * u, so the neuron's activation is ~ act(c sqrt(d)).
-    x = torch.tensor(c * d_model**0.5)
-    act = x * torch.sigmoid(x) * x if gate is not None else x  # silu(gate) * up, or ~gelu(x) = x for large x
-    mlp.W_out[plant.neuron, :] = 0.0
-    mlp.W_out[plant.neuron, plant.dim] = plant.magnitude / float(act)
+    if fam.gated_mlp:
+        mlp.W_gate[:, plant.neuron] = c * u
+    if getattr(mlp, "b_in", None) is not None:
+        mlp.b_in[plant.neuron] = 0.0
+    mlp.W_out[plant.neuron, :] = 0.0  # (d_mlp, d_model): the neuron writes only into plant.dim
+    act = _at_bos(model, hook.mlp_post(plant.layer), plant.neuron)
+    if act <= 0:
+        raise RuntimeError(f"cannot plant: neuron {plant.neuron} of layer {plant.layer} does not fire on BOS ({act:.3g})")
+    mlp.W_out[plant.neuron, plant.dim] = plant.magnitude / act
+    if fam.post_sublayer_norm:  # the MLP output is renormalised: its weight at `dim` sets the written value
+        post = model.blocks[plant.layer].ln2_post.w  # (d_model,) view of the post-MLP norm weight
+        _calibrate(model, post, (plant.dim,), hook.mlp_out(plant.layer), plant.dim, plant.magnitude)
+    else:
+        _calibrate(model, mlp.W_out, (plant.neuron, plant.dim), hook.mlp_out(plant.layer), plant.dim, plant.magnitude)
 
 
 def tiny_model(
@@ -106,11 +172,13 @@ def tiny_model(
     *,
     plant: Plant | None | bool = True,
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ):
     """A tiny bridge-wrapped model of `family`; with a planted massive activation unless plant=False.
 
-    The default plant is Plant(layer=1, neuron=7, dim=5, magnitude=1000.0); it is stored on the model as
-    `model.mi_massive_plant` (None when nothing is planted).
+    The default plant is Plant(layer=1, neuron=7, dim=5, magnitude=1000.0) (10000.0 for gemma3); it is stored as
+    `model.mi_massive_plant` (None when nothing is planted). BOS is prepended for every family. The plant is calibrated in float32, then the
+    model is cast to `dtype` (float16 overflows a planted magnitude above 65504, as real models do).
     """
     from .models import load_model
 
@@ -118,9 +186,12 @@ def tiny_model(
     hf_model.config._name_or_path = f"tiny-{family}"
     model = load_model(hf_model, tokenizer=char_tokenizer())
     model._mi_massive_name = f"tiny-{family}" + ("" if plant else "-random")
+    model.cfg.default_prepend_bos = True  # the char tokenizer has a BOS for every family (Qwen2/Pythia's lack one)
     if plant is True:
-        plant = Plant(layer=1, neuron=7, dim=5, magnitude=1000.0)
+        plant = Plant(layer=1, neuron=7, dim=5, magnitude=_MAGNITUDE.get(family, 1000.0))
     if plant:
         plant_massive_activation(model, plant, seed=seed)
+    if dtype != torch.float32:
+        model.to(dtype)
     model.mi_massive_plant = plant or None
     return model
