@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -50,6 +51,12 @@ def scripts(needs: set[str]) -> str:
     if "circuitsvis" in needs:
         out.append(f'<script type="text/javascript">{circuitsvis_js()}</script>')
     return "\n".join(out)
+
+
+def pretty(tokens: Sequence[str]) -> list[str]:
+    """Byte-level BPE / SentencePiece markers as the characters they stand for (\u0120 and \u2581 are spaces)."""
+    table = str.maketrans({"\u0120": " ", "\u2581": " ", "\u010a": "\n", "\u0109": "\t"})
+    return [t.translate(table) for t in tokens]
 
 
 def _uid(prefix: str) -> str:

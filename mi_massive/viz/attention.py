@@ -8,14 +8,14 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from ._html import Circuits, View, text
+from ._html import Circuits, View, pretty, text
 
 SINK_MARK = "*"
 
 
 def mark(str_tokens: Sequence[str], sinks: Sequence[int]) -> list[str]:
     """Token labels with the sink tokens starred."""
-    return [f"{SINK_MARK}{t}{SINK_MARK}" if i in set(sinks) else t for i, t in enumerate(str_tokens)]
+    return [f"{SINK_MARK}{t}{SINK_MARK}" if i in set(sinks) else t for i, t in enumerate(pretty(str_tokens))]
 
 
 def attention_view(pattern: Float[Tensor, "head query_pos key_pos"], str_tokens: Sequence[str], sinks: Sequence[int],

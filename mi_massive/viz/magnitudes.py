@@ -14,6 +14,9 @@ def magnitudes_figure(resid: Float[Tensor, "pos d_model"], str_tokens: Sequence[
     """Surface of |x| with tokens along one axis and residual dims along the other (paper Fig. 1)."""
     import plotly.graph_objects as go
 
+    from ._html import pretty
+
+    str_tokens = pretty(str_tokens)
     mag = resid.detach().abs().float().cpu()  # (pos, d_model)
     labels = [f"{i}: {t}" for i, t in enumerate(str_tokens)]
     peak = int(mag.argmax())

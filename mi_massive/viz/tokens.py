@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from ._html import Circuits, View, text
+from ._html import Circuits, View, pretty, text
 
 
 def colored_tokens(str_tokens: Sequence[str], values: Sequence[float], *, max_value: float | None = None) -> Circuits:
     """circuitsvis `colored_tokens`: one token per box, shaded by its value."""
     values = [float(v) for v in values]
-    return Circuits("ColoredTokens", {"tokens": list(str_tokens), "values": values, "minValue": 0.0,
+    return Circuits("ColoredTokens", {"tokens": pretty(str_tokens), "values": values, "minValue": 0.0,
                                       "maxValue": max_value or max(max(values), 1e-9)})
 
 

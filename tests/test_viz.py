@@ -1,0 +1,150 @@
+"""Every result shows itself; the explorer reacts to its controls (driven through ipywidgets' Python API)."""
+
+import re
+
+import pytest
+import torch
+
+from mi_massive import explore, find_massive_activations, viz
+from mi_massive.detect import scan
+from mi_massive.viz._html import View
+
+
+def _scan(model):
+    return scan(model, ["hello world", "abc def"])
+
+
+# One way to build each registered result type on the tiny planted model; a view without a factory fails.
+FACTORIES = {
+    "MassiveActivations": lambda m: _scan(m)[0],
+    "LayerProfile": lambda m: _scan(m)[1],
+}
+
+
+def _assert_displayable(view):
+    import plotly.graph_objects as go
+
+    if isinstance(view, go.Figure):
+        assert view.data, "empty figure"
+        assert view.to_plotly_json()["data"]
+        return
+    assert isinstance(view, View)
+    src = view._repr_html_()
+    assert "CircuitsVis.render(" in src or "Plotly.newPlot(" in src or "<table" in src
+    assert "unpkg.com" not in src and "cdn.plot.ly" not in src  # works offline: the JS is inlined
+
+
+def test_every_view_has_a_tested_result_type():
+    assert set(viz.VIEWS) == set(FACTORIES)
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_show_returns_displayable(kind, tiny_llama):
+    result = FACTORIES[kind](tiny_llama)
+    assert type(result).__name__ == kind
+    _assert_displayable(result.show())
+
+
+def test_show_unknown_type_names_the_known_ones():
+    with pytest.raises(TypeError, match="views exist for .*LayerProfile"):
+        viz.show(object())
+
+
+def test_profile_figure_is_fig2(tiny_llama):
+    _, profile = _scan(tiny_llama)
+    fig = profile.show()
+    assert [t.name for t in fig.data] == ["top 1", "top 2", "top 3", "median"]
+    assert fig.layout.yaxis.type == "log"
+    assert list(fig.data[0].y) == pytest.approx(profile.top[:, 0].tolist())
+    assert list(fig.data[3].y) == pytest.approx(profile.median.tolist())
+
+
+def test_massive_view_colours_the_planted_token(tiny_llama):
+    found = find_massive_activations(tiny_llama, ["hello world", "abc def"])
+    view = found.show()
+    tokens = [p for p in view.parts if getattr(p, "element", None) == "ColoredTokens"]
+    assert len(tokens) == 2
+    peak = float(found.value.abs().max())
+    for cv in tokens:  # the plant writes ~1000 at BOS (position 0) only
+        assert cv.props["values"][0] == pytest.approx(peak) and set(cv.props["values"][1:]) == {0.0}
+        assert cv.props["tokens"][0] == "<bos>"
+    assert view.meta["n_hits"] == len(found)
+
+
+def test_magnitudes_3d_is_the_layer_output(tiny_llama):
+    plant = tiny_llama.mi_massive_plant
+    fig = viz.magnitudes_3d(tiny_llama, "hello world", plant.layer)
+    z = torch.tensor(fig.data[0].z)  # (pos, d_model)
+    assert z.shape == (12, tiny_llama.cfg.d_model)
+    pos, dim = divmod(int(z.argmax()), z.shape[1])
+    assert (pos, dim) == (0, plant.dim) and float(z.max()) == pytest.approx(plant.magnitude, rel=0.05)
+    with pytest.raises(ValueError, match=r"layer 4 out of range: valid layers are 0..3"):
+        viz.magnitudes_3d(tiny_llama, "hello", 4)
+
+
+def test_attention_marks_sinks(tiny_llama):
+    view = viz.attention_patterns(tiny_llama, "hello world", 2, heads=[0, 3])
+    assert view.meta["sinks"] == [0] and view.meta["heads"] == [0, 3]
+    cv = next(p for p in view.parts if getattr(p, "element", None) == "AttentionHeads")
+    assert cv.props["tokens"][0] == "*<bos>*" and cv.props["tokens"][1] == "h"
+    pattern = torch.as_tensor(cv.props["attention"])
+    assert pattern.shape == (2, 12, 12)
+    assert view.meta["sink_share"] == pytest.approx(pattern[:, :, 0].mean(-1).tolist(), rel=1e-5)
+    with pytest.raises(ValueError, match="head 4 out of range"):
+        viz.attention_patterns(tiny_llama, "hello", 2, heads=[4])
+
+
+def _peak(fig_json):
+    return float(re.search(r"peak ([0-9.e+-]+)", fig_json["layout"]["title"]["text"]).group(1))
+
+
+def _data(out):
+    (item,) = out.outputs
+    return item["data"]
+
+
+def test_explorer_controls_drive_the_outputs(tiny_llama):
+    app = explore(tiny_llama, prompt="hello world")
+    plant = tiny_llama.mi_massive_plant
+    assert app.layer.value == plant.layer  # starts where the massive activation appears
+    assert app.layer.max == 3 and len(app.head.options) == 1 + tiny_llama.cfg.n_heads
+    fig0 = _data(app.magnitudes_out)["application/vnd.plotly.v1+json"]
+    att0, tok0 = _data(app.attention_out)["text/html"], _data(app.tokens_out)["text/html"]
+
+    app.layer.value = 0  # before the plant: no massive value
+    fig1 = _data(app.magnitudes_out)["application/vnd.plotly.v1+json"]
+    assert fig1 != fig0 and "blocks.0.hook_resid_post" in fig1["layout"]["title"]["text"]
+    assert _peak(fig1) < 10 < _peak(fig0)
+    assert _data(app.tokens_out)["text/html"] != tok0 and _data(app.attention_out)["text/html"] != att0
+
+    tok1, fig_before = _data(app.tokens_out)["text/html"], _data(app.magnitudes_out)
+    app.head.value = 2  # only the attention view follows the head picker
+    assert "L0H2" in _data(app.attention_out)["text/html"] and "L0H0" not in _data(app.attention_out)["text/html"]
+    assert _data(app.tokens_out)["text/html"] == tok1 and _data(app.magnitudes_out) == fig_before
+
+    app.prompt.value = "abc"
+    assert app.str_tokens == ("<bos>", "a", "b", "c")
+    app.layer.value = plant.layer
+    fig = _data(app.magnitudes_out)["application/vnd.plotly.v1+json"]
+    assert "token 0 ('<bos>')" in fig["layout"]["title"]["text"] and _peak(fig) > 100
+    assert app.resid.shape == (4, 4, tiny_llama.cfg.d_model)
+    assert "4 tokens" in app.status.value
+
+    kept = _data(app.magnitudes_out)
+    app.prompt.value = "   "  # invalid: one message, views kept
+    assert "prompt 0 is empty" in app.status.value and _data(app.magnitudes_out) == kept
+
+
+@pytest.mark.real
+def test_smollm2_views_show_dim_507_at_bos(smollm2):
+    fig = viz.magnitudes_3d(smollm2, "Summer is warm. Winter is cold.", 15)
+    z = torch.tensor(fig.data[0].z)
+    pos, dim = divmod(int(z.argmax()), z.shape[1])
+    assert (pos, dim) == (0, 507) and 15_000 < float(z.max()) < 40_000
+    assert float(z[1:].max()) < 2_000  # only the first token is massive
+    app = explore(smollm2)
+    assert app.layer.value == 11  # block 11 writes the massive activation
+    assert "507" in app.status.value
+    view = viz.attention_patterns(smollm2, "Summer is warm. Winter is cold.", 12)
+    assert view.meta["sinks"] == [0]
+    assert min(view.meta["sink_share"]) > 0.3  # every head of block 12 puts a large share on the BOS sink
