@@ -5,12 +5,18 @@
     >>> find_massive_activations(model, "Summer is warm.")      # doctest: +SKIP
 """
 
+from .attention import AttentionSinks, ImplicitBias, attention_sinks, implicit_bias, swap_implicit_bias
 from .detect import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
 from .models import load_model
 from .report import write_report
 from .viz import explore
 
 __all__ = [
+    "attention_sinks",
+    "implicit_bias",
+    "swap_implicit_bias",
+    "AttentionSinks",
+    "ImplicitBias",
     "load_model",
     "find_massive_activations",
     "layer_profile",

@@ -1,0 +1,363 @@
+"""Attention sinks and the implicit attention bias (Sun et al. 2024, Sec. 4, Eq. 2).
+
+Massive activations make heads put most of their attention on a few tokens (the sinks), and the value
+updates from those tokens act as a near-constant bias in every attention output:
+
+    attn_out(q) = sum_{i in C} p_qi v_i W_O  +  sum_{i not in C} p_qi v_i W_O        (C = sink tokens)
+
+`attention_sinks` measures the attention mass on C, the alpha metric and the sink keys and values;
+`implicit_bias` measures how constant the first term is and what the model loses when it is replaced by its
+mean (bias swap) or removed; `swap_implicit_bias` is the intervention as a context manager. Everything is
+computed inside hooks, one layer at a time, so no attention cache is ever kept.
+
+Queries at a sink position are excluded from every statistic over queries (position 0 can only attend to
+itself, so its "sink mass" is 1 by construction); so are queries before the first sink, which cannot see it.
+
+    >>> from mi_massive import load_model, attention_sinks, implicit_bias
+    >>> model = load_model("smollm2-135m")                                  # doctest: +SKIP
+    >>> attention_sinks(model, ["Summer is warm. Winter is cold."])          # doctest: +SKIP
+    >>> implicit_bias(model, ["Summer is warm. Winter is cold."]).swap       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import _inputs
+from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, split
+from ._hooks import hooked, run_with_hooks
+from ._results import Result
+from .models import model_name
+
+HOOKS = {"pattern": "blocks.{layer}.attn.hook_pattern", "k": "blocks.{layer}.attn.hook_k",
+         "v": "blocks.{layer}.attn.hook_v", "z": "blocks.{layer}.attn.hook_z"}
+
+
+# --- attention sinks -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, repr=False)
+class AttentionSinks(Result):
+    """Per layer and head: attention mass on the sink tokens, alpha, and the sink tokens' keys and values."""
+
+    sink_mass: Float[Tensor, "layer head"]  # mean over queries (not sinks, after the first sink) of p(query -> C)
+    alpha: Float[Tensor, "layer head"]  # mean over sink tokens k of mean_{i >= k} p(i -> k)
+    k_norm_sink: Float[Tensor, "layer kv_head"]  # mean |k| (pre-RoPE hook_k) of the sink tokens
+    k_norm_other: Float[Tensor, "layer kv_head"]
+    k_cos_sink: Float[Tensor, "layer kv_head"]  # mean cosine of sink keys to the mean key of the other tokens
+    k_cos_other: Float[Tensor, "layer kv_head"]  # mean cosine of the other tokens' keys to their mean key
+    v_norm_sink: Float[Tensor, "layer kv_head"]
+    v_norm_other: Float[Tensor, "layer kv_head"]
+    sink_positions: tuple[tuple[int, ...], ...]  # per prompt
+    first_massive_layer: int | None  # first block whose output holds a massive activation (None: positions given)
+    str_tokens: tuple[tuple[str, ...], ...]
+    epsilon: float  # alpha threshold of the sink-rate metric
+    model_name: str
+    hooks: tuple[str, ...] = tuple(HOOKS.values())
+
+    @property
+    def sink_rate(self) -> float:
+        """Share of (layer, head) pairs whose alpha exceeds epsilon (Gu et al. 2024's attention-sink metric)."""
+        return float((self.alpha > self.epsilon).float().mean())
+
+    def to_dataframe(self) -> pd.DataFrame:
+        n_layers, n_heads = self.sink_mass.shape
+        kv = torch.arange(n_heads) // (n_heads // self.k_norm_sink.shape[1])
+        layer, head = torch.meshgrid(torch.arange(n_layers), torch.arange(n_heads), indexing="ij")
+        cols = {"layer": layer, "head": head, "sink_mass": self.sink_mass, "alpha": self.alpha,
+                "kv_head": kv.expand(n_layers, -1)}
+        for name in ("k_norm_sink", "k_norm_other", "k_cos_sink", "k_cos_other", "v_norm_sink", "v_norm_other"):
+            cols[name] = getattr(self, name)[:, kv]
+        return pd.DataFrame({k: v.flatten().numpy() for k, v in cols.items()})
+
+    def by_layer(self) -> pd.DataFrame:
+        """Head-averaged sink mass and alpha, and the share of heads with alpha > epsilon, per layer."""
+        df = self.to_dataframe().assign(sink_head=lambda d: d.alpha > self.epsilon)
+        return df.groupby("layer").agg(sink_mass=("sink_mass", "mean"), alpha=("alpha", "mean"),
+                                       sink_heads=("sink_head", "mean")).reset_index()
+
+    def sentence(self) -> str:
+        mass = self.sink_mass.mean(1)
+        where = f"sink positions {sorted({p for ps in self.sink_positions for p in ps})[:5]}"
+        if self.first_massive_layer is None:
+            share = f"{float(mass.mean()):.2f} of query attention on {where}"
+        else:
+            after = mass[self.first_massive_layer + 1:]
+            share = (f"{float(after.mean()) if len(after) else float('nan'):.2f} of query attention on the "
+                     f"massive-activation tokens ({where}) in blocks after {self.first_massive_layer}, "
+                     f"{float(mass[:self.first_massive_layer + 1].mean()):.2f} up to it")
+        return (f"{self.model_name}, {len(self.str_tokens)} prompt(s): {share}; {self.sink_rate:.0%} of heads have "
+                f"alpha > {self.epsilon:g}")
+
+
+def attention_sinks(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    sink_positions: SinkPositions = None,
+    epsilon: float = 0.3,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    batch_size: int = 8,
+    prepend_bos: bool | None = None,
+) -> AttentionSinks:
+    """How much attention each head puts on the massive-activation tokens, and what their keys and values look like.
+
+    `sink_positions=None` finds the tokens per prompt with find_massive_activations(threshold, ratio); else give
+    one list of positions for every prompt or one list per prompt. Queries at sink positions (and before the
+    first sink) are left out of `sink_mass`: position 0 attends only to itself.
+
+        >>> sinks = attention_sinks(model, ["Summer is warm."])        # doctest: +SKIP
+        >>> sinks.by_layer()                                           # doctest: +SKIP
+    """
+    if not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
+        raise ValueError(f"epsilon must be an attention probability in 0..1, got {epsilon!r}")
+    prompts, sinks, first, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,
+                                               batch_size=batch_size, prepend_bos=prepend_bos)
+    cfg = model.cfg
+    n_layers, n_heads, n_kv = cfg.n_layers, cfg.n_heads, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    mass = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    alpha = torch.zeros_like(mass)
+    n_query = n_sink = 0
+    vec = {(kind, part): [VecStats((n_kv,), cfg.d_head) for _ in range(n_layers)]
+           for kind in "kv" for part in ("sink", "other")}
+    for batch in _inputs.batches(prompts, batch_size=batch_size):
+        sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
+        n_query += int(query.sum())
+        n_sink += int(sink.sum())
+
+        def on_z(layer: int, z: Tensor, kept: dict) -> None:
+            p = kept["pattern"].float()  # (batch, head, query_pos, key_pos)
+            on_sink = (p * sink[:, None, None, :]).sum(-1)  # (batch, head, query_pos)
+            mass[layer] += (on_sink * query[:, None, :]).sum((0, 2)).double().cpu()
+            n_pos = p.shape[-1]
+            received = p.sum(2) / torch.arange(n_pos, 0, -1, device=p.device)  # (batch, head, key_pos): alpha_k
+            alpha[layer] += (received * sink[:, None, :]).sum((0, 2)).double().cpu()
+            for kind in "kv":
+                vec[(kind, "sink")][layer].add(kept[kind][sink])  # (n, kv_head, d_head)
+                vec[(kind, "other")][layer].add(kept[kind][~sink])
+
+        run_with_hooks(model, batch.tokens, layer_hooks(range(n_layers), ("pattern", "k", "v"), on_z))
+
+    def stat(kind: str, part: str, fn: Callable[[VecStats], Tensor]) -> Tensor:
+        return torch.stack([fn(s) for s in vec[(kind, part)]]).float()
+
+    k_mean_other = stat("k", "other", lambda s: s.mean)
+    return AttentionSinks(
+        sink_mass=(mass / max(n_query, 1)).float(), alpha=(alpha / n_sink).float(),
+        k_norm_sink=stat("k", "sink", lambda s: s.mean_norm), k_norm_other=stat("k", "other", lambda s: s.mean_norm),
+        k_cos_sink=torch.stack([s.cos_to(m.double()) for s, m in zip(vec[("k", "sink")], k_mean_other)]).float(),
+        k_cos_other=torch.stack([s.cos_to(m.double()) for s, m in zip(vec[("k", "other")], k_mean_other)]).float(),
+        v_norm_sink=stat("v", "sink", lambda s: s.mean_norm), v_norm_other=stat("v", "other", lambda s: s.mean_norm),
+        sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, epsilon=float(epsilon),
+        model_name=model_name(model),
+    )
+
+
+# --- the implicit attention bias -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, repr=False)
+class ImplicitBias(Result):
+    """Eq. 2 per layer and head: the sink tokens' value updates (the implicit bias) against the other tokens'."""
+
+    layers: tuple[int, ...]
+    bias_norm: Float[Tensor, "layer head"]  # mean |sum_{i in C} p_qi v_i W_O| over the measured queries
+    rest_norm: Float[Tensor, "layer head"]  # mean |sum_{i not in C} p_qi v_i W_O|
+    constancy: Float[Tensor, "layer head"]  # mean cosine of the bias part to its mean over queries and prompts
+    spread: Float[Tensor, "layer head"]  # RMS distance of the bias part to that mean, relative to the mean's norm
+    mean_z: Float[Tensor, "layer head d_head"]  # that mean before W_O: the constant the bias swap puts in
+    max_error: float  # max |bias part + rest - hook_z| / max |hook_z| over layers: the decomposition's own check
+    loss_original: float  # mean next-token loss over the prompts
+    loss_swapped: float | None  # ... with each head's bias part replaced by mean_z (None: swap=False)
+    loss_removed: float | None  # ... with each head's bias part removed
+    n_queries: int
+    sink_positions: tuple[tuple[int, ...], ...]
+    str_tokens: tuple[tuple[str, ...], ...]
+    model_name: str
+    hooks: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
+
+    @property
+    def common_sinks(self) -> tuple[int, ...]:
+        """Positions that are sinks in every prompt (the default of swap_implicit_bias)."""
+        return tuple(sorted(set.intersection(*(set(p) for p in self.sink_positions))))
+
+    @property
+    def swap(self) -> pd.DataFrame:
+        """Loss original, with the bias swapped for its mean, and with it removed (delta, relative to original)."""
+        rows = [("original", self.loss_original), ("swapped", self.loss_swapped), ("removed", self.loss_removed)]
+        df = pd.DataFrame(rows, columns=["condition", "loss"], dtype=object).astype({"loss": float})
+        return df.assign(delta=df.loss - self.loss_original, relative=df.loss / self.loss_original - 1)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        n_heads = self.bias_norm.shape[1]
+        layer = torch.tensor(self.layers)[:, None].expand(-1, n_heads)
+        cols = {"layer": layer, "head": torch.arange(n_heads).expand(len(self.layers), -1)}
+        cols |= {k: getattr(self, k) for k in ("bias_norm", "rest_norm", "constancy", "spread")}
+        return pd.DataFrame({k: v.flatten().numpy() for k, v in cols.items()})
+
+    def sentence(self) -> str:
+        s = (f"{self.model_name}, layers {self.layers[0]}..{self.layers[-1]}, {self.n_queries} queries: the sink "
+             f"tokens' value updates have mean cosine {float(self.constancy.mean()):.3f} to their mean (norm "
+             f"{float(self.bias_norm.mean()):.3g} vs {float(self.rest_norm.mean()):.3g} for the other tokens')")
+        if self.loss_swapped is None:
+            return s
+        return (s + f"; loss {self.loss_original:.4g} original, {self.loss_swapped:.4g} with the mean swapped in "
+                f"({self.loss_swapped / self.loss_original - 1:+.1%}), {self.loss_removed:.4g} removed")
+
+
+def _swap_hooks(layers: Sequence[int], mean_z: Tensor, mode: str, masks_for: Callable[[Tensor], tuple]):
+    """hook_z rewrites: z - (sink part) [+ mean_z] at the measured queries; z space is linear before W_O."""
+    const = dict(zip(layers, mean_z))
+
+    def on_z(layer: int, z: Tensor, kept: dict) -> Tensor:
+        sink, query = masks_for(z)
+        part = split(kept["pattern"], kept["v"], sink)[0]  # (batch, pos, head, d_head)
+        q = query[:, :, None, None].float()
+        new = z.float() - part * q
+        if mode == "swap":
+            new = new + const[layer].to(z.device) * q
+        return new.to(z.dtype)
+
+    return layer_hooks(layers, ("pattern", "v"), on_z)
+
+
+@contextmanager
+def swap_implicit_bias(model: Any, bias: ImplicitBias, *, mode: str = "swap",
+                       sink_positions: Sequence[int] | None = None) -> Iterator[Any]:
+    """Inside the block, each head's value updates from the sink tokens are replaced by `bias.mean_z` ("swap")
+    or removed ("remove") at every query after the first sink, in the layers `bias` measured.
+
+    `sink_positions` (default: `bias.common_sinks`) are the sink tokens of every prompt run inside. The hooks
+    must fire and always come off.
+
+        >>> with swap_implicit_bias(model, bias):                       # doctest: +SKIP
+        ...     loss = model("Summer is warm.", return_type="loss")
+    """
+    if mode not in ("swap", "remove"):
+        raise ValueError(f"mode must be 'swap' or 'remove', got {mode!r}")
+    cfg = model.cfg
+    if bias.mean_z.shape[1:] != (cfg.n_heads, cfg.d_head) or max(bias.layers) >= cfg.n_layers:
+        raise ValueError(f"bias was measured on {bias.model_name} (layers {bias.layers[0]}..{bias.layers[-1]}, "
+                         f"mean_z {tuple(bias.mean_z.shape)}); this model has {cfg.n_layers} layers, {cfg.n_heads} "
+                         f"heads of {cfg.d_head}")
+    positions = tuple(bias.common_sinks if sink_positions is None else sink_positions)
+    if not positions or any(not isinstance(p, int) or p < 0 for p in positions):
+        raise ValueError(f"sink_positions must be non-negative ints (e.g. [0]), got {sink_positions!r}")
+
+    def masks_for(z: Tensor) -> tuple[Tensor, Tensor]:
+        if max(positions) >= z.shape[1]:
+            raise ValueError(f"sink position {max(positions)} out of range: the prompt has {z.shape[1]} tokens")
+        return masks([positions] * z.shape[0], z.shape[1], z.device)
+
+    with hooked(model, _swap_hooks(bias.layers, bias.mean_z, mode, masks_for)):
+        yield model
+
+
+def implicit_bias(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    layers: Sequence[int] | None = None,
+    sink_positions: SinkPositions = None,
+    swap: bool = True,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    batch_size: int = 8,
+    prepend_bos: bool | None = None,
+) -> ImplicitBias:
+    """Split each head's attention output into the sink tokens' value updates and the rest (Eq. 2), and measure
+    how constant the first part is across query positions and prompts.
+
+    With `swap=True` the loss is also measured with that part replaced by its mean (the bias swap) and with it
+    removed, on the same prompts. Sinks as in attention_sinks; queries at and before the first sink are left out.
+
+        >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])   # doctest: +SKIP
+        >>> bias.swap                                                           # doctest: +SKIP
+    """
+    layers = check_layers(model, layers)
+    prompts, sinks, _, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,
+                                          batch_size=batch_size, prepend_bos=prepend_bos)
+    cfg = model.cfg
+    stats = {l: VecStats((cfg.n_heads,), cfg.d_model) for l in layers}
+    z_sum = {l: torch.zeros(cfg.n_heads, cfg.d_head, dtype=torch.float64) for l in layers}
+    rest = {l: torch.zeros(cfg.n_heads, dtype=torch.float64) for l in layers}
+    err, n_query = 0.0, 0
+    loss_sum, n_tok = torch.zeros(3, dtype=torch.float64), 0
+    batches = list(_inputs.batches(prompts, batch_size=batch_size))
+    for batch in batches:
+        sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
+        n_query += int(query.sum())
+
+        def on_z(layer: int, z: Tensor, kept: dict) -> None:
+            nonlocal err
+            part, other = split(kept["pattern"], kept["v"], sink)  # (batch, pos, head, d_head) each
+            err = max(err, float((part + other - z.float()).abs().max() / z.float().abs().max().clamp_min(1e-30)))
+            W_O = model.blocks[layer].attn.W_O.float()  # (head, d_head, d_model)
+            z_sum[layer] += part[query].sum(0).double().cpu()
+            stats[layer].add(torch.einsum("nhd,hdm->nhm", part[query], W_O))
+            rest[layer] += torch.einsum("nhd,hdm->nhm", other[query], W_O).norm(dim=-1).sum(0).double().cpu()
+
+        loss = run_with_hooks(model, batch.tokens, layer_hooks(layers, ("pattern", "v"), on_z), return_type="loss")
+        weight = batch.tokens.numel() - batch.tokens.shape[0]  # predicted tokens
+        loss_sum[0] += float(loss) * weight
+        n_tok += weight
+    if n_query == 0:
+        raise ValueError("no query comes after a sink token: the prompts are too short or the sinks are last")
+    mean_z = torch.stack([z_sum[l] / n_query for l in layers]).float()
+    if swap:
+        for batch in batches:
+            sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
+            weight = batch.tokens.numel() - batch.tokens.shape[0]
+            for row, mode in ((1, "swap"), (2, "remove")):
+                hooks = _swap_hooks(layers, mean_z, mode, lambda z: (sink, query))
+                loss_sum[row] += float(run_with_hooks(model, batch.tokens, hooks, return_type="loss")) * weight
+    losses = (loss_sum / n_tok).tolist() if swap else [float(loss_sum[0]) / n_tok, None, None]
+    return ImplicitBias(
+        layers=layers, bias_norm=torch.stack([stats[l].mean_norm for l in layers]).float(),
+        rest_norm=torch.stack([rest[l] / n_query for l in layers]).float(),
+        constancy=torch.stack([stats[l].cos_to(stats[l].mean) for l in layers]).float(),
+        spread=torch.stack([stats[l].spread() for l in layers]).float(), mean_z=mean_z, max_error=err,
+        loss_original=losses[0], loss_swapped=losses[1], loss_removed=losses[2], n_queries=n_query,
+        sink_positions=sinks, str_tokens=str_toks, model_name=model_name(model),
+    )
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+def _sinks(args: Any) -> int:
+    import pandas as pd
+
+    from . import cli
+
+    model = cli.load_from_args(args)
+    prompts = cli.prompts_from_args(args)
+    sinks = attention_sinks(model, prompts, epsilon=args.epsilon)
+    bias = implicit_bias(model, prompts, layers=args.layers, swap=not args.no_swap)
+    per_layer = bias.to_dataframe().groupby("layer")[["bias_norm", "rest_norm", "constancy", "spread"]].mean()
+    with pd.option_context("display.width", 160):
+        print(sinks)
+        print(sinks.by_layer().join(per_layer, on="layer").to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print()
+        print(bias)
+        if not args.no_swap:
+            print(bias.swap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def add_sinks_command(sub: Any) -> None:
+    p = sub.add_parser("sinks", help="attention sinks, the implicit attention bias and the bias swap")
+    from .cli import add_model_argument, add_prompt_arguments
+
+    add_model_argument(p)
+    add_prompt_arguments(p)
+    p.add_argument("--layers", type=int, nargs="+", help="layers for the implicit bias (default: all)")
+    p.add_argument("--epsilon", type=float, default=0.3, help="alpha threshold of a sink head (default 0.3)")
+    p.add_argument("--no-swap", action="store_true", help="skip the bias-swap and removal losses")
+    p.set_defaults(func=_sinks)
