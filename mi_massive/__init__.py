@@ -8,6 +8,7 @@
 from .attention import AttentionSinks, ImplicitBias, attention_sinks, implicit_bias, swap_implicit_bias
 from .detect import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
 from .models import load_model
+from .origin import Origin, trace_origin
 from .report import write_report
 from .viz import explore
 
@@ -22,6 +23,8 @@ __all__ = [
     "layer_profile",
     "MassiveActivations",
     "LayerProfile",
+    "trace_origin",
+    "Origin",
     "explore",
     "write_report",
 ]

@@ -1,0 +1,335 @@
+"""Origin: which block, which MLP neurons and which single weight write a massive activation.
+
+`trace_origin` splits the residual value x[layer, pos, dim] exactly into what the embedding, every head
+(hook_z @ W_O) and every MLP added; names the writing block (where the value jumps); ranks the writing
+MLP's neurons (activation x W_out[neuron, dim]); reports the super weight (down_proj[row = dim, col = neuron]);
+attributes the top neuron's pre-activation to the residual components upstream; and checks all of it
+causally by ablation (Sun et al. 2024; Yu et al. 2024, "The Super Weight in Large Language Models").
+
+Families with a norm after each sub-layer (Gemma 2/3: ln1_post, ln2_post) are attributed through the
+norm's scale frozen at its value in this run, so parts still sum exactly to what was added; the MLP output
+is then not linear in its neurons, and an ablation changes that scale (the causal table measures it).
+
+    >>> from mi_massive import load_model, trace_origin
+    >>> model = load_model("smollm2-135m")                              # doctest: +SKIP
+    >>> trace_origin(model, "Summer is warm. Winter is cold.")          # doctest: +SKIP
+    <Origin: x[11, pos 0, dim 507] = 2.49e+04 in smollm2-135m is written by block 11 ...>
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import _attribution as attr
+from . import _inputs
+from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Entry, causal_table, zeroed_weights
+from ._hooks import capture
+from ._results import Result
+from .arch import hook, spec
+from .detect import _check_rule
+from .models import model_name
+
+NEURON_COLUMNS = ["layer", "neuron", "activation", "weight", "contribution", "share", "cum_share"]
+GATED_COLUMNS = ["gate", "linear"]  # hook_pre (gate pre-activation) and hook_pre_linear (up projection)
+POST_NORM_NOTE = ("head and neuron parts go through the post-sublayer norm scales frozen at this run "
+                  "(the MLP output is not linear in its neurons under ln2_post)")
+
+
+@dataclass(frozen=True)
+class SuperWeight:
+    """One entry of block `layer`'s down projection: HF `down_proj.weight[row, col]` = TL `W_out[col, row]`."""
+
+    layer: int
+    row: int  # the residual dimension it writes
+    col: int  # the MLP neuron it reads
+    value: float
+    rank: int  # 1 = largest |entry| of that matrix
+    n_entries: int
+
+    def __str__(self) -> str:
+        return (f"down_proj[{self.layer}][{self.row}, {self.col}] = {self.value:.4g} "
+                f"(|w| rank {self.rank} of {self.n_entries:,})")
+
+
+@dataclass(frozen=True, repr=False)
+class Origin(Result):
+    """Who wrote x[layer, pos, dim]: components, writing block, neurons, super weight, upstream, causal check."""
+
+    model_name: str
+    tokens: Int[Tensor, "pos"]
+    str_tokens: tuple[str, ...]
+    layer: int | None  # the traced site (None: no massive activation to trace)
+    pos: int | None
+    dim: int | None
+    value: float | None  # x[layer, pos, dim] in the run (hook_resid_post)
+    writer_layer: int | None
+    components: pd.DataFrame  # component, layer, head, contribution (sums to value)
+    neurons: pd.DataFrame  # the writing MLP's top_k neurons
+    neuron_contribution: Float[Tensor, "d_mlp"]  # every neuron's part of the writing MLP's output at (pos, dim)
+    super_weight: SuperWeight | None
+    upstream: pd.DataFrame  # the top neuron's pre-activation by component: component, layer, head, pre[, pre_linear]
+    causal: pd.DataFrame  # ablation, massive_value, loss (empty when ablate=False)
+    search: pd.DataFrame  # iterative super-weight search: step, layer, row, col, value, massive_value, loss
+    top_k: int
+    threshold: float
+    ratio: float
+    hook_names: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def found(self) -> bool:
+        return self.layer is not None
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return self.components
+
+    def by_layer(self) -> pd.DataFrame:
+        """One row per block: attention and MLP parts of the value, and the running total after the block."""
+        df = self.components
+        if df.empty:
+            return pd.DataFrame(columns=["layer", "attn", "mlp", "total"])
+        blocks = df[df.component != "embedding"].assign(part=lambda d: d.component.map(
+            {"head": "attn", "attn_bias": "attn", "mlp": "mlp"}))
+        out = blocks.pivot_table(index="layer", columns="part", values="contribution", aggfunc="sum", fill_value=0.0)
+        out = out.reindex(columns=["attn", "mlp"], fill_value=0.0).reset_index()
+        out["layer"] = out.layer.astype(int)
+        embed = float(df.contribution[df.component == "embedding"].sum())
+        out["total"] = embed + (out.attn + out.mlp).cumsum()
+        return out
+
+    def writers(self, min_share: float = 0.05) -> list[int]:
+        """Blocks that each add at least `min_share` of the value (in its direction), largest first."""
+        if not self.found:
+            return []
+        df = self.by_layer()
+        part = (df.attn + df.mlp) / self.value
+        return [int(l) for l in df.layer[part >= min_share].iloc[(-part[part >= min_share]).argsort()]]
+
+    def sentence(self) -> str:
+        if not self.found:
+            return (f"no massive activation to trace in {self.model_name} over {len(self.tokens)} tokens "
+                    f"(|x| > {self.threshold:g} and >= {self.ratio:g}x median)")
+        tok = self.str_tokens[self.pos]
+        writes = self.by_layer().set_index("layer").loc[self.writer_layer]
+        s = (f"x[{self.layer}, pos {self.pos} {tok!r}, dim {self.dim}] = {self.value:.4g} in {self.model_name} is "
+             f"written by block {self.writer_layer} ({(writes.attn + writes.mlp) / self.value:.0%}: "
+             f"attn {writes.attn:.4g}, MLP {writes.mlp:.4g})")
+        if len(self.neurons):
+            n = self.neurons.iloc[0]
+            s += (f", top neuron {int(n.neuron)} giving {n.share:.0%} of that MLP's part through "
+                  f"super weight {self.super_weight}")
+        if len(self.causal) > 1:
+            base, after = self.causal.iloc[0], self.causal.iloc[1]
+            s += (f"; {after.ablation}: value {after.massive_value:.4g}, loss {base.loss:.3g} -> {after.loss:.3g}")
+        return s
+
+
+def _massive_sites(acts: dict[str, Tensor], n_layers: int, threshold: float, ratio: float) -> Tensor:
+    """Rows (layer, pos, dim) of the paper's rule over the block outputs of one prompt."""
+    hits = []
+    for l in range(n_layers):
+        a = acts[hook.resid_post(l)].abs()  # (pos, d_model)
+        mask = (a > threshold) & (a >= ratio * a.flatten().median())
+        p, d = mask.nonzero(as_tuple=True)
+        hits.append(torch.stack([torch.full_like(p, l), p, d], 1))
+    return torch.cat(hits)
+
+
+def _pick_target(acts: dict[str, Tensor], n_layers: int, layer: int | None, pos: int | None, dim: int | None,
+                 threshold: float, ratio: float) -> tuple[int, int, int] | None:
+    """The asked site; free coordinates from the largest matching massive activation, at its first layer."""
+    if layer is not None and pos is not None and dim is not None:
+        return layer, pos, dim
+    sites = _massive_sites(acts, n_layers, threshold, ratio)
+    for col, want in ((0, layer), (1, pos), (2, dim)):
+        if want is not None:
+            sites = sites[sites[:, col] == want]
+    if not len(sites):
+        return None
+    size = torch.stack([acts[hook.resid_post(int(l))][p, d].abs() for l, p, d in sites])
+    _, p, d = (int(v) for v in sites[size.argmax()])
+    if layer is None:
+        same = sites[(sites[:, 1] == p) & (sites[:, 2] == d)]
+        layer = int(same[:, 0].min())
+    return layer, p, d
+
+
+def _trace(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int):
+    """Components of x[layer, pos, dim], the writing block and its neurons' parts."""
+    v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
+    v[dim] = 1.0
+    value = float(acts[hook.resid_post(layer)][pos, dim])
+    sign = 1.0 if value >= 0 else -1.0
+    comps = attr.components(model, acts, v, pos=pos, upto=layer)
+    writer = attr.writer_block(model, acts, pos=pos, dim=dim, upto=layer, sign=sign)
+    per_neuron, _ = attr.neuron_contributions(model, acts, v, layer=writer, pos=pos)
+    return value, sign, comps, writer, per_neuron
+
+
+def _neuron_table(model: Any, acts: dict[str, Tensor], writer: int, pos: int, dim: int, sign: float,
+                  per_neuron: Tensor, top_k: int) -> pd.DataFrame:
+    mlp_part = float(acts[hook.mlp_out(writer)][pos, dim])
+    order = torch.argsort(sign * per_neuron, descending=True)[:top_k]
+    contrib = per_neuron[order]
+    df = pd.DataFrame({
+        "layer": writer, "neuron": order.numpy(),
+        "activation": acts[hook.mlp_post(writer)][pos, order].numpy(),
+        "weight": model.blocks[writer].mlp.W_out.detach()[order, dim].double().cpu().numpy(),
+        "contribution": contrib.numpy(), "share": (contrib / mlp_part).numpy(),
+    })
+    df["cum_share"] = df.share.cumsum()
+    if spec(model).gated_mlp:
+        df["gate"] = acts[hook.mlp_pre(writer)][pos, order].numpy()
+        df["linear"] = acts[hook.mlp_pre_linear(writer)][pos, order].numpy()
+    return df
+
+
+def _super_weight(model: Any, layer: int, dim: int, neuron: int) -> SuperWeight:
+    W = model.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
+    value = float(W[neuron, dim])
+    return SuperWeight(layer, dim, neuron, value, int((W.abs() > abs(value)).sum()) + 1, W.numel())
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=columns)
+
+
+def _validate(model: Any, n_pos: int, layer, pos, dim, top_k, ablate, n_random, search_steps) -> tuple:
+    cfg = model.cfg
+    layer = None if layer is None else _inputs.check_index("layer", layer, cfg.n_layers)
+    pos = None if pos is None else _inputs.check_index("position", pos, n_pos)
+    dim = None if dim is None else _inputs.check_index("dim", dim, cfg.d_model)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= cfg.d_mlp:
+        raise ValueError(f"top_k must be an int in 1..{cfg.d_mlp} (d_mlp), got {top_k!r}")
+    modes = {True: "zero", False: None, "zero": "zero", "mean": "mean", "both": "both"}
+    if not isinstance(ablate, (bool, str)) or ablate not in modes:
+        raise ValueError(f"ablate must be True, False, 'zero', 'mean' or 'both', got {ablate!r}")
+    for name, v, lo in (("n_random", n_random, 0), ("search_steps", search_steps, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return layer, pos, dim, modes[ablate]
+
+
+def trace_origin(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    layer: int | None = None,
+    pos: int | None = None,
+    dim: int | None = None,
+    top_k: int = 5,
+    ablate: bool | Literal["zero", "mean", "both"] = True,
+    n_random: int = 3,
+    search_steps: int = 3,
+    seed: int = 0,
+    cache: Mapping[str, Tensor] | None = None,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    prepend_bos: bool | None = None,
+) -> Origin:
+    """Trace who wrote the residual value x[layer, pos, dim] of one prompt (block output, hook_resid_post).
+
+    Unset coordinates come from the largest massive activation of the prompt (the paper's rule with
+    `threshold`, `ratio`), at the first layer where it is massive; if none matches, the result is empty.
+    `ablate` runs the causal checks (True/"zero": zero the top_k neurons; "mean": set them to their mean over
+    the prompt's other positions; "both"), plus zeroing the super weight, `n_random` draws of as many random
+    neurons of the same block, and `search_steps` of the iterative super-weight search (zero the strongest
+    weight, trace again, zero the next). With `cache` (from `model.run_with_cache(tokens)`) and
+    `ablate=False`, no forward pass is run.
+
+        >>> origin = trace_origin(model, "Summer is warm.", dim=507)     # doctest: +SKIP
+        >>> origin.neurons, origin.super_weight, origin.causal           # doctest: +SKIP
+    """
+    _check_rule(threshold, ratio)
+    prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
+    if len(prompts) != 1:
+        raise ValueError(f"trace_origin traces one prompt; got {len(prompts)}: pass one, e.g. inputs[0]")
+    tokens = prompts[0]
+    layer, pos, dim, mode = _validate(model, len(tokens), layer, pos, dim, top_k, ablate, n_random, search_steps)
+    names = tuple(attr.needed_hooks(model))
+    if cache is not None:
+        acts = attr.from_cache(model, cache, len(tokens))
+    else:
+        _, raw = capture(model, tokens[None], names)
+        acts = {n: t[0].double().cpu() for n, t in raw.items()}
+    base = dict(model_name=model_name(model), tokens=tokens, str_tokens=_inputs.str_tokens(model, tokens),
+                top_k=top_k, threshold=float(threshold), ratio=float(ratio), hook_names=names,
+                note=POST_NORM_NOTE if spec(model).post_sublayer_norm else "")
+    target = _pick_target(acts, model.cfg.n_layers, layer, pos, dim, threshold, ratio)
+    if target is None:
+        return Origin(layer=None, pos=None, dim=None, value=None, writer_layer=None,
+                      components=_empty(attr.COMPONENT_COLUMNS), neurons=_empty(NEURON_COLUMNS),
+                      neuron_contribution=torch.zeros(0), super_weight=None,
+                      upstream=_empty(["component", "layer", "head", "pre"]), causal=_empty(CAUSAL_COLUMNS),
+                      search=_empty(SEARCH_COLUMNS), **base)
+    L, P, D = target
+    value, sign, comps, writer, per_neuron = _trace(model, acts, L, P, D)
+    neurons = _neuron_table(model, acts, writer, P, D, sign, per_neuron, top_k)
+    top = [int(n) for n in neurons.neuron]
+    sw = _super_weight(model, writer, D, top[0])
+    up = attr.upstream(model, acts, layer=writer, pos=P, neuron=top[0])
+    causal, search = _empty(CAUSAL_COLUMNS), _empty(SEARCH_COLUMNS)
+    if mode is not None:
+        def find_next(weights: list[Entry]) -> Entry | None:
+            with zeroed_weights(model, weights):  # trace inside: the neuron parts read the edited W_out
+                _, raw2 = capture(model, tokens[None], names)
+                acts2 = {n: t[0].double().cpu() for n, t in raw2.items()}
+                _, sign2, _, w2, per2 = _trace(model, acts2, L, P, D)
+            return w2, D, int((sign2 * per2).argmax())
+
+        post = acts[hook.mlp_post(writer)]  # (pos, d_mlp)
+        others = [p for p in range(len(tokens)) if p != P] or [P]
+        causal, search = causal_table(
+            model, tokens, target, writer=writer, top=top, mean_values=post[others].mean(0).float(),
+            first_weight=(writer, D, top[0]), find_next=find_next, mode=mode, n_random=n_random, seed=seed,
+            search_steps=search_steps, threshold=threshold,
+        )
+    return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
+                  neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,
+                  search=search, **base)
+
+
+def _trace_cli(args: argparse.Namespace) -> int:
+    from .cli import load_from_args
+
+    model = load_from_args(args)
+    origin = trace_origin(model, args.prompt, layer=args.layer, pos=args.pos, dim=args.dim, top_k=args.top_k,
+                          ablate=False if args.no_ablate else args.ablate)
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731
+    print(origin)
+    if origin.found:
+        print("\nper block (value after the block):")
+        print(origin.by_layer().to_string(index=False, float_format=fmt))
+        print(f"\ntop neurons of block {origin.writer_layer}:")
+        print(origin.neurons.to_string(index=False, float_format=fmt))
+        print(f"\nsuper weight: {origin.super_weight}")
+        print(f"\nwhat makes neuron {origin.super_weight.col} fire (largest parts):")
+        up = origin.upstream
+        print(up.reindex(up.pre.abs().sort_values(ascending=False).index).head(8).to_string(index=False, float_format=fmt))
+        if len(origin.causal):
+            print("\ncausal check:")
+            print(origin.causal.to_string(index=False, float_format=fmt))
+    return 0
+
+
+def add_trace_command(sub) -> None:
+    from .cli import add_model_argument
+
+    p = sub.add_parser("trace", help="trace which block, neurons and weight write a massive activation")
+    add_model_argument(p)
+    p.add_argument("--prompt", default="Summer is warm. Winter is cold.", help="the prompt to trace")
+    p.add_argument("--layer", type=int, help="block output to trace (default: first layer of the largest massive value)")
+    p.add_argument("--pos", type=int, help="token position (default: that of the largest massive value)")
+    p.add_argument("--dim", type=int, help="residual dimension (default: that of the largest massive value)")
+    p.add_argument("--top-k", type=int, default=5, help="neurons to report and ablate (default 5)")
+    p.add_argument("--ablate", default="zero", choices=["zero", "mean", "both"], help="neuron ablation (default zero)")
+    p.add_argument("--no-ablate", action="store_true", help="skip the causal check (one forward pass)")
+    p.set_defaults(func=_trace_cli)

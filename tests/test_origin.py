@@ -1,0 +1,231 @@
+"""trace_origin: exact attribution, writing block, neurons, super weight, upstream, causal check."""
+
+import pytest
+import torch
+
+from mi_massive import Origin, trace_origin
+from mi_massive._ablate import neuron_hook, zeroed_weights
+from mi_massive._hooks import capture, run_with_hooks
+from mi_massive.arch import hook
+
+PROMPT = "In 1905, Albert Einstein published four papers that changed physics."
+
+
+def _no_hooks_left(model) -> bool:
+    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_weights(model, before) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _preacts(model, origin):
+    """The top neuron's hook_pre (and hook_pre_linear) at the traced position, read from a run."""
+    w, n = origin.writer_layer, origin.super_weight.col
+    _, c = capture(model, origin.tokens[None], [hook.mlp_pre(w), hook.mlp_pre_linear(w)])
+    return float(c[hook.mlp_pre(w)][0, origin.pos, n]), float(c[hook.mlp_pre_linear(w)][0, origin.pos, n])
+
+
+# --- tiny planted model -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_origin(tiny_llama):
+    return trace_origin(tiny_llama, "hello world", top_k=3, n_random=2)
+
+
+def test_planted_writer_found_exactly(tiny_llama, tiny_origin):
+    plant, o = tiny_llama.mi_massive_plant, tiny_origin
+    assert isinstance(o, Origin) and o.found
+    assert (o.layer, o.pos, o.dim) == (plant.layer, 0, plant.dim)  # default: largest hit, at its first layer
+    assert o.writer_layer == plant.layer and o.writers() == [plant.layer]
+    assert list(o.neurons.columns) == ["layer", "neuron", "activation", "weight", "contribution", "share",
+                                       "cum_share", "gate", "linear"]
+    assert int(o.neurons.neuron.iloc[0]) == plant.neuron and o.neurons.share.iloc[0] > 0.999
+    sw = o.super_weight
+    assert (sw.layer, sw.row, sw.col, sw.rank) == (plant.layer, plant.dim, plant.neuron, 1)
+    assert sw.value == pytest.approx(float(tiny_llama.blocks[plant.layer].mlp.W_out[plant.neuron, plant.dim]))
+    assert f"down_proj[{plant.layer}][{plant.dim}, {plant.neuron}]" in repr(o)
+
+
+def test_parts_sum_to_the_residual_value(tiny_llama, tiny_origin):
+    o = tiny_origin
+    assert list(o.components.columns) == ["component", "layer", "head", "contribution"]
+    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    heads = o.components[o.components.component == "head"]
+    assert len(heads) == (o.layer + 1) * tiny_llama.cfg.n_heads  # every query head of a GQA model
+    assert o.by_layer().total.iloc[-1] == pytest.approx(o.value, rel=1e-6)
+    # the writing MLP's neuron parts sum to its output; the top neuron's pre-activations to hook_pre(_linear)
+    assert float(o.neuron_contribution.sum()) == pytest.approx(o.by_layer().mlp[o.writer_layer], rel=1e-5)
+    gate, linear = _preacts(tiny_llama, o)
+    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
+    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
+
+
+def test_causal_check_on_plant(tiny_origin):
+    c = tiny_origin.causal.set_index("ablation")
+    assert list(tiny_origin.causal.columns) == ["ablation", "massive_value", "loss"]
+    base = c.massive_value["baseline"]
+    assert abs(c.massive_value["zero top-3 neurons of block 1"]) < 1e-3 * base
+    assert abs(c.filter(like="zero super weight", axis=0).massive_value.iloc[0]) < 1e-3 * base
+    randoms = c.filter(like="random", axis=0)
+    assert len(randoms) == 2 and (randoms.massive_value - base).abs().max() < 1e-3 * base
+    assert len(tiny_origin.search) == 1  # nothing massive left after the first weight: the search stops
+
+
+def test_weights_restored_and_hooks_removed(tiny_llama):
+    before = _weights(tiny_llama)
+    trace_origin(tiny_llama, "hello world", ablate="both", n_random=1, search_steps=2)
+    assert _same_weights(tiny_llama, before) and _no_hooks_left(tiny_llama)
+    with pytest.raises(RuntimeError, match="boom"), zeroed_weights(tiny_llama, [(1, 5, 7), (2, 0, 3)]):
+        assert float(tiny_llama.blocks[1].mlp.W_out[7, 5]) == 0.0
+        raise RuntimeError("boom")
+    assert _same_weights(tiny_llama, before)
+
+    def fail(x, hook_point):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_with_hooks(tiny_llama, tiny_llama.to_tokens("hi"), [neuron_hook(1, [7]), (hook.mlp_out(1), fail)])
+    assert _no_hooks_left(tiny_llama) and _same_weights(tiny_llama, before)
+
+
+def test_from_cache_without_forward_pass(tiny_llama, tiny_origin, monkeypatch):
+    tokens = tiny_origin.tokens
+    with torch.no_grad():
+        _, cache = tiny_llama.run_with_cache(tokens[None])
+
+    def no_run(*a, **k):
+        raise AssertionError("a forward pass ran")
+
+    monkeypatch.setattr("mi_massive.origin.capture", no_run)
+    monkeypatch.setattr(tiny_llama, "forward", no_run)
+    o = trace_origin(tiny_llama, tokens, cache=cache, ablate=False)
+    assert (o.layer, o.pos, o.dim, o.writer_layer) == (tiny_origin.layer, 0, tiny_origin.dim, tiny_origin.writer_layer)
+    assert o.components.contribution.to_numpy() == pytest.approx(tiny_origin.components.contribution.to_numpy(),
+                                                                 rel=1e-5, abs=1e-6)
+    assert o.super_weight == tiny_origin.super_weight and o.causal.empty
+
+
+def test_chosen_site_and_dataframe(tiny_llama):
+    o = trace_origin(tiny_llama, "hello world", layer=3, pos=2, dim=10, ablate=False)
+    assert (o.layer, o.pos, o.dim) == (3, 2, 10) and o.found  # an explicit site is traced, massive or not
+    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-5, abs=1e-5)
+    assert o.to_dataframe() is o.components and o.causal.empty
+    later = trace_origin(tiny_llama, "hello world", layer=3, ablate=False)  # the plant at a later layer
+    assert (later.dim, later.writer_layer) == (tiny_llama.mi_massive_plant.dim, tiny_llama.mi_massive_plant.layer)
+
+
+def test_empty_result(tiny_random, tiny_llama):
+    o = trace_origin(tiny_random, "hello world")
+    assert not o.found and o.writer_layer is None and o.super_weight is None
+    assert o.components.empty and o.neurons.empty and o.causal.empty and o.by_layer().empty and o.writers() == []
+    assert "no massive activation" in repr(o)
+    assert not trace_origin(tiny_llama, "hello world", dim=6).found  # nothing massive in that dimension
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"layer": 4}, r"layer 4 out of range: valid layers are 0..3"),
+    ({"pos": 50}, r"position 50 out of range: valid positions are 0..11"),
+    ({"dim": 64}, r"dim 64 out of range: valid dims are 0..63"),
+    ({"top_k": 0}, r"top_k must be an int in 1..128"),
+    ({"ablate": "shuffle"}, "ablate must be"),
+    ({"search_steps": 0}, "search_steps must be"),
+    ({"threshold": -1.0}, "non-negative"),
+])
+def test_bad_arguments(tiny_llama, kw, match):
+    with pytest.raises(ValueError, match=match):
+        trace_origin(tiny_llama, "hello world", **kw)
+
+
+def test_bad_inputs_and_cache(tiny_llama):
+    with pytest.raises(ValueError, match="traces one prompt; got 2"):
+        trace_origin(tiny_llama, ["hello", "world"])
+    with pytest.raises(ValueError, match="empty"):
+        trace_origin(tiny_llama, "")
+    with pytest.raises(ValueError, match="cache lacks"):
+        trace_origin(tiny_llama, "hello", cache={})
+    with torch.no_grad():
+        _, cache = tiny_llama.run_with_cache(tiny_llama.to_tokens("hello there"))
+    with pytest.raises(ValueError, match="cache has 12 positions but the prompt has 6"):
+        trace_origin(tiny_llama, "hello", cache=cache)
+
+
+def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
+    tiny_origin.save(tmp_path / "o.pt")
+    back = Origin.load(tmp_path / "o.pt")
+    assert repr(back) == repr(tiny_origin) and back.neurons.equals(tiny_origin.neurons)
+    from mi_massive import cli
+    from mi_massive.testing import tiny_model
+
+    monkeypatch.setattr(cli, "load_from_args", lambda args: tiny_model("llama"))
+    assert cli.main(["trace", "tiny", "--prompt", "hello world", "--no-ablate"]) == 0
+    out = capsys.readouterr().out
+    assert "down_proj[1][5, 7]" in out and "top neurons of block 1" in out
+
+
+# --- real models ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2_origin(smollm2):
+    return trace_origin(smollm2, PROMPT)
+
+
+@pytest.mark.real
+def test_smollm2_origin(smollm2, smollm2_origin):
+    o = smollm2_origin
+    assert (o.layer, o.pos, o.dim) == (11, 0, 507) and o.value == pytest.approx(24926, rel=1e-3)
+    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    assert o.writer_layer == 11 and o.writers() == [11]
+    assert o.by_layer().total[10] == pytest.approx(28.7, abs=1)  # the jump: ~29 -> ~24,900 in block 11
+    # two neurons write it: 1229 (72%) and 1487 (27%); the super weight is the 2nd largest |w| of down_proj 11
+    assert o.neurons.neuron.iloc[:2].tolist() == [1229, 1487]
+    assert o.neurons.share.iloc[0] == pytest.approx(0.724, abs=0.01) and o.neurons.cum_share.iloc[1] > 0.99
+    sw = o.super_weight
+    assert (sw.layer, sw.row, sw.col, sw.rank) == (11, 507, 1229, 2) and sw.value == pytest.approx(5.876, abs=1e-3)
+    gate, linear = _preacts(smollm2, o)
+    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
+    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
+    c = o.causal.set_index("ablation")
+    base, loss0 = c.massive_value["baseline"], c.loss["baseline"]
+    top = c.loc["zero top-5 neurons of block 11"]
+    assert top.massive_value < 0.01 * base and top.loss > loss0 + 4  # 24,926 -> 102; loss 3.59 -> 8.32
+    randoms = c.filter(like="random", axis=0)
+    assert (randoms.massive_value / base - 1).abs().max() < 1e-3 and (randoms.loss - loss0).abs().max() < 0.05
+    assert c.filter(like="zero super weight", axis=0).loss.iloc[0] > loss0 + 3  # one weight: 3.59 -> 7.09
+    assert o.search[["layer", "col"]].values[:2].tolist() == [[11, 1229], [11, 1487]]  # then the second neuron
+    assert o.search.massive_value.iloc[1] < 0.01 * base
+
+
+@pytest.fixture(scope="module")
+def gemma3_origin(gemma3):
+    return trace_origin(gemma3, PROMPT)
+
+
+@pytest.mark.real
+def test_gemma3_origin_through_post_norms(gemma3, gemma3_origin):
+    o = gemma3_origin
+    assert (o.layer, o.pos, o.dim) == (3, 0, 163) and o.value == pytest.approx(10428, rel=1e-3)
+    assert "post-sublayer norm" in o.note
+    # parts through the frozen ln1_post / ln2_post scales sum exactly to what the blocks added
+    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    assert float(o.neuron_contribution.sum()) == pytest.approx(o.by_layer().mlp[3], rel=1e-5)
+    assert o.writer_layer == 3 and o.by_layer().total[2] < 100  # ~91 -> ~10,400 in block 3
+    assert int(o.neurons.neuron.iloc[0]) == 1414 and o.neurons.share.iloc[0] == pytest.approx(0.973, abs=0.01)
+    sw = o.super_weight
+    assert (sw.layer, sw.row, sw.col) == (3, 163, 1414) and sw.value == pytest.approx(-0.1215, abs=1e-3)
+    gate, linear = _preacts(gemma3, o)
+    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
+    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
+    c = o.causal.set_index("ablation")
+    base, loss0 = c.massive_value["baseline"], c.loss["baseline"]
+    top = c.loc["zero top-5 neurons of block 3"]
+    assert top.massive_value < 0.15 * base and top.loss > loss0 + 1  # 10,428 -> 1,366; loss 2.69 -> 3.93
+    randoms = c.filter(like="random", axis=0)
+    assert (randoms.massive_value / base - 1).abs().max() < 2e-3 and (randoms.loss - loss0).abs().max() < 0.05
+    # the super weight alone removes 96% at layer 3, but later blocks keep writing dim 163: the loss barely moves
+    sw_row = c.filter(like="zero super weight", axis=0).iloc[0]
+    assert sw_row.massive_value < 0.05 * base and abs(sw_row.loss - loss0) < 0.1
