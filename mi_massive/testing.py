@@ -195,3 +195,34 @@ def tiny_model(
         model.to(dtype)
     model.mi_massive_plant = plant or None
     return model
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model's weights, hook counts and mode, to check that an analysis left it as it found it."""
+
+    weights: dict[str, torch.Tensor]
+    hooks: dict[str, int]  # "module.attribute" -> number of hooks (the bridge keeps a few of its own)
+    training: bool
+
+    @classmethod
+    def of(cls, model: Any) -> ModelState:
+        hooks = {f"{name}.{attr}": len(getattr(mod, attr)) for name, mod in model.named_modules()
+                 for attr in _HOOK_DICTS if len(getattr(mod, attr, ()))}
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(weights, hooks, model.training)
+
+    def check(self, model: Any) -> None:
+        """Raise AssertionError naming what differs: a hook left behind, a weight changed, the mode switched."""
+        now = ModelState.of(model)
+        if now.hooks != self.hooks:
+            extra = {k: v for k, v in now.hooks.items() if self.hooks.get(k) != v}
+            raise AssertionError(f"hooks left on the model: {extra}")
+        changed = [k for k, v in self.weights.items() if not torch.equal(v, now.weights[k])]
+        if changed or now.weights.keys() != self.weights.keys():
+            raise AssertionError(f"weights changed: {changed[:5]}")
+        if now.training != self.training:
+            raise AssertionError(f"model.training changed from {self.training} to {now.training}")
