@@ -9,6 +9,7 @@ from .attention import AttentionSinks, ImplicitBias, attention_sinks, implicit_b
 from .detect import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
 from .models import load_model
 from .origin import Origin, trace_origin
+from .patching import PathPatching, path_patch
 from .report import write_report
 from .viz import explore
 
@@ -25,6 +26,8 @@ __all__ = [
     "LayerProfile",
     "trace_origin",
     "Origin",
+    "path_patch",
+    "PathPatching",
     "explore",
     "write_report",
 ]

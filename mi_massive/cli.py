@@ -86,6 +86,7 @@ def add_scan_command(sub) -> None:
 _COMMANDS: dict[str, str] = {
     "scan": "mi_massive.cli:add_scan_command",
     "trace": "mi_massive.origin:add_trace_command",
+    "patch": "mi_massive.patching:add_patch_command",
     "report": "mi_massive.report:add_report_command",
     "sinks": "mi_massive.attention:add_sinks_command",
 }

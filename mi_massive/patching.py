@@ -1,0 +1,472 @@
+"""Path patching the massive activation: through which attention paths does removing it change the output?
+
+A clean run is compared with a corrupted run in which the sender is removed: the massive activation itself
+(zeroed or set to a value at the block where it appears, at the positions and dimensions `detect` finds per
+prompt), one MLP neuron, or one super weight. The corrupted residual of the massive token(s) is then given
+to one receiver at a time, everything else seeing the clean residual:
+
+- ``k`` / ``v``: the key / value of one KV head of a later block, at the massive positions (on grouped-query
+  models a KV head is shared by several query heads; rows are per KV head, `to_dataframe()` lists the query
+  heads that read it);
+- ``q``: the query of one head of a later block, at the massive positions;
+- ``direct``: the final residual at the massive positions, in the unembedding input only.
+
+The receiver's input is the corrupted residual after its own layer norm, recomputed on the corrupted residual
+(not frozen at the clean scale): the patched q/k/v are exactly those of the corrupted run at those positions.
+Downstream of the receiver the model runs freely. All receivers run in a few batched forward passes, each
+batch row patching one receiver (``method="naive"`` runs one pass per receiver and prompt, for reference).
+
+    >>> from mi_massive import load_model, path_patch
+    >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
+    >>> pp = path_patch(model, ["Summer is warm. Winter is cold."])  # doctest: +SKIP
+    >>> pp.summary()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import _inputs
+from ._hooks import capture, hooked
+from ._results import Result
+from .arch import hook
+from .models import model_name
+
+PATHS = ("k", "v", "q", "direct")
+METHODS = ("batched", "naive")
+Corruption = str | float | Callable[[Tensor], Tensor]
+Metric = str | Callable[[Tensor, Tensor], Tensor | float]
+Receiver = tuple[str, int, int]  # (path, layer, head); direct is ("direct", n_layers, -1)
+
+
+@dataclass(frozen=True, repr=False)
+class PathPatching(Result):
+    """Metric when one receiver (layer, head, path) reads the corrupted residual of the massive token(s)."""
+
+    layer: Int[Tensor, "receiver"]  # n_layers for the direct path
+    head: Int[Tensor, "receiver"]  # query head for q, KV head for k/v, -1 for direct
+    path: tuple[str, ...]  # per receiver: k, v, q or direct
+    metric: Float[Tensor, "receiver"]  # averaged over prompts
+    joint_path: tuple[str, ...]  # k, v, q, direct, k+v, all: every receiver of those paths patched together
+    joint_metric: Float[Tensor, "joint"]
+    clean_metric: float
+    corrupted_metric: float
+    sender: str
+    sender_layer: int  # receivers live in later blocks
+    corruption: str
+    metric_name: str
+    positions: tuple[tuple[int, ...], ...]  # massive positions per prompt (where receivers read the corruption)
+    str_tokens: tuple[tuple[str, ...], ...]
+    model_name: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hook_names: tuple[str, ...]  # receiver hook templates
+    method: str
+    forward_calls: int  # model calls made (detection, clean, corrupted, patched)
+    forward_rows: int  # prompt-rows run through the model: single-prompt forward-equivalents
+
+    @property
+    def effect(self) -> Float[Tensor, "receiver"]:
+        return self.metric - self.clean_metric
+
+    @property
+    def total_effect(self) -> float:
+        return self.corrupted_metric - self.clean_metric
+
+    def query_heads(self, path: str, head: int) -> tuple[int, ...]:
+        """The query heads that read a receiver (several for a shared KV head)."""
+        if path == "direct":
+            return ()
+        if path == "q":
+            return (head,)
+        group = self.n_heads // self.n_kv_heads
+        return tuple(range(head * group, (head + 1) * group))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per receiver: layer, head, path, metric, effect (metric - clean), query_heads."""
+        return pd.DataFrame({
+            "layer": self.layer.numpy(), "head": self.head.numpy(), "path": list(self.path),
+            "metric": self.metric.numpy(), "effect": self.effect.numpy(),
+            "query_heads": [self.query_heads(p, int(h)) for p, h in zip(self.path, self.head)],
+        }, columns=["layer", "head", "path", "metric", "effect", "query_heads"])
+
+    def summary(self) -> pd.DataFrame:
+        """Share of the total effect through each path alone (all heads together), K+V jointly, and all paths.
+
+        `sum_of_parts` is the sum of the per-head effects (for k+v: of the K and V joint effects), so that
+        interactions show as the gap between `effect` and `sum_of_parts`.
+        """
+        df = self.to_dataframe()
+        total = self.total_effect
+        rows = []
+        for name, m in zip(self.joint_path, self.joint_metric.tolist()):
+            parts = name.split("+") if name != "all" else sorted(set(self.path), key=PATHS.index)
+            if name in PATHS:
+                part_sum = float(df.effect[df.path == name].sum())
+            else:
+                part_sum = sum(float(self.joint_metric[self.joint_path.index(p)]) - self.clean_metric for p in parts)
+            effect = m - self.clean_metric
+            rows.append({"path": name, "effect": effect, "share": effect / total if total else math.nan,
+                         "sum_of_parts": part_sum})
+        rows.append({"path": "total", "effect": total, "share": 1.0 if total else math.nan, "sum_of_parts": math.nan})
+        return pd.DataFrame(rows, columns=["path", "effect", "share", "sum_of_parts"])
+
+    def sentence(self) -> str:
+        s = self.summary().set_index("path")
+        shares = ", ".join(f"{p} {s.share[p]:.0%}" for p in s.index if p in PATHS)
+        df = self.to_dataframe()
+        top = df.loc[df.effect.abs().idxmax()] if len(df) else None
+        where = "" if top is None else (
+            f"; largest single receiver: {top.path} of layer {top.layer}" +
+            (f" head {top.head}" if top.path != "direct" else "") + f" ({top.effect:+.3g})")
+        return (f"{self.corruption} the {self.sender} in {self.model_name} moves {self.metric_name} "
+                f"{self.clean_metric:.4g} -> {self.corrupted_metric:.4g} over {len(self.str_tokens)} prompt(s); "
+                f"share through each path alone: {shares}{where}")
+
+
+# --- senders: what the corrupted run removes ------------------------------------------------------------------
+
+def _corrupt(corruption: Corruption, values: Tensor) -> Tensor:
+    if callable(corruption):
+        out = torch.as_tensor(corruption(values.clone()), dtype=values.dtype, device=values.device)
+        if out.shape != values.shape:
+            raise ValueError(f"corruption returned shape {tuple(out.shape)}, expected {tuple(values.shape)}")
+        return out
+    return torch.zeros_like(values) if corruption == "zero" else torch.full_like(values, float(corruption))
+
+
+@contextmanager
+def _replaced_weight(weight: Tensor, index: tuple[int, int], corruption: Corruption) -> Iterator[None]:
+    """Set one weight entry (a view of the model's parameter) for the body; restore it in `finally`."""
+    with torch.no_grad():
+        old = weight[index].clone()
+        try:
+            weight[index] = _corrupt(corruption, old)
+            yield
+        finally:
+            weight[index] = old
+
+
+def _sender_context(model: Any, sender: tuple, corruption: Corruption, sites: list[list[tuple[int, int, int]]]):
+    """The corrupted run's intervention for one batch; `sites[b]` lists (layer, pos, dim) of prompt b."""
+    kind = sender[0]
+    if kind == "super_weight":
+        _, layer, neuron, dim = sender
+        return _replaced_weight(model.blocks[layer].mlp.W_out, (neuron, dim), corruption)
+    if kind == "neuron":
+        _, layer, neuron = sender
+
+        def off(x: Tensor, _hook: Any) -> Tensor:  # (batch, pos, d_mlp)
+            x[..., neuron] = _corrupt(corruption, x[..., neuron])
+            return x
+
+        return hooked(model, [(hook.mlp_post(layer), off)])
+    by_layer: dict[int, list[tuple[int, int, int]]] = {}
+    for b, prompt_sites in enumerate(sites):
+        for layer, pos, dim in prompt_sites:
+            by_layer.setdefault(layer, []).append((b, pos, dim))
+
+    def remove(idx: Tensor) -> Callable:
+        def fn(x: Tensor, _hook: Any) -> Tensor:  # (batch, pos, d_model)
+            b, p, d = idx.to(x.device).unbind(1)
+            x[b, p, d] = _corrupt(corruption, x[b, p, d])
+            return x
+        return fn
+
+    return hooked(model, [(hook.resid_post(l), remove(torch.tensor(v))) for l, v in sorted(by_layer.items())])
+
+
+# --- receivers ------------------------------------------------------------------------------------------------
+
+def _hook_name(model: Any, path: str, layer: int) -> str:
+    if path == "direct":
+        return hook.resid_post(model.cfg.n_layers - 1)
+    return {"k": hook.k, "v": hook.v, "q": hook.q}[path](layer)
+
+
+def _writer(src: Tensor, rows: list[int], srcs: list[int], pos: list[int], heads: list[int] | None) -> Callable:
+    """A hook writing src[srcs, pos(, heads)] into rows of the activation (in place)."""
+    r, s, p = (torch.tensor(v) for v in (rows, srcs, pos))
+    h = None if heads is None else torch.tensor(heads)
+
+    def fn(x: Tensor, _hook: Any) -> Tensor:
+        dev = x.device
+        if h is None:  # (batch, pos, d_model)
+            x[r.to(dev), p.to(dev)] = src[s, p].to(dev, x.dtype)
+        else:  # (batch, pos, head, d_head)
+            x[r.to(dev), p.to(dev), h.to(dev)] = src[s, p, h].to(dev, x.dtype)
+        return x
+
+    return fn
+
+
+def _patch_hooks(model: Any, variants: Sequence[Sequence[Receiver]], n_prompts: int,
+                 positions: Sequence[Sequence[int]], corrupted: dict[str, Tensor]) -> list[tuple[str, Callable]]:
+    """Hooks for rows (variant i, prompt b) -> row i * n_prompts + b, each row patching its variant's receivers."""
+    index: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
+    for i, variant in enumerate(variants):
+        for path, layer, head in variant:
+            rows, srcs, pos, heads = index.setdefault(_hook_name(model, path, layer), ([], [], [], []))
+            for b in range(n_prompts):
+                for p in positions[b]:
+                    rows.append(i * n_prompts + b), srcs.append(b), pos.append(p), heads.append(head)
+    return [(name, _writer(corrupted[name], rows, srcs, pos, None if name.endswith("hook_resid_post") else heads))
+            for name, (rows, srcs, pos, heads) in index.items() if rows]
+
+
+def _naive_hook(model: Any, receiver: Receiver, positions: list[int], corrupted: dict[str, Tensor], b: int):
+    """Reference hook for a single-prompt pass: one receiver, position by position."""
+    path, layer, head = receiver
+    name = _hook_name(model, path, layer)
+
+    def fn(x: Tensor, _hook: Any) -> Tensor:
+        for p in positions:
+            src = corrupted[name][b, p]  # (d_model,) or (head, d_head)
+            if path == "direct":
+                x[0, p] = src.to(x.device, x.dtype)
+            else:
+                x[0, p, head] = src[head].to(x.device, x.dtype)
+        return x
+
+    return name, fn
+
+
+def _metric_rows(metric: Metric, logits: Tensor, tokens: Tensor) -> Tensor:
+    """The metric of each row (batch,) on CPU."""
+    tokens = tokens.to(logits.device)
+    if metric == "loss":
+        logp = logits[:, :-1].float().log_softmax(-1)  # (batch, pos - 1, d_vocab)
+        return -logp.gather(-1, tokens[:, 1:, None])[..., 0].mean(1).cpu()
+    return torch.tensor([float(metric(logits[r : r + 1], tokens[r : r + 1])) for r in range(len(tokens))])
+
+
+def _run(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int]) -> Tensor:
+    counter[0] += 1
+    counter[1] += len(tokens)
+    with torch.inference_mode(), hooked(model, hooks):
+        return _metric_rows(metric, model(tokens.to(model.cfg.device)), tokens)
+
+
+def _patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
+                     corrupted: dict[str, Tensor], metric: Metric, *, method: str, batch_size: int,
+                     counter: list[int]) -> Tensor:
+    """(variant, prompt) metrics for one batch of equal-length prompts."""
+    n = len(tokens)
+    out = torch.empty(len(variants), n)
+    if method == "naive":  # one pass per variant and prompt
+        for i, variant in enumerate(variants):
+            for b in range(n):
+                hooks = [_naive_hook(model, r, positions[b], corrupted, b) for r in variant]
+                out[i, b] = _run(model, tokens[b : b + 1], hooks, metric, counter)[0]
+        return out
+    chunk = max(1, batch_size // n)
+    for start in range(0, len(variants), chunk):
+        part = variants[start : start + chunk]
+        rows = tokens.repeat(len(part), 1)  # row i * n + b is variant i on prompt b
+        hooks = _patch_hooks(model, part, n, positions, corrupted)
+        out[start : start + len(part)] = _run(model, rows, hooks, metric, counter).view(len(part), n)
+    return out
+
+
+# --- the analysis -----------------------------------------------------------------------------------------------
+
+def _parse_sender(model: Any, senders: Any) -> tuple:
+    cfg = model.cfg
+    if isinstance(senders, str) and senders == "massive":
+        return ("massive",)
+    if isinstance(senders, (tuple, list)) and senders and senders[0] in ("neuron", "super_weight"):
+        want = 3 if senders[0] == "neuron" else 4
+        if len(senders) == want:
+            layer = _inputs.check_index("layer", senders[1], cfg.n_layers)
+            neuron = _inputs.check_index("neuron", senders[2], cfg.d_mlp)
+            if want == 3:
+                return ("neuron", layer, neuron)
+            return ("super_weight", layer, neuron, _inputs.check_index("dim", senders[3], cfg.d_model))
+    raise ValueError("senders must be 'massive', ('neuron', layer, neuron) or ('super_weight', layer, neuron, dim); "
+                     f"got {senders!r}")
+
+
+def _check_options(corruption: Any, receivers: Any, metric: Any, method: Any, batch_size: Any) -> tuple[str, ...]:
+    if not (callable(corruption) or corruption == "zero" or (
+            isinstance(corruption, (int, float)) and not isinstance(corruption, bool) and math.isfinite(corruption))):
+        raise ValueError(f"corruption must be 'zero', a finite number or a callable, got {corruption!r}")
+    paths = (receivers,) if isinstance(receivers, str) else tuple(receivers)
+    bad = [p for p in paths if p not in PATHS]
+    if bad or not paths:
+        raise ValueError(f"receivers must be a non-empty subset of {PATHS}, got {receivers!r}")
+    if not (callable(metric) or metric == "loss"):
+        raise ValueError(f"metric must be 'loss' or a callable(logits, tokens) -> scalar, got {metric!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return tuple(p for p in PATHS if p in paths)
+
+
+def _receiver_layers(model: Any, layers: Sequence[int] | None, sender_layer: int) -> list[int]:
+    n_layers = model.cfg.n_layers
+    if layers is None:
+        return list(range(sender_layer + 1, n_layers))
+    out = []
+    for layer in layers:
+        layer = _inputs.check_index("layer", layer, n_layers)
+        if layer <= sender_layer:
+            raise ValueError(f"layer {layer} is not after the sender's block {sender_layer}: receiver layers are "
+                             f"{sender_layer + 1}..{n_layers - 1}")
+        out.append(layer)
+    return sorted(set(out))
+
+
+def _describe(sender: tuple, corruption: Corruption, dims: list[int], first: int) -> tuple[str, str]:
+    what = {
+        "massive": lambda: f"massive activation (dim(s) {', '.join(map(str, dims))} from block {first})",
+        "neuron": lambda: f"neuron {sender[2]} of block {sender[1]}",
+        "super_weight": lambda: f"super weight W_out[{sender[2]}, {sender[3]}] of block {sender[1]}",
+    }[sender[0]]()
+    if callable(corruption):
+        how = f"replacing by {getattr(corruption, '__name__', 'a callable')}"
+    else:
+        how = "zeroing" if corruption == "zero" else f"setting to {float(corruption):g}"
+    return what, how
+
+
+def path_patch(
+    model: Any,
+    inputs: _inputs.Inputs,
+    *,
+    corruption: Corruption = "zero",
+    receivers: Sequence[str] = PATHS,
+    metric: Metric = "loss",
+    senders: str | tuple = "massive",
+    layers: Sequence[int] | None = None,
+    massive: Any = None,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    batch_size: int = 32,
+    method: str = "batched",
+    prepend_bos: bool | None = None,
+) -> PathPatching:
+    """Effect of the massive activation's removal through each receiver: K, V, Q of each later head, and direct.
+
+    `corruption` replaces the sender's value(s): "zero", a number, or a callable given the clean values.
+    `senders` is "massive" (the entries `detect` finds, at the block where each appears), ("neuron", layer,
+    neuron) (that MLP neuron's output, at every position) or ("super_weight", layer, neuron, dim) (one W_out
+    entry). Receivers always read the corruption at the massive positions, in `layers` (default: every block
+    after the sender). `metric` is mean next-token "loss" or any callable(logits, tokens) -> scalar, computed
+    per prompt and averaged. `batch_size` is rows per forward pass; `method="naive"` is the one-pass-per-
+    receiver reference. Pass `massive=` (a MassiveActivations for the same inputs) to skip detection.
+
+        >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))   # doctest: +SKIP
+        >>> pp.to_dataframe().sort_values("effect").tail()                    # doctest: +SKIP
+    """
+    from .detect import _check_rule, _scan
+
+    sender = _parse_sender(model, senders)
+    paths = _check_options(corruption, receivers, metric, method, batch_size)
+    _check_rule(threshold, ratio)
+    prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
+    str_toks = tuple(_inputs.str_tokens(model, t) for t in prompts)
+    counter = [0, 0]  # model calls, prompt-rows
+    if massive is None:
+        massive, _ = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
+                           progress=False)
+        counter = [len(list(_inputs.batches(prompts, batch_size=batch_size))), len(prompts)]
+    elif tuple(massive.str_tokens) != str_toks:
+        raise ValueError(f"massive= was found on other prompts ({len(massive.str_tokens)} prompt(s)); "
+                         "run find_massive_activations on the same inputs")
+    sites_df = massive.sites()
+    if sites_df.empty:
+        raise ValueError(f"no massive activations in these {len(prompts)} prompt(s) (|x| > {massive.threshold:g} and "
+                         f">= {massive.ratio:g}x median): nothing to path-patch")
+    sites = [[(int(r.first_layer), int(r.pos), int(r.dim)) for r in sites_df[sites_df.prompt == i].itertuples()]
+             for i in range(len(prompts))]
+    positions = [sorted({p for _, p, _ in s}) for s in sites]
+    first = int(sites_df.first_layer.min())
+    sender_layer = first if sender[0] == "massive" else sender[1]
+    recv_layers = _receiver_layers(model, layers, sender_layer)
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    recv: list[Receiver] = [(p, l, h) for p in paths if p != "direct" for l in recv_layers
+                            for h in range(n_kv if p in ("k", "v") else cfg.n_heads)]
+    recv += [("direct", cfg.n_layers, -1)] if "direct" in paths else []
+    if not recv:
+        raise ValueError(f"no receivers: the sender's block {sender_layer} is the last one; use receivers=('direct',)")
+    joint = {p: [r for r in recv if r[0] == p] for p in paths}
+    joint = {p: v for p, v in joint.items() if v}
+    if "k" in joint and "v" in joint:
+        joint["k+v"] = joint["k"] + joint["v"]
+    if len({r[0] for r in recv}) > 1:
+        joint["all"] = list(recv)
+    variants = [[r] for r in recv] + list(joint.values())
+    names = sorted({_hook_name(model, p, l) for p, l, _ in recv})
+
+    n = len(prompts)
+    clean, corrupt, patched = torch.empty(n), torch.empty(n), torch.empty(len(variants), n)
+    for batch in _inputs.batches(prompts, batch_size=batch_size):
+        idx = list(batch.index)
+        clean[idx] = _run(model, batch.tokens, [], metric, counter)
+        sender_ctx = _sender_context(model, sender, corruption, [sites[i] for i in idx])
+        with sender_ctx:
+            logits, cache = capture(model, batch.tokens, names)
+        counter[0] += 1
+        counter[1] += len(idx)
+        corrupt[idx] = _metric_rows(metric, logits, batch.tokens)
+        patched[:, idx] = _patched_metrics(model, batch.tokens, variants, [positions[i] for i in idx], cache, metric,
+                                           method=method, batch_size=batch_size, counter=counter)
+    means = patched.mean(1)
+    dims = sorted({d for s in sites for _, _, d in s})
+    what, how = _describe(sender, corruption, dims, first)
+    templates = {"k": hook.k("{layer}"), "v": hook.v("{layer}"), "q": hook.q("{layer}"),
+                 "direct": hook.resid_post(cfg.n_layers - 1)}
+    return PathPatching(
+        layer=torch.tensor([r[1] for r in recv]), head=torch.tensor([r[2] for r in recv]),
+        path=tuple(r[0] for r in recv), metric=means[: len(recv)].clone(), joint_path=tuple(joint),
+        joint_metric=means[len(recv):].clone(), clean_metric=float(clean.mean()), corrupted_metric=float(corrupt.mean()),
+        sender=what, sender_layer=sender_layer, corruption=how,
+        metric_name="loss" if metric == "loss" else getattr(metric, "__name__", "metric"),
+        positions=tuple(tuple(p) for p in positions), str_tokens=str_toks, model_name=model_name(model),
+        n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=n_kv, hook_names=tuple(templates[p] for p in paths),
+        method=method, forward_calls=counter[0], forward_rows=counter[1],
+    )
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+def _patch_cli(args: Any) -> int:
+    from .cli import load_from_args, prompts_from_args
+
+    model = load_from_args(args)
+    corruption = "zero" if args.corruption == "zero" else float(args.corruption)
+    pp = path_patch(model, prompts_from_args(args), corruption=corruption, receivers=args.paths, layers=args.layers,
+                    batch_size=args.batch_size)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(pp)
+        print(pp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        df = pp.to_dataframe()
+        print(f"\ntop {args.top} receivers by |effect|:")
+        print(df.loc[df.effect.abs().sort_values(ascending=False).index[: args.top]].to_string(index=False))
+    return 0
+
+
+def add_patch_command(sub: Any) -> None:
+    from .cli import add_model_argument, add_prompt_arguments
+
+    p = sub.add_parser("patch", help="path-patch the massive activation into K, V, Q of later heads and the logits")
+    add_model_argument(p)
+    add_prompt_arguments(p)
+    p.add_argument("--corruption", default="zero", help="'zero' or a number to set the massive entries to")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="receiver paths (default: all)")
+    p.add_argument("--layers", nargs="+", type=int, default=None, help="receiver layers (default: all later blocks)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (default 32)")
+    p.add_argument("--top", type=int, default=10, help="receivers to list (default 10)")
+    p.set_defaults(func=_patch_cli)

@@ -1,0 +1,179 @@
+"""Path patching: batched runs equal the naive loop, effects add up, bad inputs fail loudly, hooks come off."""
+
+import math
+
+import pytest
+import torch
+
+from mi_massive import PathPatching, find_massive_activations, path_patch
+
+PROMPTS = ["hello world", "abc def", "quick fox"]  # two lengths: two prompt batches
+
+
+def _logit_of_next(logits, tokens):  # a custom metric: mean logit of the true next token
+    return logits[0, :-1].gather(-1, tokens[0, 1:, None]).mean()
+
+
+@pytest.fixture(scope="module")
+def tiny_pp(tiny_llama):
+    return path_patch(tiny_llama, PROMPTS, batch_size=5)
+
+
+# --- tiny planted model ---------------------------------------------------------------------------------------
+
+def test_batched_equals_naive_loop(tiny_llama, tiny_pp):
+    slow = path_patch(tiny_llama, PROMPTS, method="naive")
+    assert tiny_pp.path == slow.path and tiny_pp.joint_path == slow.joint_path
+    torch.testing.assert_close(tiny_pp.metric, slow.metric, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny_pp.joint_metric, slow.joint_metric, atol=1e-5, rtol=0)
+    assert tiny_pp.clean_metric == pytest.approx(slow.clean_metric, abs=1e-6)
+    assert tiny_pp.forward_rows == slow.forward_rows  # same work...
+    assert tiny_pp.forward_calls < slow.forward_calls / 3  # ...in far fewer passes
+    assert slow.forward_calls == slow.forward_rows
+
+
+def test_batched_equals_naive_custom_metric(tiny_llama):
+    kw = dict(metric=_logit_of_next, receivers=("v", "q", "direct"), layers=[2])
+    fast = path_patch(tiny_llama, PROMPTS[1:], batch_size=4, **kw)
+    slow = path_patch(tiny_llama, PROMPTS[1:], method="naive", **kw)
+    torch.testing.assert_close(fast.metric, slow.metric, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.joint_metric, slow.joint_metric, atol=1e-5, rtol=0)
+    assert fast.metric_name == "_logit_of_next" and fast.joint_path == ("v", "q", "direct", "all")
+
+
+def test_rows_and_dataframe(tiny_llama, tiny_pp):
+    cfg = tiny_llama.cfg
+    layers = range(tiny_llama.mi_massive_plant.layer + 1, cfg.n_layers)  # blocks after the writer
+    assert tiny_pp.sender_layer == tiny_llama.mi_massive_plant.layer
+    df = tiny_pp.to_dataframe()
+    assert list(df.columns) == ["layer", "head", "path", "metric", "effect", "query_heads"]
+    n_kv = cfg.n_key_value_heads
+    assert len(df) == len(layers) * (2 * n_kv + cfg.n_heads) + 1
+    assert set(df[df.path == "k"].layer) == set(layers)
+    assert df[(df.path == "v") & (df["head"] == 1)].query_heads.iloc[0] == (2, 3)  # 4 query heads on 2 KV heads
+    assert df[df.path == "direct"].layer.tolist() == [cfg.n_layers]
+    assert tiny_pp.positions == ((0,),) * len(PROMPTS)
+    assert tiny_pp.joint_path == ("k", "v", "q", "direct", "k+v", "all")
+
+
+def test_effects_add_up(tiny_pp):
+    s = tiny_pp.summary().set_index("path")
+    assert abs(tiny_pp.total_effect) > 1e-3
+    # every path at once reproduces the fully corrupted run exactly: nothing else reads the massive token
+    assert s.effect["all"] == pytest.approx(tiny_pp.total_effect, abs=1e-5)
+    assert s.share["all"] == pytest.approx(1.0, abs=1e-3)
+    df = tiny_pp.to_dataframe()
+    # the massive token is BOS: its query meets a single key, so queries carry nothing
+    assert (df[df.path == "q"].effect == 0).all() and s.effect["q"] == 0
+    # single-receiver direct row equals the direct joint row
+    assert df[df.path == "direct"].effect.iloc[0] == pytest.approx(s.effect["direct"], abs=1e-6)
+    assert s.sum_of_parts["k+v"] == pytest.approx(s.effect["k"] + s.effect["v"], abs=1e-6)
+    assert "zeroing the massive activation (dim(s) 5 from block 1)" in repr(tiny_pp)
+
+
+def test_identity_corruption_has_no_effect(tiny_llama):
+    pp = path_patch(tiny_llama, PROMPTS[:2], corruption=lambda v: v, receivers=("k", "v", "direct"))
+    assert pp.total_effect == 0 and (pp.effect == 0).all() and (pp.joint_metric == pp.clean_metric).all()
+
+
+def test_neuron_and_super_weight_senders(tiny_llama, tiny_pp):
+    plant = tiny_llama.mi_massive_plant
+    w = tiny_llama.blocks[plant.layer].mlp.W_out
+    before = w.clone()
+    neuron = path_patch(tiny_llama, PROMPTS, senders=("neuron", plant.layer, plant.neuron))
+    sw = path_patch(tiny_llama, PROMPTS, senders=("super_weight", plant.layer, plant.neuron, plant.dim))
+    assert torch.equal(w, before)  # the weight is restored
+    assert "super weight W_out[7, 5] of block 1" in sw.sender and "neuron 7 of block 1" in neuron.sender
+    # the neuron writes only through the super weight: both senders remove the same thing
+    assert neuron.total_effect == pytest.approx(sw.total_effect, abs=1e-6)
+    # and nearly all of it is the massive activation (the plant writes ~0 elsewhere)
+    assert sw.total_effect == pytest.approx(tiny_pp.total_effect, rel=0.05)
+    assert sw.summary().set_index("path").share["all"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_receivers_layers_and_reused_detection(tiny_llama, tiny_pp):
+    found = find_massive_activations(tiny_llama, PROMPTS)
+    pp = path_patch(tiny_llama, PROMPTS, receivers=("v",), layers=[3], massive=found, batch_size=5)
+    assert pp.path == ("v", "v") and pp.joint_path == ("v",)
+    assert pp.hook_names == ("blocks.{layer}.attn.hook_v",)
+    full = tiny_pp.to_dataframe()
+    torch.testing.assert_close(pp.metric, torch.tensor(full[(full.path == "v") & (full.layer == 3)].metric.values))
+    assert pp.forward_rows == 2 * len(PROMPTS) + 3 * len(PROMPTS)  # clean, corrupted, 2 heads + joint, no detection
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(corruption="half"), "corruption must be"),
+    (dict(corruption=float("nan")), "corruption must be"),
+    (dict(receivers=("k", "o")), "receivers must be"),
+    (dict(receivers=()), "receivers must be"),
+    (dict(metric="accuracy"), "metric must be"),
+    (dict(method="fast"), "method must be"),
+    (dict(batch_size=0), "batch_size must be"),
+    (dict(layers=[1]), r"not after the sender's block 1: receiver layers are 2..3"),
+    (dict(layers=[9]), r"layer 9 out of range: valid layers are 0..3"),
+    (dict(senders=("neuron", 1, 500)), r"neuron 500 out of range: valid neurons are 0..127"),
+    (dict(senders=("super_weight", 1, 7)), "senders must be"),
+    (dict(senders="bos"), "senders must be"),
+    (dict(threshold=-1), "threshold must be"),
+])
+def test_bad_inputs(tiny_llama, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        path_patch(tiny_llama, "hello", **kwargs)
+
+
+def test_no_massive_activation_or_wrong_detection(tiny_llama, tiny_random):
+    with pytest.raises(ValueError, match="no massive activations"):
+        path_patch(tiny_random, "hello world")
+    with pytest.raises(ValueError, match="found on other prompts"):
+        path_patch(tiny_llama, "hello", massive=find_massive_activations(tiny_llama, "world"))
+    with pytest.raises(ValueError, match="empty"):
+        path_patch(tiny_llama, [])
+
+
+def _hooks_left(model):
+    return [name for name, hp in model.hook_dict.items() if hp.fwd_hooks]
+
+
+def test_hooks_removed_and_weight_restored_on_error(tiny_llama):
+    from mi_massive.patching import _replaced_weight
+
+    path_patch(tiny_llama, "hello", receivers=("k", "direct"))
+    assert _hooks_left(tiny_llama) == []
+
+    def broken_metric(logits, tokens):  # fails in the first patched pass (after clean and corrupted)
+        broken_metric.calls += 1
+        if broken_metric.calls > 2:
+            raise RuntimeError("metric failed")
+        return logits.mean()
+
+    broken_metric.calls = 0
+    with pytest.raises(RuntimeError, match="metric failed"):
+        path_patch(tiny_llama, "hello", metric=broken_metric)
+    assert _hooks_left(tiny_llama) == []
+
+    def broken_corruption(values):  # fails inside the corrupted forward pass
+        raise RuntimeError("corruption failed")
+
+    with pytest.raises(RuntimeError, match="corruption failed"):
+        path_patch(tiny_llama, "hello", corruption=broken_corruption)
+    assert _hooks_left(tiny_llama) == []
+
+    plant = tiny_llama.mi_massive_plant
+    w = tiny_llama.blocks[plant.layer].mlp.W_out
+    before = w.clone()
+    with pytest.raises(RuntimeError, match="inside"):
+        with _replaced_weight(w, (plant.neuron, plant.dim), "zero"):
+            assert w[plant.neuron, plant.dim] == 0
+            raise RuntimeError("inside")
+    assert torch.equal(w, before)
+
+
+def test_save_load_and_cli_parser(tiny_pp, tmp_path):
+    tiny_pp.save(tmp_path / "pp.pt")
+    back = PathPatching.load(tmp_path / "pp.pt")
+    assert back.to_dataframe().equals(tiny_pp.to_dataframe()) and repr(back) == repr(tiny_pp)
+    from mi_massive.cli import build_parser
+
+    args = build_parser().parse_args(["patch", "--paths", "k", "v", "--layers", "12", "13", "--corruption", "0.5"])
+    assert args.paths == ["k", "v"] and args.layers == [12, 13] and args.func.__name__ == "_patch_cli"
+    assert not math.isnan(tiny_pp.summary().share.iloc[0])
