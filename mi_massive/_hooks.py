@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -11,12 +12,38 @@ import torch
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 
+def check_eval(model: Any) -> None:
+    """Analyses need a deterministic model: raise if any module is in training mode (dropout would be on)."""
+    if any(m.training for m in model.modules()):
+        raise ValueError("the model is in training mode, so dropout would make every result random: call "
+                         "model.eval() first (load_model returns models in eval mode)")
+
+
+def check_weights(model: Any) -> None:
+    """Raise if any weight holds NaN or inf (called once an activation is not finite, to name the cause)."""
+    bad = [n.replace("._original_component", "") for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"the model's weights hold NaN or inf ({', '.join(bad[:3])}): every result would be NaN; "
+                         "reload the model")
+
+
+def check_finite(model: Any, out: Any) -> None:
+    """A non-finite output: raise if the weights hold NaN/inf, else warn that the activations overflow the dtype."""
+    if not isinstance(out, torch.Tensor) or bool(torch.isfinite(out).all()):
+        return
+    check_weights(model)
+    warnings.warn(f"the model's output is not finite: activations overflow {model.cfg.dtype}, so massive values and "
+                  "what depends on them are inf or NaN; load the model with dtype=torch.float32 (or bfloat16)",
+                  RuntimeWarning, stacklevel=3)
+
+
 @contextmanager
 def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired: bool = True) -> Iterator[Any]:
     """Attach `fwd_hooks` for the body; remove them in `finally`; raise if one never fired.
 
     A wrong hook name must never give a silently clean result.
     """
+    check_eval(model)
     unknown = [name for name, _ in fwd_hooks if name not in model.hook_dict]
     if unknown:
         raise ValueError(f"unknown hook name(s) {unknown[:3]}: e.g. {list(model.hook_dict)[:3]}")
@@ -36,10 +63,15 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired
         raise RuntimeError(f"hook(s) never fired: {missing[:5]}; the result would have been silently unhooked")
 
 
-def run_with_hooks(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]], **kwargs: Any) -> Any:
-    """One forward pass with hooks that must fire; no gradients."""
+def run_with_hooks(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]], *,
+                   finite_check: bool = True, **kwargs: Any) -> Any:
+    """One forward pass with hooks that must fire; no gradients. A non-finite output warns (dtype overflow) or
+    raises (NaN/inf weights) unless `finite_check=False` (for callers that report it themselves)."""
     with torch.inference_mode(), hooked(model, fwd_hooks):
-        return model(tokens.to(model.cfg.device), **kwargs)
+        out = model(tokens.to(model.cfg.device), **kwargs)
+    if finite_check:
+        check_finite(model, out)
+    return out
 
 
 def capture(model: Any, tokens: torch.Tensor, names: Sequence[str], **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:

@@ -10,6 +10,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ._hooks import check_eval
+
 Inputs = str | Sequence[str] | Tensor
 
 
@@ -26,6 +28,8 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
 
     `prepend_bos=None` follows the model (TransformerLens prepends BOS by default).
     """
+    check_model(model)
+    n_ctx = model.cfg.n_ctx
     if isinstance(inputs, Tensor):
         if inputs.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"token tensor must hold integers, not {inputs.dtype}")
@@ -36,6 +40,8 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
         d_vocab = model.cfg.d_vocab
         if int(inputs.min()) < 0 or int(inputs.max()) >= d_vocab:
             raise ValueError(f"token ids must lie in 0..{d_vocab - 1}; got {int(inputs.min())}..{int(inputs.max())}")
+        if inputs.shape[1] > n_ctx:
+            raise ValueError(f"the token tensor has {inputs.shape[1]} positions; the model's context is {n_ctx}")
         return [row.long().cpu() for row in inputs]
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -44,7 +50,6 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
     if len(inputs) == 0:
         raise ValueError("inputs is an empty list: give at least one prompt")
     out = []
-    n_ctx = model.cfg.n_ctx
     for i, text in enumerate(inputs):
         if not isinstance(text, str):
             raise ValueError(f"prompt {i} is a {type(text).__name__}, not a string")
@@ -55,6 +60,14 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
             raise ValueError(f"prompt {i} has {len(toks)} tokens; the model's context is {n_ctx}")
         out.append(toks)
     return out
+
+
+def check_model(model: Any) -> None:
+    """A hooked model from load_model, in eval mode; raises naming what was passed instead."""
+    if not all(hasattr(model, a) for a in ("cfg", "to_tokens", "hook_dict")):
+        raise ValueError(f"expected a TransformerBridge from mi_massive.load_model, got {type(model).__name__}: "
+                         "wrap a transformers model with load_model(hf_model, tokenizer=...)")
+    check_eval(model)
 
 
 def batches(prompts: list[Tensor], *, batch_size: int = 8) -> Iterator[Batch]:
@@ -80,5 +93,7 @@ def check_index(kind: str, value: int, size: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{kind} must be an int, not {type(value).__name__}")
     if not -size <= value < size:
-        raise ValueError(f"{kind} {value} out of range: valid {kind}s are 0..{size - 1}")
+        head, _, rest = kind.partition(" (")  # "sink position (prompt 0)" -> "sink positions (prompt 0)"
+        plural = {"pos": "positions"}.get(head, head + "s") + (f" ({rest}" if rest else "")
+        raise ValueError(f"{kind} {value} out of range: valid {plural} are 0..{size - 1}")
     return value % size

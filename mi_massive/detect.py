@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _inputs
-from ._hooks import run_with_hooks
+from ._hooks import check_weights, run_with_hooks
 from ._results import Result
 from .arch import hook
 from .models import model_name
@@ -195,12 +195,14 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                     hits.append(rows)
             return fn
 
-        run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)])
+        run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)],
+                       finite_check=False)  # reported below, per layer
         bar.update(len(batch.index))
     bar.close()
     rows = torch.cat(hits) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
     if nonfinite.any():
+        check_weights(model)  # NaN/inf weights raise; otherwise the activations overflow the dtype
         bad = [int(l) for l in nonfinite.nonzero().flatten()]
         warnings.warn(
             f"{int(nonfinite.sum())} non-finite residual entries in layers {bad[:8]}: the activations overflow "
