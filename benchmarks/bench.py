@@ -1,0 +1,244 @@
+"""Benchmarks as ratios against a bare forward pass measured in the same run (these machines are noisy).
+
+    python benchmarks/bench.py                       # CPU, smollm2-135m: scan, origin, patching, loads
+    python benchmarks/bench.py --device cuda --gpu   # adds bf16/fp32 scans and a random 1B LLaMA
+
+Prints one line per figure and appends a JSON record to --out (default: benchmarks/results.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], device: str, *, repeat: int = 3) -> float:
+    """Median wall time of `repeat` runs after one warm-up."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: str, *, repeat: int = 3) -> dict[str, float]:
+    """Median times of several functions, run in alternation so that drifting load hits all alike."""
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> float:
+    """Peak bytes allocated during fn on CUDA; on CPU, the growth of the process's peak RSS."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - base)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(100, min(vocab, 30000), (n, seq), generator=g)
+    toks[:, 0] = bos
+    return toks
+
+
+def bench_scan(model, hf_model, toks: torch.Tensor, device: str, *, batch_size: int, label: str) -> dict:
+    """find_massive_activations + layer_profile (one pass) vs a bare HF forward over the same tokens."""
+    from mi_massive.detect import scan
+
+    dev_toks = toks.to(device)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for i in range(0, len(dev_toks), batch_size):
+                hf_model(dev_toks[i : i + batch_size])
+
+    def ours() -> None:
+        scan(model, toks, batch_size=batch_size, progress=False)
+
+    t = interleaved({"bare": bare, "scan": ours}, device)
+    mem_bare, mem_scan = peak_memory(bare, device), peak_memory(ours, device)
+    n_tok = toks.numel()
+    return {
+        "figure": f"scan {label}", "tokens": n_tok, "bare_s": t["bare"], "scan_s": t["scan"],
+        "time_ratio": t["scan"] / t["bare"], "tokens_per_s": n_tok / t["scan"],
+        "bare_tokens_per_s": n_tok / t["bare"], "peak_bytes_bare": mem_bare, "peak_bytes_scan": mem_scan,
+        "memory_ratio": (mem_scan / mem_bare) if mem_bare > 0 else None,
+    }
+
+
+def bench_second_load(name: str) -> dict:
+    """Seconds for load_model(name) in a fresh process once the cache is warm."""
+    code = (
+        "import time; t = time.perf_counter(); from mi_massive import load_model; "
+        f"load_model({name!r}); print(time.perf_counter() - t)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warms the cache
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return {"figure": f"second load {name}", "seconds": float(out.stdout.strip().splitlines()[-1])}
+
+
+def bench_origin(model, prompt: str, device: str) -> dict:
+    from mi_massive import trace_origin
+
+    toks = model.to_tokens(prompt)
+    fwd = timeit(lambda: model(toks, return_type="loss"), device)
+    t = timeit(lambda: trace_origin(model, prompt), device, repeat=2)
+    return {"figure": "trace_origin with causal check", "forward_s": fwd, "origin_s": t, "forward_equivalents": t / fwd}
+
+
+def bench_patching(model, prompt: str, device: str) -> dict:
+    from mi_massive import path_patch
+    from mi_massive import patching
+
+    toks = model.to_tokens(prompt)
+    fwd = timeit(lambda: model(toks, return_type="loss"), device)
+    t = timeit(lambda: path_patch(model, prompt), device, repeat=2)
+    rec = {"figure": "path patching, all heads and paths", "forward_s": fwd, "patch_s": t, "forward_equivalents": t / fwd}
+    naive = getattr(patching, "path_patch_naive", None)
+    if naive is not None:
+        tn = timeit(lambda: naive(model, prompt), device, repeat=1)
+        rec.update(naive_s=tn, speedup_over_naive=tn / t)
+    return rec
+
+
+def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
+    """A randomly initialised LLaMA-style model of ~1.1B parameters with a planted massive activation."""
+    import transformers
+
+    from mi_massive.models import load_model
+    from mi_massive.testing import Plant, char_tokenizer, plant_massive_activation
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    hf.config._name_or_path = "random-llama-1.1b"
+    n_params = sum(p.numel() for p in hf.parameters())
+    model = load_model(hf, tokenizer=char_tokenizer())
+    plant_massive_activation(model, Plant(layer=2, neuron=11, dim=1234, magnitude=magnitude))
+    return model, n_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gpu", action="store_true", help="also run the GPU figures (bf16/fp32, random 1B LLaMA)")
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
+    p.add_argument("--out", default=str(HERE / "results.jsonl"))
+    args = p.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM
+
+    from mi_massive import load_model
+    from mi_massive.models import EMBEDDED, embedded_path
+
+    torch.set_grad_enabled(False)
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
+        "cpu_count": torch.get_num_threads(), "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "torch": torch.__version__,
+    }
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        rec = {**meta, **rec}
+        records.append(rec)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k not in meta}
+        print(json.dumps(shown), flush=True)
+
+    dtypes = [torch.float32, torch.bfloat16] if args.gpu else [torch.float32]
+    if "scan" not in args.skip:
+        for dtype in dtypes:
+            model = load_model("smollm2-135m", device=args.device, dtype=dtype)
+            hf = AutoModelForCausalLM.from_pretrained(embedded_path("smollm2-135m"), dtype=dtype).to(args.device).eval()
+            toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
+            emit(bench_scan(model, hf, toks, args.device, batch_size=args.batch_size,
+                            label=f"smollm2-135m {str(dtype).split('.')[-1]}"))
+            del model, hf
+    if args.gpu:
+        for dtype in dtypes:
+            model, n_params = big_llama(args.device, dtype)
+            toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
+            rec = bench_scan(model, model.original_model, toks, args.device, batch_size=args.batch_size,
+                             label=f"random-llama-1.1b {str(dtype).split('.')[-1]}")
+            from mi_massive import find_massive_activations
+
+            found = find_massive_activations(model, toks[:2])
+            rec.update(n_params=n_params, planted_found=1234 in found.dims)
+            emit(rec)
+            del model
+        model, _ = big_llama(args.device, torch.float16, magnitude=1e6)  # beyond float16's 65504
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from mi_massive import find_massive_activations
+
+            found = find_massive_activations(model, random_tokens(2, 32, 32000, 1))
+        emit({"figure": "float16 overflow reported", "nonfinite_entries": int(found.nonfinite.sum()),
+              "warned": any("overflow" in str(w.message) for w in caught)})
+        del model
+    if "origin" not in args.skip or "patch" not in args.skip:
+        model = load_model("smollm2-135m", device=args.device)
+        prompt = "Summer is warm. Winter is cold. The quick brown fox jumps over the lazy dog."
+        if "origin" not in args.skip:
+            emit(bench_origin(model, prompt, args.device))
+        if "patch" not in args.skip:
+            emit(bench_patching(model, prompt, args.device))
+    if "load" not in args.skip:
+        for name in EMBEDDED:
+            emit(bench_second_load(name))
+    with open(args.out, "a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
