@@ -85,6 +85,7 @@ def add_scan_command(sub) -> None:
 # name -> "module:function" that adds the subcommand; imported lazily so `--help` stays fast.
 _COMMANDS: dict[str, str] = {
     "scan": "mi_massive.cli:add_scan_command",
+    "table3": "mi_massive.perplexity:add_table3_command",
     "trace": "mi_massive.origin:add_trace_command",
     "patch": "mi_massive.patching:add_patch_command",
     "report": "mi_massive.report:add_report_command",

@@ -93,8 +93,8 @@ def clean_wikitext(markup: str, *, min_words: int = 20) -> list[str]:
     for block in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in block.splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith(("=", "*", "#", ":", ";", "|", "!", "{", "}", "__"))]
-        para = " ".join(" ".join(lines).split())
-        para = re.sub(r"\(\s*[,;]?\s*\)", "", para).replace(" ,", ",").replace(" .", ".")
+        para = re.sub(r"\(\s*[,;]?\s*\)", "", " ".join(lines))
+        para = " ".join(para.split()).replace(" ,", ",").replace(" .", ".")
         if len(para.split()) >= min_words and para[-1] in ".!?\"'" and "[[" not in para and "{{" not in para:
             paragraphs.append(para)
     return paragraphs

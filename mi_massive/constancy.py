@@ -1,0 +1,194 @@
+"""Massive activations are near-constant across inputs (paper Sec. 3): mean, std and CV per massive dim.
+
+Measured separately at the starting token (position 0) and at the other positions that carry a massive
+value (delimiters such as "." or "\\n"), once without BOS and once with BOS. The paper measures without
+BOS; with BOS, position 0 is the BOS token, which under causal attention sees only itself, so its value is
+the same for every input and its CV is trivially zero.
+
+    >>> from mi_massive import load_model, massive_stats
+    >>> stats = massive_stats(load_model(), ["Summer is warm.", "Winter is cold."])   # doctest: +SKIP
+    >>> stats.summary()                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import _inputs
+from ._hooks import capture
+from ._results import Result
+from .arch import hook
+from .detect import HOOK_TEMPLATE, _check_rule, _progress
+from .models import model_name
+
+KINDS = ("first", "other")  # position 0 (the starting token, or BOS) / other massive positions (delimiters)
+
+
+def truncated_prompts(model: Any, texts: _inputs.Inputs, *, prepend_bos: bool, max_tokens: int) -> list[Tensor]:
+    """Tokenised texts cut to `max_tokens` tokens (BOS included), so most share a length and batch together."""
+    if not isinstance(max_tokens, int) or max_tokens < 2:
+        raise ValueError(f"max_tokens must be an int >= 2, got {max_tokens!r}")
+    if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
+        texts = [t[: 20 * max_tokens] for t in texts]  # enough characters for max_tokens tokens
+    return [t[:max_tokens] for t in _inputs.tokenize(model, texts, prepend_bos=prepend_bos)]
+
+
+def massive_mask(x: Tensor, *, threshold: float, ratio: float) -> Tensor:
+    """The paper's rule per prompt: |x| > threshold and |x| >= ratio x that prompt's median |x| at this layer."""
+    a = x.detach().abs().float()  # (batch, pos, d_model)
+    med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
+    return (a > threshold) & (a >= ratio * med[:, None, None])
+
+
+@dataclass(frozen=True, repr=False)
+class MassiveStats(Result):
+    """Per massive dim and layer: mean, std and count of its value across inputs.
+
+    Axes: `setting` follows `prepend_bos` (False = no BOS, the paper's setting; True = BOS at position 0);
+    `kind` is 0 for the starting token (position 0) and 1 for the other positions where the dim is massive.
+    """
+
+    dims: tuple[int, ...]
+    prepend_bos: tuple[bool, ...]
+    mean: Float[Tensor, "setting kind layer dim"]
+    std: Float[Tensor, "setting kind layer dim"]
+    count: Int[Tensor, "setting kind layer dim"]
+    first_layer: Int[Tensor, "setting dim"]  # first layer where the dim is massive (-1: never in that setting)
+    last_layer: Int[Tensor, "setting dim"]
+    fraction: Float[Tensor, "setting dim"]  # share of token positions where the dim is massive in some layer
+    excluded_dims: tuple[int, ...]  # massive at more than max_fraction of positions: a scale, not a bias term
+    n_texts: int
+    max_tokens: int
+    threshold: float
+    ratio: float
+    model_name: str
+    hook_template: str = HOOK_TEMPLATE
+
+    @property
+    def cv(self) -> Float[Tensor, "setting kind layer dim"]:
+        """Coefficient of variation std / |mean| (nan where there were no values)."""
+        return self.std / self.mean.abs()
+
+    def setting(self, prepend_bos: bool) -> int:
+        if prepend_bos not in self.prepend_bos:
+            raise ValueError(f"stats were measured with prepend_bos in {self.prepend_bos}, not {prepend_bos}")
+        return self.prepend_bos.index(prepend_bos)
+
+    def peak_layer(self, dim: int, *, prepend_bos: bool = False) -> int:
+        """The layer where the dim's mean at the starting token is largest in magnitude."""
+        return int(self.mean[self.setting(prepend_bos), 0, :, self.dims.index(dim)].abs().nan_to_num().argmax())
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per (prepend_bos, kind, layer, dim)."""
+        s, k, l, d = torch.meshgrid(*(torch.arange(n) for n in self.mean.shape), indexing="ij")
+        return pd.DataFrame({
+            "prepend_bos": [self.prepend_bos[i] for i in s.flatten().tolist()],
+            "kind": [KINDS[i] for i in k.flatten().tolist()], "layer": l.flatten().numpy(),
+            "dim": [self.dims[i] for i in d.flatten().tolist()], "n": self.count.flatten().numpy(),
+            "mean": self.mean.flatten().numpy(), "std": self.std.flatten().numpy(), "cv": self.cv.flatten().numpy(),
+        })
+
+    def summary(self) -> pd.DataFrame:
+        """One row per (prepend_bos, kind, dim) at the dim's peak layer (starting token, same setting)."""
+        rows = []
+        for si, bos in enumerate(self.prepend_bos):
+            for di, dim in enumerate(self.dims):
+                layer = self.peak_layer(dim, prepend_bos=bos)
+                for ki, kind in enumerate(KINDS):
+                    rows.append({"prepend_bos": bos, "kind": kind, "dim": dim, "layer": layer,
+                                 "n": int(self.count[si, ki, layer, di]), "mean": float(self.mean[si, ki, layer, di]),
+                                 "std": float(self.std[si, ki, layer, di]), "cv": float(self.cv[si, ki, layer, di])})
+        return pd.DataFrame(rows, columns=["prepend_bos", "kind", "dim", "layer", "n", "mean", "std", "cv"])
+
+    def sentence(self) -> str:
+        if not self.dims:
+            return f"no massive dims in {self.model_name} over {self.n_texts} text(s)"
+        s = self.summary()
+        parts = []
+        for dim in self.dims[:3]:
+            r = s[(s.dim == dim) & (s.kind == "first")].set_index("prepend_bos")
+            txt = [f"{'with BOS (trivially constant)' if b else 'without BOS'} CV {r.cv[b]:.2%} (mean {r['mean'][b]:.4g})"
+                   for b in self.prepend_bos]
+            parts.append(f"dim {dim} at the starting token, layer {int(r.layer.iloc[0])}: " + ", ".join(txt))
+        return f"{self.model_name} over {self.n_texts} text(s): " + "; ".join(parts)
+
+
+def massive_stats(
+    model: Any,
+    texts: _inputs.Inputs,
+    *,
+    prepend_bos: tuple[bool, ...] = (False, True),
+    max_tokens: int = 64,
+    threshold: float = 100.0,
+    ratio: float = 1000.0,
+    max_fraction: float = 0.1,
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> MassiveStats:
+    """Mean, std and CV across inputs of every massive dim, per layer, at the starting token and elsewhere.
+
+    Each text is cut to `max_tokens` tokens. A dim counts as massive where the paper's rule holds in some
+    layer; dims massive at more than `max_fraction` of all positions are large everywhere (a scale, not a
+    token-specific bias term) and are listed in `excluded_dims` instead.
+
+        >>> stats = massive_stats(model, load_corpus("wiki-en", n=32))    # doctest: +SKIP
+        >>> stats.summary()                                              # doctest: +SKIP
+    """
+    _check_rule(threshold, ratio)
+    settings = (prepend_bos,) if isinstance(prepend_bos, bool) else tuple(prepend_bos)
+    if not settings or any(not isinstance(b, bool) for b in settings) or len(set(settings)) != len(settings):
+        raise ValueError(f"prepend_bos must be a bool or a tuple of distinct bools, got {prepend_bos!r}")
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction!r}")
+    L, D, S = model.cfg.n_layers, model.cfg.d_model, len(settings)
+    per_setting = [truncated_prompts(model, texts, prepend_bos=b, max_tokens=max_tokens) for b in settings]
+    sums = torch.zeros(S, 2, 3, L, D, dtype=torch.float64)  # (setting, kind, [n, sum, sum of squares], layer, dim)
+    layers_hit = torch.zeros(S, L, D, dtype=torch.bool)
+    n_sites, n_positions = torch.zeros(S, D), torch.zeros(S)
+    names = [hook.resid_post(l) for l in range(L)]
+    bar = _progress(sum(map(len, per_setting)), progress, "massive stats")
+    for si, prompts in enumerate(per_setting):
+        for batch in _inputs.batches(prompts, batch_size=batch_size):
+            _, cache = capture(model, batch.tokens, names)
+            x = torch.stack([cache[n].float().cpu() for n in names])  # (layer, batch, pos, d_model)
+            hit = massive_mask(x.flatten(0, 1), threshold=threshold, ratio=ratio).view_as(x)
+            layers_hit[si] |= hit.any(dim=(1, 2))
+            site = hit.any(0)  # (batch, pos, d_model): massive in some layer
+            site[:, 0] = False  # position 0 is counted as the starting token
+            n_sites[si] += hit.any(0).sum(dim=(0, 1)).float()
+            n_positions[si] += site.shape[0] * site.shape[1]
+            x = x.double()
+            first = x[:, :, 0]  # (layer, batch, d_model)
+            sums[si, 0] += torch.stack([torch.full_like(first[:, 0], first.shape[1]), first.sum(1), (first**2).sum(1)])
+            w = site.double()  # (batch, pos, d_model)
+            sums[si, 1] += torch.stack([w.sum((0, 1)).expand(L, D), (x * w).sum((1, 2)), (x**2 * w).sum((1, 2))])
+            bar.update(len(batch.index))
+    bar.close()
+    fraction = n_sites / n_positions[:, None]
+    candidates = layers_hit.any(dim=(0, 1)).nonzero().flatten().tolist()
+    keep = [d for d in candidates if float(fraction[:, d].min()) <= max_fraction]
+    # most massive first, by peak |mean| at the starting token
+    peak = (sums[:, 0, 1] / sums[:, 0, 0].clamp(min=1)).abs().amax(dim=(0, 1))  # (d_model,)
+    keep.sort(key=lambda d: -float(peak[d]) if torch.isfinite(peak[d]) else -math.inf)
+    idx = torch.tensor(keep, dtype=torch.long)
+    n, s1, s2 = sums[..., idx].unbind(2)  # each (setting, kind, layer, dim)
+    mean = s1 / n
+    std = ((s2 - n * mean**2).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()
+    hit_k = layers_hit[..., idx]  # (setting, layer, dim)
+    ar = torch.arange(L)[None, :, None]
+    first_layer = torch.where(hit_k, ar, L).amin(1)
+    last_layer = torch.where(hit_k, ar, -1).amax(1)
+    return MassiveStats(
+        dims=tuple(keep), prepend_bos=settings, mean=mean.float(), std=std.float(), count=n.long(),
+        first_layer=torch.where(first_layer == L, -1, first_layer), last_layer=last_layer,
+        fraction=fraction[:, idx].float(), excluded_dims=tuple(d for d in candidates if d not in keep),
+        n_texts=len(per_setting[0]), max_tokens=max_tokens, threshold=float(threshold), ratio=float(ratio),
+        model_name=model_name(model),
+    )
