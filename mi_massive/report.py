@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,58 @@ def _attention(ctx: _Context) -> list[Any]:
     return [attention_patterns(ctx.model, ctx.prompts[0], ctx.layer)]
 
 
+def _origin(ctx: _Context) -> list[Any]:
+    from .origin import trace_origin
+
+    origin = trace_origin(ctx.model, ctx.prompts[0], n_random=1)  # one random-neuron control keeps it quick
+    return [text(origin.sentence()), origin.show(), origin.causal] if origin.found else [text(origin.sentence())]
+
+
+def _sinks(ctx: _Context) -> list[Any]:
+    from .attention import attention_sinks
+
+    sinks = attention_sinks(ctx.model, ctx.prompts)
+    return [text(sinks.sentence()), sinks.show()]
+
+
+def _implicit_bias(ctx: _Context) -> list[Any]:
+    from .attention import implicit_bias
+
+    bias = implicit_bias(ctx.model, ctx.prompts)
+    return [text(bias.sentence()), bias.show(), bias.swap]
+
+
+def _patching(ctx: _Context) -> list[Any]:
+    from .patching import path_patch
+
+    if ctx.found.first_layer is None:
+        return [text("nothing massive to patch")]
+    result = path_patch(ctx.model, ctx.prompts)
+    return [text(result.sentence()), result.show(), result.summary()]
+
+
+def _interventions(ctx: _Context) -> list[Any]:
+    from .constancy import massive_stats
+    from .perplexity import bias_term_table
+
+    stats = massive_stats(ctx.model, ctx.prompts)
+    table = bias_term_table(ctx.model, ("wiki-en",), **TABLE3)
+    return [text(stats.sentence()), stats.show(), text(table.sentence()), table.show(), table.to_dataframe().reset_index()]
+
+
+TABLE3 = {"seq_len": 128, "max_chunks": 4, "n_calibration": 8}  # a quick Table 3; `mi-massive table3` for the full one
+
 # (anchor, title, section): each section returns views (View, plotly Figure or HTML strings), in page order.
 SECTIONS: list[tuple[str, str, Callable[[_Context], list[Any]]]] = [
     ("detection", "Massive activations", _detection),
     ("profile", "Layer profile (Fig. 2)", _profile),
     ("magnitudes", "Magnitudes of one layer (Fig. 1)", _magnitudes),
+    ("origin", "Origin: who writes it", _origin),
     ("attention", "Attention patterns and sink tokens", _attention),
+    ("sinks", "Attention sinks per head", _sinks),
+    ("implicit-bias", "Implicit attention bias", _implicit_bias),
+    ("patching", "Path patching through attention", _patching),
+    ("interventions", "Interventions: constancy and Table 3", _interventions),
 ]
 
 
@@ -107,7 +154,13 @@ def write_report(model: Any, path: str | Path, *, prompts: Sequence[str] | None 
                    layer if layer is not None else _focus_layer(found, profile, model.cfg.n_layers))
     done = []
     for anchor, name, section in tqdm(SECTIONS, desc="report", disable=progress is False):
-        done.append((anchor, name, section(ctx)))
+        try:
+            done.append((anchor, name, section(ctx)))
+        except Exception as exc:  # one failed analysis must not lose the others: say so in its section
+            warnings.warn(f"report section {anchor!r} failed: {type(exc).__name__}: {exc}", RuntimeWarning,
+                          stacklevel=2)
+            done.append((anchor, name, [f'<div class="mi-error" style="color:#b00">this analysis failed: '
+                                        f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>"]))
     cfg = model.cfg
     header = text(f"{model_name(model)}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads; "
                   f"{len(prompts)} prompt(s); mi_massive {version('mi_massive')}; "

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,23 @@ def _assert_self_contained(html: str) -> None:
         assert f'<section id="{anchor}"' in html
 
 
+def _failed_sections(html: str) -> dict[str, str]:
+    pattern = r'<section id="([^"]+)"[^>]*><h2>[^<]*</h2>(?:<div class="mi-view">)?<div class="mi-error"[^>]*>([^<]*)'
+    return dict(re.findall(pattern, html))
+
+
+# A character-level tiny model (context 256) cannot take the Table 3 calibration texts: constancy cuts texts
+# to 20 characters per token before tokenizing.
+TINY_KNOWN_FAILURES = {"interventions"}
+
+
 def test_tiny_report_is_self_contained(tiny_llama, tmp_path):
-    path = write_report(tiny_llama, tmp_path / "r.html", prompts=["hello world", "abc"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        path = write_report(tiny_llama, tmp_path / "r.html", prompts=["hello world", "abc"], progress=False)
     html = path.read_text()
     _assert_self_contained(html)
+    assert set(_failed_sections(html)) <= TINY_KNOWN_FAILURES, _failed_sections(html)
     assert "tiny-llama: 4 layers, d_model 64" in html and "blocks.2.hook_resid_post" in html  # block after the plant
     with pytest.raises(ValueError, match="layer 9 out of range: valid layers are 0..3"):
         write_report(tiny_llama, tmp_path / "r2.html", layer=9)
@@ -75,6 +89,8 @@ def test_smollm2_report_renders_offline_in_chromium(smollm2, tmp_path):
     html = path.read_text()
     _assert_self_contained(html)
     assert "smollm2-135m: 30 layers, d_model 576" in html
+    assert not _failed_sections(html), _failed_sections(html)
+    assert "super weight down_proj[11][507, 1229]" in html  # origin: block 11's MLP neuron 1229 writes dim 507
     probed = tmp_path / "probed.html"
     probed.write_text(html.replace("</body>", PROBE + "</body>"))
     dom = _chromium(probed.as_uri(), tmp_path / "profile", "--dump-dom").stdout

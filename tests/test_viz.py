@@ -14,10 +14,31 @@ def _scan(model):
     return scan(model, ["hello world", "abc def"])
 
 
+TEXTS = ["hello world and more text here to fill a window", "another line of text for the tiny model", "a third"]
+
+
+def _analysis(module, fn, *args, **kwargs):
+    def build(model):
+        import importlib
+
+        return getattr(importlib.import_module(f"mi_massive.{module}"), fn)(model, *args, **kwargs)
+
+    return build
+
+
 # One way to build each registered result type on the tiny planted model; a view without a factory fails.
 FACTORIES = {
     "MassiveActivations": lambda m: _scan(m)[0],
     "LayerProfile": lambda m: _scan(m)[1],
+    "Origin": _analysis("origin", "trace_origin", "hello world", ablate=False),
+    "AttentionSinks": _analysis("attention", "attention_sinks", ["hello world", "abc def"]),
+    "ImplicitBias": _analysis("attention", "implicit_bias", ["hello world", "abc def"], swap=False),
+    "PathPatching": _analysis("patching", "path_patch", ["hello world", "abc def"]),
+    "MassiveStats": _analysis("constancy", "massive_stats", TEXTS),
+    "Intervention": _analysis("interventions", "build_intervention", TEXTS),
+    "Perplexity": _analysis("perplexity", "perplexity", TEXTS, seq_len=16),
+    "BiasTermTable": _analysis("perplexity", "bias_term_table", (("toy", TEXTS),), seq_len=16, max_chunks=2,
+                               n_calibration=1),
 }
 
 
@@ -43,6 +64,29 @@ def test_show_returns_displayable(kind, tiny_llama):
     result = FACTORIES[kind](tiny_llama)
     assert type(result).__name__ == kind
     _assert_displayable(result.show())
+
+
+def test_origin_view_marks_the_super_weight(tiny_llama):
+    plant = tiny_llama.mi_massive_plant
+    fig = FACTORIES["Origin"](tiny_llama).show()
+    blocks, neurons = fig.data[:2], fig.data[2]
+    mlp = dict(zip(blocks[1].x, blocks[1].y))
+    assert mlp[plant.layer] == pytest.approx(plant.magnitude, rel=0.01)  # the planted block's MLP writes it
+    assert neurons.x[0] == f"n{plant.neuron}" and neurons.marker.color[0] == "#ff7f0e"
+    assert "super weight down_proj[1][5, 7]" in fig.layout.title.text
+
+
+def test_heatmaps_are_layer_by_head(tiny_llama):
+    sinks = FACTORIES["AttentionSinks"](tiny_llama)
+    fig = sinks.show()
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    assert torch.tensor(fig.data[0].z).shape == (4, 4) and torch.allclose(
+        torch.tensor(fig.data[0].z, dtype=torch.float32), sinks.sink_mass)
+    patch = FACTORIES["PathPatching"](tiny_llama)
+    fig = patch.show()
+    df = patch.to_dataframe()
+    assert [t.name for t in fig.data] == [None] * df.path.nunique()
+    assert sum(torch.tensor(t.z).nan_to_num().sum() for t in fig.data) == pytest.approx(df.effect.sum(), abs=1e-5)
 
 
 def test_show_unknown_type_names_the_known_ones():

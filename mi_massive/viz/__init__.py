@@ -18,6 +18,14 @@ from typing import Any
 VIEWS: dict[str, str] = {
     "MassiveActivations": "tokens:show_massive",
     "LayerProfile": "profile:show_profile",
+    "Origin": "origin:show_origin",
+    "AttentionSinks": "heatmaps:show_sinks",
+    "ImplicitBias": "heatmaps:show_implicit_bias",
+    "PathPatching": "heatmaps:show_patching",
+    "BiasTermTable": "interventions:show_table3",
+    "MassiveStats": "interventions:show_stats",
+    "Intervention": "interventions:show_result_table",
+    "Perplexity": "interventions:show_result_table",
 }
 
 
