@@ -205,13 +205,15 @@ class ModelState:
     """A model's weights, hook counts and mode, to check that an analysis left it as it found it."""
 
     weights: dict[str, torch.Tensor]
-    hooks: dict[str, int]  # "module.attribute" -> number of hooks (the bridge keeps a few of its own)
+    hooks: dict[str, int]  # "hook point.attribute" -> number of hooks on it
     training: bool
 
     @classmethod
     def of(cls, model: Any) -> ModelState:
+        from transformer_lens.hook_points import HookPoint  # the bridge adds its own hooks to HF modules, lazily
+
         hooks = {f"{name}.{attr}": len(getattr(mod, attr)) for name, mod in model.named_modules()
-                 for attr in _HOOK_DICTS if len(getattr(mod, attr, ()))}
+                 if isinstance(mod, HookPoint) for attr in _HOOK_DICTS if len(getattr(mod, attr))}
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return cls(weights, hooks, model.training)
 

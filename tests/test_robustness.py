@@ -1,0 +1,300 @@
+"""Bad inputs across the public API (each a clear error or a correct empty result), hook hygiene, determinism.
+
+The table below is the contract: every case names the call and either the error message it must raise or
+the check its (empty or partial) result must pass. Models are left as they were found after every case.
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import mi_massive
+from mi_massive import (attention_sinks, find_massive_activations, implicit_bias, layer_profile, load_model,
+                        path_patch, swap_implicit_bias)
+from mi_massive.interventions import build_intervention, intervene
+from mi_massive.origin import trace_origin
+from mi_massive.testing import ModelState, Plant, tiny_hf_model, tiny_model
+
+P = ["hello world, this is a test", "abc def"]  # different lengths on purpose
+
+
+@pytest.fixture(scope="module")
+def m():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def r():
+    return tiny_model("llama", plant=False)
+
+
+@pytest.fixture(scope="module")
+def iv(m):
+    return build_intervention(m, P, mode="zero")
+
+
+@pytest.fixture(scope="module")
+def bias(m):
+    return implicit_bias(m, P, swap=False)
+
+
+def _unsupported_family():
+    import transformers
+
+    from mi_massive.testing import char_tokenizer
+
+    config = transformers.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
+                                    vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=32)
+    return load_model(transformers.AutoModelForCausalLM.from_config(config), tokenizer=char_tokenizer())
+
+
+# (case id, call(m, r, iv, bias), message the ValueError must match)
+ERRORS = [
+    ("empty string", lambda m, r, iv, b: find_massive_activations(m, ""), "empty"),
+    ("empty list", lambda m, r, iv, b: find_massive_activations(m, []), "empty list"),
+    ("over-long prompt", lambda m, r, iv, b: find_massive_activations(m, "a" * 300), "context is 256"),
+    ("over-long token tensor", lambda m, r, iv, b: layer_profile(m, torch.ones(1, 300, dtype=torch.long)),
+     "context is 256"),
+    ("token id beyond vocab", lambda m, r, iv, b: find_massive_activations(m, torch.tensor([[1, 500]])),
+     r"token ids must lie in 0\.\.127"),
+    ("3-D token tensor", lambda m, r, iv, b: find_massive_activations(m, torch.ones(1, 2, 3, dtype=torch.long)),
+     "shape"),
+    ("not a model", lambda m, r, iv, b: find_massive_activations("gpt2", "hi"), "TransformerBridge"),
+    ("unwrapped HF model", lambda m, r, iv, b: trace_origin(m.original_model, "hi"), "TransformerBridge"),
+    ("negative threshold", lambda m, r, iv, b: find_massive_activations(m, "hi", threshold=-1.0), "non-negative"),
+    ("batch_size 0", lambda m, r, iv, b: find_massive_activations(m, P, batch_size=0), "batch_size"),
+    ("layer out of range", lambda m, r, iv, b: trace_origin(m, P[0], layer=4),
+     r"layer 4 out of range: valid layers are 0\.\.3"),
+    ("pos out of range", lambda m, r, iv, b: trace_origin(m, P[0], pos=99), r"valid positions are 0\.\.27"),
+    ("dim out of range", lambda m, r, iv, b: trace_origin(m, P[0], dim=64), r"valid dims are 0\.\.63"),
+    ("float layer", lambda m, r, iv, b: trace_origin(m, P[0], layer=1.5), "layer must be an int"),
+    ("two prompts to trace", lambda m, r, iv, b: trace_origin(m, P), "one prompt"),
+    ("top_k 0", lambda m, r, iv, b: trace_origin(m, P[0], top_k=0), r"top_k must be an int in 1\.\.128"),
+    ("head out of range", lambda m, r, iv, b: mi_massive.viz.attention_patterns(m, P[0], 1, heads=[4]),
+     r"head 4 out of range: valid heads are 0\.\.3"),
+    ("epsilon above 1", lambda m, r, iv, b: attention_sinks(m, P, epsilon=2.0), "epsilon"),
+    ("sink position past the prompt", lambda m, r, iv, b: attention_sinks(m, P, sink_positions=[50]),
+     "out of range"),
+    ("bias layer out of range", lambda m, r, iv, b: implicit_bias(m, P, layers=[4]), "layer 4 out of range"),
+    ("sinks without massive activations", lambda m, r, iv, b: implicit_bias(r, P), "pass sink_positions"),
+    ("bad swap mode", lambda m, r, iv, b: swap_implicit_bias(m, b, mode="bogus").__enter__(), "mode"),
+    ("negative sink position in a swap", lambda m, r, iv, b: swap_implicit_bias(m, b, sink_positions=[-1]).__enter__(),
+     "non-negative"),
+    ("bad receiver", lambda m, r, iv, b: path_patch(m, P, receivers=("x",)), "receivers"),
+    ("patching without massive activations", lambda m, r, iv, b: path_patch(r, P), "nothing to path-patch"),
+    ("sender layer out of range", lambda m, r, iv, b: path_patch(m, P, senders=("neuron", 9, 0)),
+     "layer 9 out of range"),
+    ("receiver before the sender", lambda m, r, iv, b: path_patch(m, P, layers=[0]), "not after the sender"),
+    ("NaN corruption", lambda m, r, iv, b: path_patch(m, P, corruption=float("nan")), "finite number"),
+    ("bad intervention mode", lambda m, r, iv, b: build_intervention(m, P, mode="bogus"), "mode must be one of"),
+    ("intervention dim out of range", lambda m, r, iv, b: build_intervention(m, P, dims=[99]),
+     "dim 99 out of range"),
+    ("intervention without massive dims", lambda m, r, iv, b: build_intervention(r, P), "no massive dims"),
+    ("intervention on another model", lambda m, r, iv, b: intervene(r, iv).__enter__(), "built for tiny-llama"),
+    ("unknown tiny family", lambda m, r, iv, b: tiny_model("opt"), "no tiny config"),
+    ("plant outside the model", lambda m, r, iv, b: tiny_model("llama", plant=Plant(1, 7, 99, 1e3)),
+     r"plant dim 99 out of range: valid dims are 0\.\.63"),
+    ("unknown model name", lambda m, r, iv, b: load_model("no-such-model"), "unknown model name"),
+    ("unsupported family", lambda m, r, iv, b: _unsupported_family(), "unsupported model family 'opt'"),
+]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
+def test_bad_input_raises_a_clear_error(m, r, iv, bias, call, match):
+    before = ModelState.of(m), ModelState.of(r)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(m, r, iv, bias)
+    before[0].check(m)
+    before[1].check(r)
+
+
+def _same_as_separate(acts, model):
+    per = [find_massive_activations(model, p).to_dataframe().drop(columns="prompt") for p in P]
+    df = acts.to_dataframe()
+    return all(df[df.prompt == i].drop(columns="prompt").reset_index(drop=True).equals(per[i]) for i in range(len(P)))
+
+
+# (case id, call(m, r), check(result, m)): a correct empty or partial result
+RESULTS = [
+    ("random model: no massive activation", lambda m, r: find_massive_activations(r, P),
+     lambda res, m: len(res) == 0 and res.sites().empty and "no massive" in repr(res)),
+    ("random model: nothing to trace", lambda m, r: trace_origin(r, P[0]),
+     lambda res, m: not res.found and res.components.empty and res.super_weight is None),
+    ("no BOS: the planted neuron never fires", lambda m, r: find_massive_activations(m, P, prepend_bos=False),
+     lambda res, m: len(res) == 0),
+    ("threshold above every value", lambda m, r: find_massive_activations(m, P, threshold=1e9),
+     lambda res, m: len(res) == 0 and res.summary().empty),
+    ("prompts of different lengths", lambda m, r: find_massive_activations(m, P), lambda res, m: _same_as_separate(res, m)),
+    ("negative layer counts from the end", lambda m, r: trace_origin(m, P[0], layer=-3, ablate=False),
+     lambda res, m: res.layer == 1 and res.writer_layer == 1),
+    ("sinks named on a random model", lambda m, r: attention_sinks(r, P, sink_positions=[0]),
+     lambda res, m: res.sink_positions == ((0,), (0,)) and res.first_massive_layer is None),
+]
+
+
+@pytest.mark.parametrize("call, check", [c[1:] for c in RESULTS], ids=[c[0] for c in RESULTS])
+def test_edge_input_gives_a_correct_result(m, r, call, check):
+    assert check(call(m, r), m)
+
+
+def test_bad_input_table_has_at_least_25_cases():
+    assert len(ERRORS) + len(RESULTS) + len(TRAIN_MODE) + 3 >= 25  # + NaN weights, fp16 overflow, fp16 in range
+
+
+# --- models in a bad state --------------------------------------------------------------------------------------
+
+TRAIN_MODE = {
+    "find_massive_activations": lambda m: find_massive_activations(m, P),
+    "trace_origin": lambda m: trace_origin(m, P[0]),
+    "attention_sinks": lambda m: attention_sinks(m, P),
+    "path_patch": lambda m: path_patch(m, P),
+    "build_intervention": lambda m: build_intervention(m, P),
+}
+
+
+@pytest.mark.parametrize("name", TRAIN_MODE)
+def test_model_in_training_mode_is_refused(m, name):
+    """Decision: analyses raise rather than silently switching modes (dropout would make results random)."""
+    m.train()
+    try:
+        with pytest.raises(ValueError, match="training mode.*model.eval"):
+            TRAIN_MODE[name](m)
+        assert m.training  # the user's mode is left alone
+    finally:
+        m.eval()
+
+
+def test_nan_weights_raise_naming_the_weight(m):
+    W = m.blocks[2].mlp.W_in
+    old = float(W[3, 4])
+    try:
+        with torch.no_grad():
+            W[3, 4] = float("nan")
+        for call in (lambda: find_massive_activations(m, P), lambda: trace_origin(m, P[0]),
+                     lambda: attention_sinks(m, P)):
+            with pytest.raises(ValueError, match=r"weights hold NaN or inf \(model\.layers\.2\.mlp\.up_proj\.weight"):
+                call()
+    finally:
+        with torch.no_grad():
+            W[3, 4] = old
+    assert len(find_massive_activations(m, P)) > 0
+
+
+def test_fp16_overflow_is_flagged_never_silent():
+    h = tiny_model("llama", plant=Plant(1, 7, 5, 1e5), dtype=torch.float16)
+    assert h.cfg.dtype == torch.float16
+    with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
+        acts = find_massive_activations(h, P)
+    assert int(acts.nonfinite[1:].min()) > 0 and int(acts.nonfinite[0]) == 0
+    assert set(acts.dim.tolist()) == {5} and torch.isinf(acts.value).all()  # reported as inf, with the warning
+    with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
+        origin = trace_origin(h, P[0], ablate=False)
+    assert math.isinf(origin.value)
+    with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
+        path_patch(h, P, receivers=("direct",))
+
+
+def test_fp16_in_range_is_exact_and_quiet():
+    h = tiny_model("llama", dtype=torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        acts = find_massive_activations(h, P)
+    assert set(acts.dim.tolist()) == {5} and int(acts.nonfinite.sum()) == 0
+    assert ((acts.value - 1000).abs() < 2).all()
+
+
+# --- hook hygiene: an exception anywhere leaves no hook and no changed weight ------------------------------------
+
+class Boom(Exception):
+    pass
+
+
+def _fail_on_call(monkeypatch, model, n: int, block: int = 2):
+    """Block `block` raises Boom on its n-th forward call, in the middle of the hooked forward pass."""
+    calls = [0]
+    layer = model.blocks[block]._original_component
+    forward = layer.forward
+
+    def fail(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise Boom(f"forward call {n}")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", fail)
+    return calls
+
+
+# (case id, call(m, massive), n-th forward call of block 2 that raises): late calls hit weight edits
+FAILURES = [
+    ("detection", lambda m, a: find_massive_activations(m, P), 1),
+    ("origin capture", lambda m, a: trace_origin(m, P[0]), 1),
+    ("origin, super weight zeroed", lambda m, a: trace_origin(m, P[0], n_random=0, search_steps=2), 4),
+    ("origin, neurons mean-ablated", lambda m, a: trace_origin(m, P[0], ablate="mean", n_random=0), 3),
+    ("attention sinks", lambda m, a: attention_sinks(m, P), 2),
+    ("implicit bias swap", lambda m, a: implicit_bias(m, P), 5),
+    ("path patching, corrupted neuron", lambda m, a: path_patch(m, P, massive=a, senders=("neuron", 1, 7)), 2),
+    ("path patching, super weight zeroed",
+     lambda m, a: path_patch(m, P, massive=a, senders=("super_weight", 1, 7, 5)), 2),
+    ("path patching, receivers", lambda m, a: path_patch(m, P, massive=a), 3),
+    ("intervention rebuild check", lambda m, a: build_intervention(m, P), 5),
+]
+
+
+@pytest.mark.parametrize("call, n", [c[1:] for c in FAILURES], ids=[c[0] for c in FAILURES])
+def test_exception_inside_an_analysis_leaves_the_model_clean(m, monkeypatch, call, n):
+    massive = find_massive_activations(m, P)
+    before = ModelState.of(m)
+    calls = _fail_on_call(monkeypatch, m, n)
+    with pytest.raises(Boom):
+        call(m, massive)
+    assert calls[0] == n
+    monkeypatch.undo()
+    before.check(m)
+    assert find_massive_activations(m, P).to_dataframe().equals(massive.to_dataframe())
+
+
+def test_exception_inside_a_context_manager_leaves_the_model_clean(m, iv, bias):
+    before = ModelState.of(m)
+    for ctx in (intervene(m, iv), swap_implicit_bias(m, bias)):
+        with pytest.raises(Boom), ctx:
+            m(P[0])
+            raise Boom("user code")
+        before.check(m)
+
+
+def test_a_hook_that_never_fires_raises_and_comes_off(m):
+    from mi_massive._hooks import hooked
+
+    before = ModelState.of(m)
+    with pytest.raises(RuntimeError, match="never fired"), hooked(m, [("blocks.3.hook_resid_post", lambda x, h: None)]):
+        pass  # no forward pass: the hook cannot fire
+    before.check(m)
+
+
+# --- determinism ----------------------------------------------------------------------------------------------
+
+ANALYSES = {
+    "find_massive_activations": lambda m: find_massive_activations(m, P).to_dataframe(),
+    "layer_profile": lambda m: layer_profile(m, P).to_dataframe(),
+    "trace_origin": lambda m: trace_origin(m, P[0], n_random=2).causal,
+    "attention_sinks": lambda m: attention_sinks(m, P).to_dataframe(),
+    "implicit_bias": lambda m: implicit_bias(m, P).swap,
+    "path_patch": lambda m: path_patch(m, P).to_dataframe(),
+    "build_intervention (control)": lambda m: build_intervention(m, P, mode="control").to_dataframe(),
+}
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_same_inputs_give_the_same_outputs(m, name):
+    first, second = ANALYSES[name](m), ANALYSES[name](m)
+    assert len(first) > 0 and first.equals(second)
+
+
+def test_tiny_models_are_reproducible():
+    a, b = tiny_hf_model("qwen2", seed=3).state_dict(), tiny_hf_model("qwen2", seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = tiny_hf_model("qwen2", seed=4).state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
