@@ -36,7 +36,8 @@ def truncated_prompts(model: Any, texts: _inputs.Inputs, *, prepend_bos: bool, m
     if not isinstance(max_tokens, int) or max_tokens < 2:
         raise ValueError(f"max_tokens must be an int >= 2, got {max_tokens!r}")
     if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
-        texts = [t[: 20 * max_tokens] for t in texts]  # enough characters for max_tokens tokens
+        cut = min(20 * max_tokens, model.cfg.n_ctx - 1)  # enough characters for max_tokens tokens, within context
+        texts = [t[:cut] for t in texts]
     return [t[:max_tokens] for t in _inputs.tokenize(model, texts, prepend_bos=prepend_bos)]
 
 

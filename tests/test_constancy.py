@@ -1,0 +1,45 @@
+"""massive_stats: the massive value is near-constant across inputs; with BOS trivially so."""
+
+import pytest
+
+from mi_massive import load_corpus, massive_stats
+
+PROMPTS = ["Summer is warm. Winter is cold.", "The quick brown fox jumps.", "In 1905 Einstein wrote papers."]
+
+
+def test_planted_value_is_constant_with_bos_and_absent_without(tiny_llama):
+    plant = tiny_llama.mi_massive_plant
+    stats = massive_stats(tiny_llama, PROMPTS)
+    assert stats.dims == (plant.dim,) and stats.prepend_bos == (False, True)
+    with_bos, without = stats.setting(True), stats.setting(False)
+    assert int(stats.first_layer[with_bos, 0]) == plant.layer and int(stats.first_layer[without, 0]) == -1
+    assert float(stats.cv[with_bos, 0, plant.layer, 0]) < 1e-6  # BOS sees only itself
+    assert int(stats.count[with_bos, 0, plant.layer, 0]) == len(PROMPTS)
+    assert int(stats.count[with_bos, 1, plant.layer, 0]) == 0  # no other massive positions
+    df = stats.summary()
+    assert set(df.kind) == {"first", "other"} and len(stats.to_dataframe()) == 2 * 2 * 4 * 1
+    assert "with BOS (trivially constant)" in repr(stats)
+
+
+def test_validation(tiny_llama):
+    with pytest.raises(ValueError, match="max_fraction"):
+        massive_stats(tiny_llama, PROMPTS, max_fraction=0)
+    with pytest.raises(ValueError, match="prepend_bos"):
+        massive_stats(tiny_llama, PROMPTS, prepend_bos=(True, True))
+    with pytest.raises(ValueError, match="max_tokens"):
+        massive_stats(tiny_llama, PROMPTS, max_tokens=1)
+    with pytest.raises(ValueError, match="measured with prepend_bos in"):
+        massive_stats(tiny_llama, PROMPTS, prepend_bos=True).setting(False)
+
+
+@pytest.mark.real
+def test_smollm2_massive_value_varies_little_across_wikipedia_paragraphs(smollm2):
+    stats = massive_stats(smollm2, load_corpus("wiki-en", n=16))
+    assert stats.dims[:2] == (507, 247)
+    no_bos, bos = stats.setting(False), stats.setting(True)
+    assert int(stats.first_layer[no_bos, 0]) == 11 and int(stats.first_layer[bos, 0]) == 11
+    # measured: mean 21,831, CV 8.5% at the starting token without BOS (the paper's setting); 24,926 and 0 with BOS
+    assert 20_000 < float(stats.mean[no_bos, 0, 11, 0]) < 23_500
+    assert float(stats.cv[no_bos, 0, 11, 0]) < 0.10
+    assert float(stats.cv[bos, 0, 11, 0]) < 1e-4
+    assert 24_000 < float(stats.mean[bos, 0, 11, 0]) < 26_000
