@@ -47,7 +47,7 @@ class MassiveActivations(Result):
     model_name: str
     n_layers: int
     d_model: int
-    nonfinite: Int[Tensor, "layer"]  # count of inf/nan entries per layer (dtype overflow)
+    nonfinite: Int[Tensor, "layer"]  # inf/nan entries per layer among the top |x| kept per prompt (dtype overflow)
     hook_template: str = HOOK_TEMPLATE
 
     def __len__(self) -> int:
@@ -164,39 +164,57 @@ def _progress(total: int, progress: bool | None, desc: str):
     return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total > 8))
 
 
+_CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates (grown when all of them pass)
+
+
+def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
+    flat = x.detach().flatten(1)  # (batch, pos * d_model)
+    a = flat.abs()
+    med = a.median(dim=1).values.float()  # (batch,)
+    topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
+    return med, topv.float(), topi, flat.gather(1, topi).float()
+
+
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
           progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
-    """One forward pass per batch; detection and layer profile computed inside the hooks."""
-    n_layers, name = model.cfg.n_layers, model_name(model)
+    """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
+    (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
+    again with more candidates, so the result is exact."""
+    n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
     med_sum = torch.zeros(n_layers, dtype=torch.float64)
-    nonfinite = torch.zeros(n_layers, dtype=torch.long)
+    nonfinite = torch.zeros(n_layers, dtype=torch.long)  # non-finite entries among the kept top |x|
     bar = _progress(len(prompts), progress, "scanning")
     for batch in _inputs.batches(prompts, batch_size=batch_size):
-        index = torch.tensor(batch.index)
+        size = batch.tokens.shape[1] * d_model
+        kk = min(size, max(_CANDIDATES, k))
+        while True:
+            kept: list = [None] * n_layers
 
-        def stats(layer: int):
-            def fn(x: Tensor, hook: Any) -> None:
-                a = x.detach().abs().float()  # (batch, pos, d_model)
-                flat = a.flatten(1)  # (batch, pos * d_model)
-                nonfinite[layer] += int((~torch.isfinite(flat)).sum())
-                med = flat.nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
-                kk = min(k, flat.shape[1])
-                top_sum[layer, :kk] += flat.topk(kk, dim=1).values.double().sum(0).cpu()
-                med_sum[layer] += med.double().sum().cpu()
-                mask = (a > threshold) & (a >= ratio * med[:, None, None])
-                b, p, d = mask.nonzero(as_tuple=True)
-                if len(b):
-                    rows = torch.stack([
-                        index[b.cpu()].double(), torch.full_like(b, layer).double().cpu(), p.double().cpu(),
-                        d.double().cpu(), x[b, p, d].double().cpu(), med[b].double().cpu(),
-                    ], 1)
-                    hits.append(rows)
-            return fn
+            def stats(layer: int):
+                def fn(x: Tensor, hook: Any) -> None:
+                    kept[layer] = _layer_stats(x, kk)
+                return fn
 
-        run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)],
-                       finite_check=False)  # reported below, per layer
+            run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)],
+                           finite_check=False)  # reported below, per layer
+            med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
+            mask = (topv > threshold) & (topv >= ratio * med[..., None])
+            if kk == size or not mask[..., -1].any():
+                break
+            kk = min(size, kk * 16)
+        nonfinite += (~torch.isfinite(topv)).sum((1, 2))
+        top_sum[:, : min(k, kk)] += topv[..., :k].double().sum(1)
+        med_sum += med.double().sum(1)
+        l, b, j = mask.nonzero(as_tuple=True)
+        if len(l):
+            flat_idx = topi[l, b, j]
+            hits.append(torch.stack([
+                torch.tensor(batch.index)[b].double(), l.double(), (flat_idx // d_model).double(),
+                (flat_idx % d_model).double(), signed[l, b, j].double(), med[l, b].double(),
+            ], 1))
         bar.update(len(batch.index))
     bar.close()
     rows = torch.cat(hits) if hits else torch.zeros(0, 6, dtype=torch.float64)
@@ -205,7 +223,7 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         check_weights(model)  # NaN/inf weights raise; otherwise the activations overflow the dtype
         bad = [int(l) for l in nonfinite.nonzero().flatten()]
         warnings.warn(
-            f"{int(nonfinite.sum())} non-finite residual entries in layers {bad[:8]}: the activations overflow "
+            f"non-finite residual entries in layers {bad[:8]}: the activations overflow "
             f"{model.cfg.dtype}. Massive values are reported as inf; load the model with dtype=torch.float32 "
             "(or bfloat16) to measure them.", RuntimeWarning, stacklevel=3,
         )
@@ -213,7 +231,7 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     found = MassiveActivations(
         prompt=rows[:, 0].long(), layer=rows[:, 1].long(), pos=rows[:, 2].long(), dim=rows[:, 3].long(),
         value=rows[:, 4].float(), median=rows[:, 5].float(), str_tokens=str_toks, threshold=float(threshold),
-        ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=model.cfg.d_model, nonfinite=nonfinite,
+        ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=d_model, nonfinite=nonfinite,
     )
     n = len(prompts)
     profile = LayerProfile(top=(top_sum / n).float(), median=(med_sum / n).float(), n_prompts=n, model_name=name)

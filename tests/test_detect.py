@@ -120,3 +120,15 @@ def test_gemma3_massive_at_bos(gemma3, prompts):
     peak = sites[sites.pos == 0].peak.abs().max()
     assert peak > 50_000
     assert acts.nonfinite.sum() == 0
+
+
+def test_exact_when_more_entries_pass_than_candidates_kept(tiny_llama):
+    # threshold 0, ratio 0: every entry passes, far more than the 64 candidates kept per prompt and layer
+    acts = find_massive_activations(tiny_llama, ["hello world", "abc"], threshold=0.0, ratio=0.0)
+    n_tokens = len("hello world") + 1 + len("abc") + 1
+    assert len(acts) == n_tokens * tiny_llama.cfg.d_model * tiny_llama.cfg.n_layers
+    toks = tiny_llama.to_tokens("abc")
+    _, cache = tiny_llama.run_with_cache(toks)
+    df = acts.to_dataframe()
+    row = df[(df.prompt == 1) & (df.layer == 2) & (df.pos == 3) & (df.dim == 10)]
+    assert float(row.value.iloc[0]) == pytest.approx(float(cache["blocks.2.hook_resid_post"][0, 3, 10]), rel=1e-5)
