@@ -13,14 +13,14 @@ def heatmaps(panels: Sequence[tuple[str, pd.DataFrame, str]], *, title: str, hei
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.12)
     for i, (name, df, scale) in enumerate(panels):
         diverging = scale == "RdBu"
         zmax = float(df.abs().max().max()) if diverging and df.size else None
         fig.add_trace(go.Heatmap(
             z=df.values, x=[str(c) for c in df.columns], y=[str(r) for r in df.index], colorscale=scale,
             zmid=0 if diverging else None, zmin=-zmax if zmax else None, zmax=zmax,
-            colorbar={"x": (i + 1) / len(panels) - 0.02, "len": 0.9, "thickness": 10},
+            colorbar={"x": fig.layout[f"xaxis{i + 1 if i else ''}"].domain[1] + 0.005, "len": 0.9, "thickness": 10},
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>",
         ), row=1, col=i + 1)
         fig.update_xaxes(title_text="head", type="category", row=1, col=i + 1)
