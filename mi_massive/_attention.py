@@ -90,10 +90,17 @@ def masks(sinks: Sequence[tuple[int, ...]], n_pos: int, device: Any) -> tuple[Te
     return sink.to(device), (query & ~sink).to(device)
 
 
-def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
+def sink_batches(prompts: list[Tensor], sinks: Sequence[tuple[int, ...]], *, batch_size: int,
+                 device: Any) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(tokens, sink mask, query mask) for each batch of equal-length prompts."""
+    return [(b.tokens, *masks([sinks[i] for i in b.index], b.tokens.shape[1], device))
+            for b in _inputs.batches(prompts, batch_size=batch_size)]
+
+
+def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...] | None:
     n_layers = model.cfg.n_layers
     if layers is None:
-        return tuple(range(n_layers))
+        return None
     if isinstance(layers, int) or not isinstance(layers, Sequence) or not layers:
         raise ValueError(f"layers must be a non-empty list of ints in 0..{n_layers - 1}, got {layers!r}")
     return tuple(sorted({_inputs.check_index("layer", l, n_layers) for l in layers}))

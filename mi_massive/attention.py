@@ -32,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import _inputs
-from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, split
+from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, sink_batches, split
 from ._hooks import hooked, run_with_hooks
 from ._results import Result
 from .models import model_name
@@ -128,8 +128,7 @@ def attention_sinks(
     n_query = n_sink = 0
     vec = {(kind, part): [VecStats((n_kv,), cfg.d_head) for _ in range(n_layers)]
            for kind in "kv" for part in ("sink", "other")}
-    for batch in _inputs.batches(prompts, batch_size=batch_size):
-        sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
+    for tokens, sink, query in sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device):
         n_query += int(query.sum())
         n_sink += int(sink.sum())
 
@@ -144,17 +143,17 @@ def attention_sinks(
                 vec[(kind, "sink")][layer].add(kept[kind][sink])  # (n, kv_head, d_head)
                 vec[(kind, "other")][layer].add(kept[kind][~sink])
 
-        run_with_hooks(model, batch.tokens, layer_hooks(range(n_layers), ("pattern", "k", "v"), on_z))
+        run_with_hooks(model, tokens, layer_hooks(range(n_layers), ("pattern", "k", "v"), on_z))
 
     def stat(kind: str, part: str, fn: Callable[[VecStats], Tensor]) -> Tensor:
         return torch.stack([fn(s) for s in vec[(kind, part)]]).float()
 
-    k_mean_other = stat("k", "other", lambda s: s.mean)
+    k_other = vec[("k", "other")]
     return AttentionSinks(
         sink_mass=(mass / max(n_query, 1)).float(), alpha=(alpha / n_sink).float(),
         k_norm_sink=stat("k", "sink", lambda s: s.mean_norm), k_norm_other=stat("k", "other", lambda s: s.mean_norm),
-        k_cos_sink=torch.stack([s.cos_to(m.double()) for s, m in zip(vec[("k", "sink")], k_mean_other)]).float(),
-        k_cos_other=torch.stack([s.cos_to(m.double()) for s, m in zip(vec[("k", "other")], k_mean_other)]).float(),
+        k_cos_sink=torch.stack([s.cos_to(o.mean) for s, o in zip(vec[("k", "sink")], k_other)]).float(),
+        k_cos_other=torch.stack([o.cos_to(o.mean) for o in k_other]).float(),
         v_norm_sink=stat("v", "sink", lambda s: s.mean_norm), v_norm_other=stat("v", "other", lambda s: s.mean_norm),
         sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, epsilon=float(epsilon),
         model_name=model_name(model),
@@ -179,6 +178,7 @@ class ImplicitBias(Result):
     loss_removed: float | None  # ... with each head's bias part removed
     n_queries: int
     sink_positions: tuple[tuple[int, ...], ...]
+    first_massive_layer: int | None  # first block whose output holds a massive activation (None: positions given)
     str_tokens: tuple[tuple[str, ...], ...]
     model_name: str
     hooks: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
@@ -275,24 +275,34 @@ def implicit_bias(
     """Split each head's attention output into the sink tokens' value updates and the rest (Eq. 2), and measure
     how constant the first part is across query positions and prompts.
 
-    With `swap=True` the loss is also measured with that part replaced by its mean (the bias swap) and with it
-    removed, on the same prompts. Sinks as in attention_sinks; queries at and before the first sink are left out.
+    `layers=None` takes the blocks after the one where the massive activation first appears (all blocks when
+    `sink_positions` is given). With `swap=True` the loss is also measured with that part replaced by its mean
+    (the bias swap) and with it removed, in all those layers at once, on the same prompts. Sinks as in
+    attention_sinks; queries at and before the first sink are left out.
+
+    With a single sink token at position 0 the part is p_q0 v_0 W_O with the same v_0 in every prompt, so its
+    cosine to the mean is 1 by construction and `spread` (how much p_q0 varies) is the informative number.
 
         >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])   # doctest: +SKIP
         >>> bias.swap                                                           # doctest: +SKIP
     """
     layers = check_layers(model, layers)
-    prompts, sinks, _, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,
-                                          batch_size=batch_size, prepend_bos=prepend_bos)
+    prompts, sinks, first, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,
+                                              batch_size=batch_size, prepend_bos=prepend_bos)
     cfg = model.cfg
+    if layers is None:  # the blocks whose attention reads the massive activation
+        layers = tuple(range(0 if first is None else first + 1, cfg.n_layers))
+        if not layers:
+            raise ValueError(f"the massive activation first appears in the last block ({first}): no attention "
+                             f"reads it; pass layers= in 0..{cfg.n_layers - 1}")
     stats = {l: VecStats((cfg.n_heads,), cfg.d_model) for l in layers}
     z_sum = {l: torch.zeros(cfg.n_heads, cfg.d_head, dtype=torch.float64) for l in layers}
     rest = {l: torch.zeros(cfg.n_heads, dtype=torch.float64) for l in layers}
     err, n_query = 0.0, 0
-    loss_sum, n_tok = torch.zeros(3, dtype=torch.float64), 0
-    batches = list(_inputs.batches(prompts, batch_size=batch_size))
-    for batch in batches:
-        sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
+    loss_sum = torch.zeros(3, dtype=torch.float64)
+    batches = sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device)
+    weights = [tokens.numel() - tokens.shape[0] for tokens, _, _ in batches]  # predicted tokens per batch
+    for (tokens, sink, query), weight in zip(batches, weights):
         n_query += int(query.sum())
 
         def on_z(layer: int, z: Tensor, kept: dict) -> None:
@@ -304,28 +314,24 @@ def implicit_bias(
             stats[layer].add(torch.einsum("nhd,hdm->nhm", part[query], W_O))
             rest[layer] += torch.einsum("nhd,hdm->nhm", other[query], W_O).norm(dim=-1).sum(0).double().cpu()
 
-        loss = run_with_hooks(model, batch.tokens, layer_hooks(layers, ("pattern", "v"), on_z), return_type="loss")
-        weight = batch.tokens.numel() - batch.tokens.shape[0]  # predicted tokens
+        loss = run_with_hooks(model, tokens, layer_hooks(layers, ("pattern", "v"), on_z), return_type="loss")
         loss_sum[0] += float(loss) * weight
-        n_tok += weight
     if n_query == 0:
         raise ValueError("no query comes after a sink token: the prompts are too short or the sinks are last")
     mean_z = torch.stack([z_sum[l] / n_query for l in layers]).float()
     if swap:
-        for batch in batches:
-            sink, query = masks([sinks[i] for i in batch.index], batch.tokens.shape[1], cfg.device)
-            weight = batch.tokens.numel() - batch.tokens.shape[0]
+        for (tokens, sink, query), weight in zip(batches, weights):
             for row, mode in ((1, "swap"), (2, "remove")):
-                hooks = _swap_hooks(layers, mean_z, mode, lambda z: (sink, query))
-                loss_sum[row] += float(run_with_hooks(model, batch.tokens, hooks, return_type="loss")) * weight
-    losses = (loss_sum / n_tok).tolist() if swap else [float(loss_sum[0]) / n_tok, None, None]
+                hooks = _swap_hooks(layers, mean_z, mode, lambda z: (sink, query))  # noqa: B023 (used at once)
+                loss_sum[row] += float(run_with_hooks(model, tokens, hooks, return_type="loss")) * weight
+    losses = (loss_sum / sum(weights)).tolist() if swap else [float(loss_sum[0]) / sum(weights), None, None]
     return ImplicitBias(
         layers=layers, bias_norm=torch.stack([stats[l].mean_norm for l in layers]).float(),
         rest_norm=torch.stack([rest[l] / n_query for l in layers]).float(),
         constancy=torch.stack([stats[l].cos_to(stats[l].mean) for l in layers]).float(),
         spread=torch.stack([stats[l].spread() for l in layers]).float(), mean_z=mean_z, max_error=err,
         loss_original=losses[0], loss_swapped=losses[1], loss_removed=losses[2], n_queries=n_query,
-        sink_positions=sinks, str_tokens=str_toks, model_name=model_name(model),
+        sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, model_name=model_name(model),
     )
 
 

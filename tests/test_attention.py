@@ -55,17 +55,21 @@ def test_implicit_bias_result(tiny_llama, tiny_bias):
     b = tiny_bias
     assert isinstance(b, ImplicitBias)
     assert b.max_error < 1e-5
-    assert b.layers == (0, 1, 2, 3) and b.sink_positions == ((0,), (0,), (0,))
-    assert b.mean_z.shape == (4, tiny_llama.cfg.n_heads, tiny_llama.cfg.d_head)
+    plant = tiny_llama.mi_massive_plant.layer
+    assert b.first_massive_layer == plant and b.layers == tuple(range(plant + 1, 4))  # blocks that read it
+    assert b.sink_positions == ((0,), (0,), (0,))
+    assert b.mean_z.shape == (len(b.layers), tiny_llama.cfg.n_heads, tiny_llama.cfg.d_head)
     assert b.n_queries == sum(len(tiny_llama.to_tokens(t)[0]) - 1 for t in TEXTS)  # every query after BOS
     df = b.to_dataframe()
     assert list(df.columns) == ["layer", "head", "bias_norm", "rest_norm", "constancy", "spread"]
-    assert len(df) == 16 and (df.bias_norm > 0).all() and (df.rest_norm > 0).all()
+    assert len(df) == 4 * len(b.layers) and (df.bias_norm > 0).all() and (df.rest_norm > 0).all()
     # one sink at position 0: its value is the same vector in every prompt, so the part only changes in size
     assert (df.constancy > 0.999).all() and (df.spread > 0).all()
     assert list(b.swap.condition) == ["original", "swapped", "removed"]
     assert b.swap.delta[0] == 0 and b.loss_swapped != b.loss_original != b.loss_removed
     assert "mean cosine" in repr(b) and "removed" in repr(b)
+    given = implicit_bias(tiny_llama, "hello world", sink_positions=[0], swap=False)
+    assert given.layers == (0, 1, 2, 3) and given.first_massive_layer is None and given.loss_swapped is None
 
 
 def test_swap_context_manager_edits_only_the_sink_part(tiny_llama):
@@ -174,3 +178,56 @@ def test_cli_sinks(tiny_llama, monkeypatch, capsys):
 
 
 # --- smollm2-135m -----------------------------------------------------------------------------------------
+
+PROSE = [
+    "The river runs through the old town, past the market square and the stone bridge. In spring the water rises "
+    "and the fishermen wait for the floods to pass before they take their boats out again.",
+    "Scientists have long debated why the climate of the region changed so quickly at the end of the last ice age. "
+    "New measurements of lake sediments suggest that the shift took only a few decades.",
+    "She opened the letter slowly, unsure whether she wanted to know what it said. Her brother had not written in "
+    "years, and the handwriting on the envelope looked older and less steady than she remembered.",
+    "The committee approved the budget after a long meeting on Tuesday night. Most of the money will go to repairing "
+    "roads and schools, while a smaller share is set aside for the new public library.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2_sinks(smollm2):
+    return attention_sinks(smollm2, PROSE)
+
+
+@pytest.fixture(scope="module")
+def smollm2_bias(smollm2):
+    return implicit_bias(smollm2, PROSE)
+
+
+@pytest.mark.real
+def test_smollm2_sink_mass_rises_after_the_massive_activation(smollm2_sinks):
+    s = smollm2_sinks
+    assert s.first_massive_layer == 11 and set(s.sink_positions) == {(0,)}  # dim 507 at BOS, written by block 11
+    mass = s.sink_mass.mean(1)  # (layer,) head-averaged
+    # the blocks around the jump barely look at BOS (measured 0.05, 0.02 in blocks 0-1; 0.06, 0.02 in 10-11) ...
+    assert (mass[[0, 1, 10, 11]] < 0.1).all()
+    # ... every block that reads the massive activation puts much of its attention there (measured 0.37..0.86)
+    assert mass[12:].min() > 0.3 and mass[12:].mean() > 0.55  # measured mean 0.62
+    # blocks 3-9 already use BOS as a weaker sink without a massive activation (measured 0.35..0.40)
+    assert (mass[3:10] > 0.3).all() and (mass[3:10] < mass[12:].mean()).all()
+    assert 0.6 < s.sink_rate < 0.95  # share of heads with alpha > 0.3, measured 0.77
+    # the sink key points away from the other keys and the sink value is small (measured cos -0.31..0.07 vs
+    # 0.84..0.95; |v| ratio 0.27..0.42, layers 12-28/29)
+    assert (s.k_cos_sink[12:29].mean(1) < 0.15).all() and (s.k_cos_other[12:].mean(1) > 0.8).all()
+    assert (s.v_norm_sink.mean(1) / s.v_norm_other.mean(1))[12:].max() < 0.5
+
+
+@pytest.mark.real
+def test_smollm2_implicit_bias_is_constant_and_swappable(smollm2_bias):
+    b = smollm2_bias
+    assert b.layers == tuple(range(12, 30))  # the blocks after the massive activation appears
+    assert b.max_error < 1e-5  # Eq. 2 parts sum to hook_z (measured 3e-7)
+    # one sink token (BOS): the part is p_q0 v_0 W_O, fixed in direction; its size varies with p_q0
+    assert b.constancy.min() > 0.999
+    assert b.spread.median() < 0.5  # measured median 0.36 (RMS distance to the mean / its norm)
+    assert (b.bias_norm.mean(1) > 0.2 * b.rest_norm.mean(1)).all()  # a sizeable term, measured 6.1 vs 9.7 on average
+    # swapping the part for its mean keeps the loss (measured -0.3%); removing it does not (measured +17%)
+    assert abs(b.loss_swapped / b.loss_original - 1) < 0.03
+    assert b.loss_removed / b.loss_original - 1 > 0.10
