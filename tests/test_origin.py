@@ -7,6 +7,7 @@ from mi_massive import Origin, trace_origin
 from mi_massive._ablate import neuron_hook, zeroed_weights
 from mi_massive._hooks import capture, run_with_hooks
 from mi_massive.arch import hook
+from mi_massive.testing import TINY_CONFIGS, tiny_model
 
 PROMPT = "In 1905, Albert Einstein published four papers that changed physics."
 
@@ -23,11 +24,23 @@ def _same_weights(model, before) -> bool:
     return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def _preacts(model, origin):
-    """The top neuron's hook_pre (and hook_pre_linear) at the traced position, read from a run."""
-    w, n = origin.writer_layer, origin.super_weight.col
-    _, c = capture(model, origin.tokens[None], [hook.mlp_pre(w), hook.mlp_pre_linear(w)])
-    return float(c[hook.mlp_pre(w)][0, origin.pos, n]), float(c[hook.mlp_pre_linear(w)][0, origin.pos, n])
+def _assert_exact(model, o):
+    """Parts sum to the value, neuron parts to the writing MLP's output, upstream parts to hook_pre(_linear)."""
+    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    assert float(o.neuron_contribution.sum()) == pytest.approx(o.by_layer().mlp[o.writer_layer], rel=1e-5, abs=1e-4)
+    w, n = o.writer_layer, o.super_weight.col
+    cols = {"pre": hook.mlp_pre(w), "pre_linear": hook.mlp_pre_linear(w)}
+    cols = {col: name for col, name in cols.items() if col in o.upstream}
+    _, c = capture(model, o.tokens[None], list(cols.values()))
+    for col, name in cols.items():
+        assert o.upstream[col].sum() == pytest.approx(float(c[name][0, o.pos, n]), rel=1e-5)
+
+
+def _causal(o, k: int = 5):
+    """The causal table by label, the baseline value and loss, the top-k row and the random controls."""
+    c = o.causal.set_index("ablation")
+    top = c.loc[f"zero top-{k} neurons of block {o.writer_layer}"]
+    return c, c.massive_value["baseline"], c.loss["baseline"], top, c.filter(like="random", axis=0)
 
 
 # --- tiny planted model -----------------------------------------------------------------------------------------
@@ -54,24 +67,28 @@ def test_planted_writer_found_exactly(tiny_llama, tiny_origin):
 def test_parts_sum_to_the_residual_value(tiny_llama, tiny_origin):
     o = tiny_origin
     assert list(o.components.columns) == ["component", "layer", "head", "contribution"]
-    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    _assert_exact(tiny_llama, o)
     heads = o.components[o.components.component == "head"]
     assert len(heads) == (o.layer + 1) * tiny_llama.cfg.n_heads  # every query head of a GQA model
     assert o.by_layer().total.iloc[-1] == pytest.approx(o.value, rel=1e-6)
-    # the writing MLP's neuron parts sum to its output; the top neuron's pre-activations to hook_pre(_linear)
-    assert float(o.neuron_contribution.sum()) == pytest.approx(o.by_layer().mlp[o.writer_layer], rel=1e-5)
-    gate, linear = _preacts(tiny_llama, o)
-    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
-    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_every_family_traced_exactly(family):
+    """LayerNorm + biases (gpt2), parallel attention/MLP (gpt_neox), post-sublayer norms (gemma3), GQA."""
+    model = tiny_model(family)
+    plant = model.mi_massive_plant
+    o = trace_origin(model, "hello world", ablate=False)
+    assert (o.layer, o.pos, o.dim, o.writer_layer) == (plant.layer, 0, plant.dim, plant.layer)
+    assert (o.super_weight.layer, o.super_weight.row, o.super_weight.col) == (plant.layer, plant.dim, plant.neuron)
+    _assert_exact(model, o)
 
 
 def test_causal_check_on_plant(tiny_origin):
-    c = tiny_origin.causal.set_index("ablation")
+    c, base, _, top, randoms = _causal(tiny_origin, k=3)
     assert list(tiny_origin.causal.columns) == ["ablation", "massive_value", "loss"]
-    base = c.massive_value["baseline"]
-    assert abs(c.massive_value["zero top-3 neurons of block 1"]) < 1e-3 * base
+    assert abs(top.massive_value) < 1e-3 * base
     assert abs(c.filter(like="zero super weight", axis=0).massive_value.iloc[0]) < 1e-3 * base
-    randoms = c.filter(like="random", axis=0)
     assert len(randoms) == 2 and (randoms.massive_value - base).abs().max() < 1e-3 * base
     assert len(tiny_origin.search) == 1  # nothing massive left after the first weight: the search stops
 
@@ -159,7 +176,6 @@ def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
     back = Origin.load(tmp_path / "o.pt")
     assert repr(back) == repr(tiny_origin) and back.neurons.equals(tiny_origin.neurons)
     from mi_massive import cli
-    from mi_massive.testing import tiny_model
 
     monkeypatch.setattr(cli, "load_from_args", lambda args: tiny_model("llama"))
     assert cli.main(["trace", "tiny", "--prompt", "hello world", "--no-ablate"]) == 0
@@ -178,7 +194,7 @@ def smollm2_origin(smollm2):
 def test_smollm2_origin(smollm2, smollm2_origin):
     o = smollm2_origin
     assert (o.layer, o.pos, o.dim) == (11, 0, 507) and o.value == pytest.approx(24926, rel=1e-3)
-    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
+    _assert_exact(smollm2, o)
     assert o.writer_layer == 11 and o.writers() == [11]
     assert o.by_layer().total[10] == pytest.approx(28.7, abs=1)  # the jump: ~29 -> ~24,900 in block 11
     # two neurons write it: 1229 (72%) and 1487 (27%); the super weight is the 2nd largest |w| of down_proj 11
@@ -186,14 +202,8 @@ def test_smollm2_origin(smollm2, smollm2_origin):
     assert o.neurons.share.iloc[0] == pytest.approx(0.724, abs=0.01) and o.neurons.cum_share.iloc[1] > 0.99
     sw = o.super_weight
     assert (sw.layer, sw.row, sw.col, sw.rank) == (11, 507, 1229, 2) and sw.value == pytest.approx(5.876, abs=1e-3)
-    gate, linear = _preacts(smollm2, o)
-    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
-    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
-    c = o.causal.set_index("ablation")
-    base, loss0 = c.massive_value["baseline"], c.loss["baseline"]
-    top = c.loc["zero top-5 neurons of block 11"]
+    c, base, loss0, top, randoms = _causal(o)
     assert top.massive_value < 0.01 * base and top.loss > loss0 + 4  # 24,926 -> 102; loss 3.59 -> 8.32
-    randoms = c.filter(like="random", axis=0)
     assert (randoms.massive_value / base - 1).abs().max() < 1e-3 and (randoms.loss - loss0).abs().max() < 0.05
     assert c.filter(like="zero super weight", axis=0).loss.iloc[0] > loss0 + 3  # one weight: 3.59 -> 7.09
     assert o.search[["layer", "col"]].values[:2].tolist() == [[11, 1229], [11, 1487]]  # then the second neuron
@@ -210,22 +220,19 @@ def test_gemma3_origin_through_post_norms(gemma3, gemma3_origin):
     o = gemma3_origin
     assert (o.layer, o.pos, o.dim) == (3, 0, 163) and o.value == pytest.approx(10428, rel=1e-3)
     assert "post-sublayer norm" in o.note
-    # parts through the frozen ln1_post / ln2_post scales sum exactly to what the blocks added
-    assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-6)
-    assert float(o.neuron_contribution.sum()) == pytest.approx(o.by_layer().mlp[3], rel=1e-5)
+    _assert_exact(gemma3, o)  # through the frozen ln1_post / ln2_post scales, parts sum to what was added
     assert o.writer_layer == 3 and o.by_layer().total[2] < 100  # ~91 -> ~10,400 in block 3
     assert int(o.neurons.neuron.iloc[0]) == 1414 and o.neurons.share.iloc[0] == pytest.approx(0.973, abs=0.01)
     sw = o.super_weight
     assert (sw.layer, sw.row, sw.col) == (3, 163, 1414) and sw.value == pytest.approx(-0.1215, abs=1e-3)
-    gate, linear = _preacts(gemma3, o)
-    assert o.upstream.pre.sum() == pytest.approx(gate, rel=1e-5)
-    assert o.upstream.pre_linear.sum() == pytest.approx(linear, rel=1e-5)
-    c = o.causal.set_index("ablation")
-    base, loss0 = c.massive_value["baseline"], c.loss["baseline"]
-    top = c.loc["zero top-5 neurons of block 3"]
+    c, base, loss0, top, randoms = _causal(o)
     assert top.massive_value < 0.15 * base and top.loss > loss0 + 1  # 10,428 -> 1,366; loss 2.69 -> 3.93
-    randoms = c.filter(like="random", axis=0)
     assert (randoms.massive_value / base - 1).abs().max() < 2e-3 and (randoms.loss - loss0).abs().max() < 0.05
     # the super weight alone removes 96% at layer 3, but later blocks keep writing dim 163: the loss barely moves
     sw_row = c.filter(like="zero super weight", axis=0).iloc[0]
     assert sw_row.massive_value < 0.05 * base and abs(sw_row.loss - loss0) < 0.1
+    # where it peaks (layer 14, ~1.04e5) six blocks each add 10-17%, each through one neuron
+    late = trace_origin(gemma3, PROMPT, layer=14, pos=0, dim=163, ablate=False)
+    assert late.value == pytest.approx(103795, rel=1e-3) and late.writer_layer == 5
+    assert late.components.contribution.sum() == pytest.approx(late.value, rel=1e-6)
+    assert set(late.writers(0.09)) == {3, 4, 5, 6, 7, 8} and late.neurons.share.iloc[0] > 0.98
