@@ -1,0 +1,192 @@
+"""Tutorials and paper notebooks: generated from their sources, checks that can fail, notebooks that run."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("tutorials_build", ROOT / "tutorials" / "build.py")
+build = sys.modules.setdefault("tutorials_build", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(build)
+
+TUTORIALS = sorted(build.TUTORIAL_SOURCES.glob("*.py"))
+EXECUTED = sorted(ROOT.glob("tutorials/*_solutions.ipynb")) + sorted(ROOT.glob("notebooks/*.ipynb"))
+
+
+# --- the generator ---------------------------------------------------------------------------------------
+
+def test_committed_notebooks_are_what_the_sources_generate():
+    expected = build.expected()
+    stale = [str(p.relative_to(ROOT)) for p, text in expected.items() if not p.exists() or p.read_text() != text]
+    assert not stale, f"regenerate with `python tutorials/build.py`: {stale}"
+    orphans = set(ROOT.glob("tutorials/*.ipynb")) | set(ROOT.glob("notebooks/*.ipynb"))
+    assert not orphans - set(expected), f"notebooks without a source: {sorted(orphans - set(expected))}"
+
+
+def test_notebooks_are_stored_without_outputs():
+    for path in build.expected():
+        for cell in json.loads(path.read_text())["cells"]:
+            assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, path.name
+
+
+@pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
+def test_exercise_notebook_hides_each_solution_below_its_check(source):
+    cells = json.loads((ROOT / "tutorials" / f"{source.stem}_exercises.ipynb").read_text())["cells"]
+    names = build.exercises(source)
+    assert len(names) >= 3
+    for name in names:
+        i = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and f"def {name}(" in "".join(c["source"]))
+        stub, check, solution = ("".join(c["source"]) for c in cells[i:i + 3])
+        assert "NotImplementedError" in stub and "# SOLUTION" not in stub
+        assert f"check_{name}({name}, " in check
+        assert solution.startswith("<details><summary>Solution</summary>") and f"def {name}(" in solution
+        assert "Difficulty" in "".join(cells[i - 1]["source"]) and "minutes" in "".join(cells[i - 1]["source"])
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "t.py"
+    path.write_text(text)
+    return path
+
+
+GOOD = '''# %% [markdown]
+# ### Exercise: double
+# %% [exercise difficulty=1 minutes=2]
+def double(x):
+    """Twice x."""
+    # EXERCISE
+    # raise NotImplementedError()
+    # SOLUTION
+    return 2 * x
+    # END
+# %%
+check_double(double, 3)
+'''
+
+
+def test_builder_splits_stub_and_solution(tmp_path):
+    nbs = build.build(_write(tmp_path, GOOD))
+    ex, sol = (json.loads(nbs[f"t_{v}.ipynb"])["cells"] for v in ("exercises", "solutions"))
+    assert [c["cell_type"] for c in ex] == ["markdown", "code", "code", "markdown"]
+    assert "".join(ex[1]["source"]).endswith("raise NotImplementedError()") and "2 * x" not in "".join(ex[1]["source"])
+    assert "".join(sol[1]["source"]).endswith("return 2 * x") and "NotImplementedError" not in "".join(sol[1]["source"])
+    assert "🔴⚪⚪⚪⚪" in "".join(ex[0]["source"]) and "about 2 minutes" in "".join(ex[0]["source"])
+    assert build.build(_write(tmp_path, GOOD)) == nbs  # deterministic (stable cell ids)
+
+
+@pytest.mark.parametrize("broken, message", [
+    (GOOD.replace("check_double(double, 3)", "print(double(3))"), "must call a check_"),
+    (GOOD.replace('"""Twice x."""\n', ""), "needs a docstring"),
+    (GOOD.replace("    # END\n", ""), "'# EXERCISE', '# SOLUTION', '# END'"),
+    (GOOD.replace("### Exercise: double", "Some prose"), "'### Exercise ...'"),
+    (GOOD.replace("difficulty=1 minutes=2", "minutes=2"), "difficulty=1..5"),
+    (GOOD.replace("# raise", "raise"), "not commented out"),
+    (GOOD.replace("[exercise", "[exrecise"), "unknown cell kind"),
+])
+def test_builder_rejects_a_broken_exercise(tmp_path, broken, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build.build(_write(tmp_path, broken))
+
+
+def test_generator_check_mode_reports_stale(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "TUTORIAL_SOURCES", tmp_path / "src")
+    monkeypatch.setattr(build, "NOTEBOOK_SOURCES", tmp_path / "none")
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tutorials").mkdir()
+    (tmp_path / "src" / "t.py").write_text(GOOD)
+    assert build.main(["--check"]) == 1
+    assert build.main([]) == 0 and (tmp_path / "tutorials" / "t_solutions.ipynb").exists()
+    assert build.main(["--check"]) == 0
+    assert "stale: tutorials/t_exercises.ipynb" in capsys.readouterr().out
+
+
+# --- the checks: each passes the reference solution and fails wrong ones ------------------------------------
+
+def _resid_pre(model, prompt, layer):  # the block input, not its output
+    name = f"blocks.{layer}.hook_resid_pre"
+    return model.run_with_cache(prompt, names_filter=name)[1][name][0]
+
+
+def _per_position_median(x, *, threshold, ratio):
+    a = x.abs()
+    mask = (a > threshold) & (a >= ratio * a.median(dim=-1, keepdim=True).values)
+    return {(int(p), int(d)) for p, d in mask.nonzero()}
+
+
+def _signed(x, *, threshold, ratio):
+    mask = (x > threshold) & (x >= ratio * x.median())
+    return {(int(p), int(d)) for p, d in mask.nonzero()}
+
+
+def _profile_without_abs(model, prompt, *, k):
+    _, cache = model.run_with_cache(prompt, names_filter=lambda n: n.endswith("hook_resid_post"))
+    xs = [cache[f"blocks.{l}.hook_resid_post"][0].flatten() for l in range(model.cfg.n_layers)]
+    return torch.stack([x.topk(k).values for x in xs]), torch.stack([x.abs().median() for x in xs])
+
+
+def _values_ignoring_bos(model, prompts, *, layer, dim, pos, prepend_bos):
+    name = f"blocks.{layer}.hook_resid_post"
+    return torch.stack([model.run_with_cache(p, names_filter=name)[1][name][0, pos, dim] for p in prompts])
+
+
+# check name -> deliberately wrong implementations (each a mistake a student makes)
+WRONG = {
+    "check_residual_stream": [_resid_pre],
+    "check_massive_entries": [_per_position_median, _signed],
+    "check_layer_top_magnitudes": [_profile_without_abs],
+    "check_massive_values": [_values_ignoring_bos],
+}
+CHECK_MODULES = {"01_finding": "finding"}
+
+
+def _all_checks():
+    import mi_massive.tutorial_checks as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            yield from (getattr(module, n) for n in dir(module) if n.startswith("check_"))
+
+
+def test_every_check_has_a_tutorial_exercise_and_wrong_answers():
+    names = {f"check_{n}" for src in TUTORIALS for n in build.exercises(src)}
+    checks = {c.__name__ for c in _all_checks()}
+    assert checks == names, f"checks without an exercise: {checks - names}; exercises without a check: {names - checks}"
+    assert set(WRONG) == checks and all(WRONG.values())
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
+def test_checks_pass_the_reference_and_fail_the_stub_and_wrong_answers(source, smollm2):
+    module = importlib.import_module(f"mi_massive.tutorial_checks.{CHECK_MODULES[source.stem]}")
+    reference, stubs = build.reference_namespace(source), build.stub_namespace(source)
+    for name in build.exercises(source):
+        check = getattr(module, f"check_{name}")
+        check(reference[name], smollm2)
+        with pytest.raises(NotImplementedError):
+            check(stubs[name], smollm2)
+        for wrong in WRONG[check.__name__]:
+            with pytest.raises(AssertionError):
+                check(wrong, smollm2)
+
+
+# --- every solution notebook and every paper notebook runs ---------------------------------------------------
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXECUTED, ids=lambda p: p.stem)
+def test_notebook_executes(path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
