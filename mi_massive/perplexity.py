@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import _inputs
+from ._hooks import check_finite
 from ._results import Result
 from .constancy import massive_stats
 from .corpus import load_corpus
@@ -113,6 +115,7 @@ def perplexity(
 
         >>> perplexity(model, load_corpus("wiki-en")[32:], seq_len=128, max_chunks=16)   # doctest: +SKIP
     """
+    _inputs.check_model(model)
     bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
     chunks = _chunks(model, texts, seq_len, max_chunks, bos)
     iv = _as_intervention(model, intervention, calibration, bos)
@@ -128,6 +131,7 @@ def perplexity(
             bar.update(len(batch))
     bar.close()
     per_chunk = torch.cat(nll)
+    check_finite(model, per_chunk)  # NaN/inf weights raise; a dtype overflow warns instead of a silent inf
     mean = float(per_chunk.mean())  # every chunk scores the same number of tokens
     return Perplexity(
         perplexity=math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf,

@@ -158,7 +158,8 @@ def plant_massive_activation(model: Any, plant: Plant, *, seed: int = 0) -> None
     mlp.W_out[plant.neuron, :] = 0.0  # (d_mlp, d_model): the neuron writes only into plant.dim
     act = _at_bos(model, hook.mlp_post(plant.layer), plant.neuron)
     if act <= 0:
-        raise RuntimeError(f"cannot plant: neuron {plant.neuron} of layer {plant.layer} does not fire on BOS ({act:.3g})")
+        raise RuntimeError(f"cannot plant: neuron {plant.neuron} of block {plant.layer} does not fire on BOS "
+                           f"({act:.3g})")
     mlp.W_out[plant.neuron, plant.dim] = plant.magnitude / act
     if fam.post_sublayer_norm:  # the MLP output is renormalised: its weight at `dim` sets the written value
         post = model.blocks[plant.layer].ln2_post.w  # (d_model,) view of the post-MLP norm weight
@@ -176,9 +177,13 @@ def tiny_model(
 ):
     """A tiny bridge-wrapped model of `family`; with a planted massive activation unless plant=False.
 
-    The default plant is Plant(layer=1, neuron=7, dim=5, magnitude=1000.0) (10000.0 for gemma3); it is stored as
-    `model.mi_massive_plant` (None when nothing is planted). BOS is prepended for every family. The plant is calibrated in float32, then the
-    model is cast to `dtype` (float16 overflows a planted magnitude above 65504, as real models do).
+    The default plant is Plant(layer=1, neuron=7, dim=5, magnitude=1000.0) (10000.0 for gemma3); it is stored
+    as `model.mi_massive_plant` (None when nothing is planted). BOS is prepended for every family. The plant is
+    calibrated in float32, then the model is cast to `dtype` (float16 overflows a planted magnitude above
+    65504, as real models do).
+
+        >>> tiny_model("gpt_neox", plant=Plant(layer=2, neuron=3, dim=9, magnitude=500.0)).cfg.n_layers
+        4
     """
     from .models import load_model
 

@@ -15,6 +15,7 @@ from mi_massive import (attention_sinks, find_massive_activations, implicit_bias
                         path_patch, swap_implicit_bias)
 from mi_massive.interventions import build_intervention, intervene
 from mi_massive.origin import trace_origin
+from mi_massive.perplexity import perplexity
 from mi_massive.testing import ModelState, Plant, tiny_hf_model, tiny_model
 
 P = ["hello world, this is a test", "abc def"]  # different lengths on purpose
@@ -92,6 +93,8 @@ ERRORS = [
     ("intervention dim out of range", lambda m, r, iv, b: build_intervention(m, P, dims=[99]),
      "dim 99 out of range"),
     ("intervention without massive dims", lambda m, r, iv, b: build_intervention(r, P), "no massive dims"),
+    ("calibration too short for a bias term", lambda m, r, iv, b: build_intervention(m, ["hello world", "abc def"]),
+     "longer calibration texts"),
     ("intervention on another model", lambda m, r, iv, b: intervene(r, iv).__enter__(), "built for tiny-llama"),
     ("unknown tiny family", lambda m, r, iv, b: tiny_model("opt"), "no tiny config"),
     ("plant outside the model", lambda m, r, iv, b: tiny_model("llama", plant=Plant(1, 7, 99, 1e3)),
@@ -126,7 +129,8 @@ RESULTS = [
      lambda res, m: len(res) == 0),
     ("threshold above every value", lambda m, r: find_massive_activations(m, P, threshold=1e9),
      lambda res, m: len(res) == 0 and res.summary().empty),
-    ("prompts of different lengths", lambda m, r: find_massive_activations(m, P), lambda res, m: _same_as_separate(res, m)),
+    ("prompts of different lengths", lambda m, r: find_massive_activations(m, P),
+     lambda res, m: _same_as_separate(res, m)),
     ("negative layer counts from the end", lambda m, r: trace_origin(m, P[0], layer=-3, ablate=False),
      lambda res, m: res.layer == 1 and res.writer_layer == 1),
     ("sinks named on a random model", lambda m, r: attention_sinks(r, P, sink_positions=[0]),
@@ -151,6 +155,7 @@ TRAIN_MODE = {
     "attention_sinks": lambda m: attention_sinks(m, P),
     "path_patch": lambda m: path_patch(m, P),
     "build_intervention": lambda m: build_intervention(m, P),
+    "perplexity": lambda m: perplexity(m, P, seq_len=8),
 }
 
 
@@ -194,6 +199,8 @@ def test_fp16_overflow_is_flagged_never_silent():
     assert math.isinf(origin.value)
     with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
         path_patch(h, P, receivers=("direct",))
+    with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
+        assert math.isinf(perplexity(h, P, seq_len=8).perplexity)
 
 
 def test_fp16_in_range_is_exact_and_quiet():
@@ -240,6 +247,8 @@ FAILURES = [
      lambda m, a: path_patch(m, P, massive=a, senders=("super_weight", 1, 7, 5)), 2),
     ("path patching, receivers", lambda m, a: path_patch(m, P, massive=a), 3),
     ("intervention rebuild check", lambda m, a: build_intervention(m, P), 5),
+    ("perplexity under an intervention", lambda m, a: perplexity(m, P, seq_len=8, intervention="zero", calibration=P),
+     7),
 ]
 
 
