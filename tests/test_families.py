@@ -131,7 +131,9 @@ def test_path_patching(planted):
 
 def test_interventions_remove_the_value_and_restore_the_model(planted):
     from mi_massive import find_massive_activations
+    from mi_massive.constancy import massive_stats
     from mi_massive.interventions import build_intervention, intervene
+    from mi_massive.perplexity import perplexity
 
     plant = planted.mi_massive_plant
     clean_loss = float(planted(PROMPTS[0], return_type="loss"))
@@ -143,7 +145,12 @@ def test_interventions_remove_the_value_and_restore_the_model(planted):
     assert zeroed_loss != clean_loss
     assert float(planted(PROMPTS[0], return_type="loss")) == clean_loss  # restored
     assert len(find_massive_activations(planted, PROMPTS)) > 0
-    mean = build_intervention(planted, PROMPTS, mode="mean")  # the mean of a constant value is that value
+    stats = massive_stats(planted, PROMPTS, prepend_bos=(True,))
+    assert stats.dims == (plant.dim,) and int(stats.first_layer[0, 0]) == plant.layer
+    assert float(stats.std[0, 0, plant.layer, 0]) < 1e-3 * plant.magnitude  # BOS is the same token in every text
+    ppl = perplexity(planted, PROMPTS, seq_len=8, intervention=zero)
+    assert math.isfinite(ppl.perplexity) and ppl.perplexity != perplexity(planted, PROMPTS, seq_len=8).perplexity
+    mean = build_intervention(planted, PROMPTS, mode="mean", stats=stats)  # the mean of a constant is that value
     assert abs(float(mean.first_value[plant.layer, 0]) - plant.magnitude) < 0.01 * plant.magnitude
     with intervene(planted, mean):
         assert abs(float(planted(PROMPTS[0], return_type="loss")) - clean_loss) < 1e-3
