@@ -56,7 +56,7 @@ class AttentionSinks(Result):
     v_norm_sink: Float[Tensor, "layer kv_head"]
     v_norm_other: Float[Tensor, "layer kv_head"]
     sink_positions: tuple[tuple[int, ...], ...]  # per prompt
-    first_massive_layer: int | None  # first block whose output holds a massive activation (None: positions given)
+    first_massive_layer: int | None  # first block whose output holds a sink's massive activation (None: given)
     str_tokens: tuple[tuple[str, ...], ...]
     epsilon: float  # alpha threshold of the sink-rate metric
     model_name: str
@@ -110,8 +110,9 @@ def attention_sinks(
 ) -> AttentionSinks:
     """How much attention each head puts on the massive-activation tokens, and what their keys and values look like.
 
-    `sink_positions=None` finds the tokens per prompt with find_massive_activations(threshold, ratio); else give
-    one list of positions for every prompt or one list per prompt. Queries at sink positions (and before the
+    `sink_positions=None` takes the tokens of each prompt whose massive activation (find_massive_activations with
+    threshold, ratio) lasts at least a quarter of the layers; else give one list of positions for every prompt or
+    one list per prompt. Queries at sink positions (and before the
     first sink) are left out of `sink_mass`: position 0 attends only to itself.
 
         >>> sinks = attention_sinks(model, ["Summer is warm."])        # doctest: +SKIP
@@ -178,7 +179,7 @@ class ImplicitBias(Result):
     loss_removed: float | None  # ... with each head's bias part removed
     n_queries: int
     sink_positions: tuple[tuple[int, ...], ...]
-    first_massive_layer: int | None  # first block whose output holds a massive activation (None: positions given)
+    first_massive_layer: int | None  # first block whose output holds a sink's massive activation (None: given)
     str_tokens: tuple[tuple[str, ...], ...]
     model_name: str
     hooks: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
@@ -363,7 +364,7 @@ def add_sinks_command(sub: Any) -> None:
 
     add_model_argument(p)
     add_prompt_arguments(p)
-    p.add_argument("--layers", type=int, nargs="+", help="layers for the implicit bias (default: all)")
+    p.add_argument("--layers", type=int, nargs="+", help="layers for the implicit bias (default: the blocks after the massive activation appears)")
     p.add_argument("--epsilon", type=float, default=0.3, help="alpha threshold of a sink head (default 0.3)")
     p.add_argument("--no-swap", action="store_true", help="skip the bias-swap and removal losses")
     p.set_defaults(func=_sinks)

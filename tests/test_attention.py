@@ -231,3 +231,17 @@ def test_smollm2_implicit_bias_is_constant_and_swappable(smollm2_bias):
     # swapping the part for its mean keeps the loss (measured -0.3%); removing it does not (measured +17%)
     assert abs(b.loss_swapped / b.loss_original - 1) < 0.03
     assert b.loss_removed / b.loss_original - 1 > 0.10
+
+
+@pytest.mark.real
+def test_gemma3_one_kv_head_sinks_and_swap(gemma3):
+    # dim 400 passes the paper's rule at nearly every token in blocks 1-3 and fades: only BOS lasts, so only BOS
+    # is a sink; all 4 query heads share the one KV head
+    sinks = attention_sinks(gemma3, PROSE[:2])
+    assert sinks.sink_positions == ((0,), (0,)) and sinks.first_massive_layer == 0
+    assert sinks.k_norm_sink.shape == (18, 1)
+    assert sinks.sink_mass.mean() > 0.35 and sinks.sink_rate > 0.6  # measured 0.50 and 0.85
+    bias = implicit_bias(gemma3, PROSE[:2])
+    assert bias.layers == tuple(range(1, 18)) and bias.max_error < 1e-5
+    assert abs(bias.loss_swapped / bias.loss_original - 1) < 0.03  # measured +0.4%
+    assert bias.loss_removed / bias.loss_original - 1 > 0.3  # measured +90% (3.03 -> 5.75)
