@@ -145,7 +145,7 @@ WRONG = {
     "check_layer_top_magnitudes": [_profile_without_abs],
     "check_massive_values": [_values_ignoring_bos],
 }
-CHECK_MODULES = {"01_finding": "finding"}
+CHECK_MODULES = {"01_finding": "finding", "02_bias_terms": "bias", "03_attention": "attention"}
 
 
 def _all_checks():
