@@ -138,14 +138,103 @@ def _values_ignoring_bos(model, prompts, *, layer, dim, pos, prepend_bos):
     return torch.stack([model.run_with_cache(p, names_filter=name)[1][name][0, pos, dim] for p in prompts])
 
 
+def _loss_setting_the_next_block(model, prompt, *, layer, pos, dim, value):
+    def fn(x, hook):
+        x[:, pos, dim] = value
+        return x
+    return float(model.run_with_hooks(prompt, return_type="loss", fwd_hooks=[(f"blocks.{layer + 1}.hook_resid_post", fn)]))
+
+
+def _perplexity_of_summed_loss(model, chunks):  # exp of the total instead of the mean
+    return float(torch.exp(model(chunks, return_type="loss") * chunks.shape[0]))
+
+
+def _mean_with_bos(model, texts, *, layer, dim):
+    name = f"blocks.{layer}.hook_resid_post"
+    return float(torch.stack([model.run_with_cache(t, names_filter=name)[1][name][0, 0, dim] for t in texts]).mean())
+
+
+def _sink_mass_with_query_0(model, prompt, *, layer):
+    name = f"blocks.{layer}.attn.hook_pattern"
+    return model.run_with_cache(prompt, names_filter=name)[1][name][0, :, :, 0].mean(-1)
+
+
+def _value_norms_with_sink_in_mean(model, prompt, *, layer):
+    name = f"blocks.{layer}.attn.hook_v"
+    norms = model.run_with_cache(prompt, names_filter=name)[1][name][0].norm(dim=-1)
+    return norms[0], norms.mean(0)
+
+
+def _split_with_tiled_kv_heads(model, prompt, *, layer):  # repeat() instead of repeat_interleave(): wrong GQA groups
+    names = [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_v"]
+    _, cache = model.run_with_cache(prompt, names_filter=lambda n: n in names)
+    pattern, v = cache[names[0]][0], cache[names[1]][0]
+    v = v.repeat(1, model.cfg.n_heads // v.shape[1], 1)
+    return (torch.einsum("hq,hd->qhd", pattern[:, :, 0], v[0]),
+            torch.einsum("hqk,khd->qhd", pattern[:, :, 1:], v[1:]))
+
+
+def _attention_writes_only(model, prompt, *, pos, dim):
+    names = [f"blocks.{l}.hook_attn_out" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(prompt, names_filter=lambda n: n in names)
+    return torch.stack([cache[n][0, pos, dim] for n in names])
+
+
+def _neurons_from_gate(model, prompt, *, layer, pos, dim):  # the gate pre-activation, not the neuron output
+    name = f"blocks.{layer}.mlp.hook_pre"
+    return model.run_with_cache(prompt, names_filter=name)[1][name][0, pos] * model.blocks[layer].mlp.W_out[:, dim]
+
+
+_LEFT_BROKEN: list = []  # weights a wrong function did not restore: the test puts them back
+
+
+def _without_weight_never_restored(model, prompt, *, layer, row, col):
+    W = model.blocks[layer].mlp.W_out
+    _LEFT_BROKEN.append((W, col, row, W[col, row].clone()))
+    W[col, row] = 0.0
+    name = f"blocks.{layer}.hook_resid_post"
+    loss, cache = model.run_with_cache(prompt, names_filter=name, return_type="loss")
+    return float(cache[name][0, 0, row]), float(loss)
+
+
+def _patch_every_kv_head(model, prompt, *, sites, layer, kv_head):
+    name = f"blocks.{layer}.attn.hook_v"
+    kept = {}
+
+    def zero(x, hook):
+        for _, p, d in sites:
+            x[:, p, d] = 0.0
+        return x
+
+    model.run_with_hooks(prompt, fwd_hooks=[(f"blocks.{l}.hook_resid_post", zero) for l in {s[0] for s in sites}]
+                         + [(name, lambda x, hook: kept.setdefault("v", x.clone()))])
+    pos = sorted({p for _, p, _ in sites})
+
+    def patch(x, hook):
+        x[:, pos] = kept["v"][:, pos]
+        return x
+
+    return float(model.run_with_hooks(prompt, return_type="loss", fwd_hooks=[(name, patch)]))
+
+
 # check name -> deliberately wrong implementations (each a mistake a student makes)
 WRONG = {
     "check_residual_stream": [_resid_pre],
     "check_massive_entries": [_per_position_median, _signed],
     "check_layer_top_magnitudes": [_profile_without_abs],
     "check_massive_values": [_values_ignoring_bos],
+    "check_loss_with_entry_set": [_loss_setting_the_next_block],
+    "check_chunk_perplexity": [_perplexity_of_summed_loss],
+    "check_mean_first_value": [_mean_with_bos],
+    "check_sink_mass": [_sink_mass_with_query_0],
+    "check_value_norms": [_value_norms_with_sink_in_mean],
+    "check_attention_split": [_split_with_tiled_kv_heads],
+    "check_block_writes": [_attention_writes_only],
+    "check_neuron_contributions": [_neurons_from_gate],
+    "check_without_weight": [_without_weight_never_restored],
+    "check_patched_value_loss": [_patch_every_kv_head],
 }
-CHECK_MODULES = {"01_finding": "finding", "02_bias_terms": "bias", "03_attention": "attention"}
+CHECK_MODULES = {"01_finding": "finding", "02_bias_terms": "bias", "03_attention": "attention", "04_origin": "origin"}
 
 
 def _all_checks():
@@ -175,8 +264,13 @@ def test_checks_pass_the_reference_and_fail_the_stub_and_wrong_answers(source, s
         with pytest.raises(NotImplementedError):
             check(stubs[name], smollm2)
         for wrong in WRONG[check.__name__]:
-            with pytest.raises(AssertionError):
-                check(wrong, smollm2)
+            try:
+                with pytest.raises(AssertionError):
+                    check(wrong, smollm2)
+            finally:
+                while _LEFT_BROKEN:
+                    W, col, row, value = _LEFT_BROKEN.pop()
+                    W[col, row] = value
 
 
 # --- every solution notebook and every paper notebook runs ---------------------------------------------------
