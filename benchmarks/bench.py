@@ -92,15 +92,21 @@ def bench_scan(model, hf_model, toks: torch.Tensor, device: str, *, batch_size: 
             for i in range(0, len(dev_toks), batch_size):
                 hf_model(dev_toks[i : i + batch_size])
 
+    def bridge() -> None:  # the TransformerBridge alone, no hooks: separates its cost from the scan's
+        with torch.inference_mode():
+            for i in range(0, len(dev_toks), batch_size):
+                model(dev_toks[i : i + batch_size])
+
     def ours() -> None:
         scan(model, toks, batch_size=batch_size, progress=False)
 
-    t = interleaved({"bare": bare, "scan": ours}, device)
+    t = interleaved({"bare": bare, "bridge": bridge, "scan": ours}, device)
     mem_bare, mem_scan = peak_memory(bare, device), peak_memory(ours, device)
     n_tok = toks.numel()
     return {
         "figure": f"scan {label}", "tokens": n_tok, "bare_s": t["bare"], "scan_s": t["scan"],
-        "time_ratio": t["scan"] / t["bare"], "tokens_per_s": n_tok / t["scan"],
+        "time_ratio": t["scan"] / t["bare"], "bridge_s": t["bridge"], "bridge_ratio": t["bridge"] / t["bare"],
+        "scan_over_bridge": t["scan"] / t["bridge"], "tokens_per_s": n_tok / t["scan"],
         "bare_tokens_per_s": n_tok / t["bare"], "peak_bytes_bare": mem_bare, "peak_bytes_scan": mem_scan,
         "memory_ratio": (mem_scan / mem_bare) if mem_bare > 0 else None,
     }

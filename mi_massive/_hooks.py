@@ -44,9 +44,10 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired
     A wrong hook name must never give a silently clean result.
     """
     check_eval(model)
-    unknown = [name for name, _ in fwd_hooks if name not in model.hook_dict]
+    known = model.hook_dict  # a property that rebuilds the alias table on every access: read it once
+    unknown = [name for name, _ in fwd_hooks if name not in known]
     if unknown:
-        raise ValueError(f"unknown hook name(s) {unknown[:3]}: e.g. {list(model.hook_dict)[:3]}")
+        raise ValueError(f"unknown hook name(s) {unknown[:3]}: e.g. {list(known)[:3]}")
     fired: set[str] = set()
 
     def wrap(name: str, fn: HookFn) -> HookFn:

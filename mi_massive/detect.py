@@ -171,9 +171,14 @@ def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
     flat = x.detach().flatten(1)  # (batch, pos * d_model)
     a = flat.abs()
-    med = a.median(dim=1).values.float()  # (batch,)
-    topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
-    return med, topv.float(), topi, flat.gather(1, topi).float()
+    if a.is_cuda:  # one segmented sort beats CUDA's one-block-per-row median and top-k on long rows
+        srt, idx = a.sort(dim=1)  # ascending; NaN sorts last, like topk's
+        med = srt[:, (a.shape[1] - 1) // 2]  # the lower median, as torch.median
+        topv, topi = srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)
+    else:  # on the CPU, quickselect median and top-k are linear
+        med = a.median(dim=1).values
+        topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
+    return med.float(), topv.float(), topi, flat.gather(1, topi).float()
 
 
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,

@@ -131,7 +131,7 @@ def plant_massive_activation(model: Any, plant: Plant, *, seed: int = 0) -> None
             raise ValueError(f"plant {kind} {value} out of range: valid {kind}s are 0..{size - 1}")
     gen = torch.Generator().manual_seed(seed + 1)
     d_model = model.cfg.d_model
-    u = torch.randn(d_model, generator=gen)
+    u = torch.randn(d_model, generator=gen).to(model.W_E.device, model.W_E.dtype)
     u = u - u.mean()  # zero-mean, so LayerNorm keeps the direction
     u = u / u.norm()
     bos = model.tokenizer.bos_token_id
