@@ -15,7 +15,7 @@ def show_table3(table: Any) -> Any:
     fig = go.Figure([go.Bar(name=col, x=list(df.index), y=df[col], text=[f"{v:.4g}" for v in df[col]],
                             textposition="outside") for col in df.columns])
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="perplexity", template="plotly_white",
-                      height=380, title=f"Table 3, {table.model_name}: {table.sentence()}"[:160],
+                      height=380, title=f"Table 3: {table.sentence()}"[:160],
                       margin={"t": 60, "b": 40, "l": 60, "r": 20})
     return fig
 

@@ -29,7 +29,7 @@ def show_origin(origin: Any, *, top_k: int = 10) -> Any:
     fig.update_xaxes(title_text="layer", row=1, col=1)
     fig.update_xaxes(title_text="neuron (orange: the super weight's)", type="category", row=1, col=2)
     fig.update_layout(
-        barmode="relative", template="plotly_white", height=400, margin={"t": 80, "b": 50, "l": 60, "r": 20},
+        barmode="relative", template="plotly_white", height=420, margin={"t": 110, "b": 50, "l": 60, "r": 20},
         title=f"x[{origin.layer}, pos {origin.pos} {origin.str_tokens[origin.pos]!r}, dim {origin.dim}] = "
               f"{origin.value:.4g} in {origin.model_name}" + (f"<br>super weight {sw}" if sw else ""),
     )
