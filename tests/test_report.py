@@ -84,6 +84,7 @@ def test_cli_bad_arguments_one_line(tmp_path, capsys):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_report_renders_offline_in_chromium(smollm2, tmp_path):
     path = write_report(smollm2, tmp_path / "report.html", progress=False)
     html = path.read_text()
