@@ -164,7 +164,8 @@ class BiasTermTable(Result):
         rows = "; ".join(f"{c}: " + ", ".join(f"{k} {float(v):.4g}" for k, v in zip(self.columns, row))
                          for c, row in zip(self.corpora, self.perplexity))
         bos = "after BOS" if self.prepend_bos else "without BOS"
-        note = f"; dims {list(self.rebuilt_dims)} are rebuilt, so set in every block" if self.rebuilt_dims else ""
+        note = (f"; later blocks rebuild dims {list(self.rebuilt_dims)} after a single-block zero (see interventions "
+                "for the blocks set)") if self.rebuilt_dims else ""
         return f"{self.model_name}, {self.n_chunks} chunks of {self.seq_len} tokens {bos}: {rows}{note}"
 
 
