@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _attribution as attr
 from . import _inputs
-from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Entry, causal_table, zeroed_weights
+from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Acts, Entry, causal_table, row_losses, zeroed_weights
 from ._hooks import capture
 from ._results import Result
 from .arch import hook, spec
@@ -255,11 +255,13 @@ def trace_origin(
     tokens = prompts[0]
     layer, pos, dim, mode = _validate(model, len(tokens), layer, pos, dim, top_k, ablate, n_random, search_steps)
     names = tuple(attr.needed_hooks(model))
+    loss = None  # the capture pass's loss is the causal table's baseline (with a cache, a batch row measures it)
     if cache is not None:
         acts = attr.from_cache(model, cache, len(tokens))
     else:
-        _, raw = capture(model, tokens[None], names)
+        logits, raw = capture(model, tokens[None], names, return_type="logits")
         acts = {n: t[0].double().cpu() for n, t in raw.items()}
+        loss = float(row_losses(logits, tokens)[0])
     base = dict(model_name=model_name(model), tokens=tokens, str_tokens=_inputs.str_tokens(model, tokens),
                 top_k=top_k, threshold=float(threshold), ratio=float(ratio), hook_names=names,
                 note=POST_NORM_NOTE if spec(model).post_sublayer_norm else "")
@@ -278,10 +280,8 @@ def trace_origin(
     up = attr.upstream(model, acts, layer=writer, pos=P, neuron=top[0])
     causal, search = _empty(CAUSAL_COLUMNS), _empty(SEARCH_COLUMNS)
     if mode is not None:
-        def find_next(weights: list[Entry]) -> Entry | None:
-            with zeroed_weights(model, weights):  # trace inside: the neuron parts read the edited W_out
-                _, raw2 = capture(model, tokens[None], names)
-                acts2 = {n: t[0].double().cpu() for n, t in raw2.items()}
+        def find_next(weights: list[Entry], acts2: Acts) -> Entry | None:
+            with zeroed_weights(model, weights):  # no forward: the neuron parts read the edited W_out
                 _, sign2, _, w2, per2 = _trace(model, acts2, L, P, D)
             return w2, D, int((sign2 * per2).argmax())
 
@@ -290,7 +290,8 @@ def trace_origin(
         causal, search = causal_table(
             model, tokens, target, writer=writer, top=top, mean_values=post[others].mean(0).float(),
             first_weight=(writer, D, top[0]), find_next=find_next, mode=mode, n_random=n_random, seed=seed,
-            search_steps=search_steps, threshold=threshold,
+            search_steps=search_steps, threshold=threshold, names=names,
+            baseline=None if loss is None else (float(acts[hook.resid_post(L)][P, D]), loss),
         )
     return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
                   neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,

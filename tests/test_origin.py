@@ -1,10 +1,12 @@
 """trace_origin: exact attribution, writing block, neurons, super weight, upstream, causal check."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from mi_massive import Origin, trace_origin
-from mi_massive._ablate import neuron_hook, zeroed_weights
+from mi_massive._ablate import neuron_hook, reference_causal_table, zeroed_weights
 from mi_massive._hooks import capture, run_with_hooks
 from mi_massive.arch import hook
 from mi_massive.testing import TINY_CONFIGS, tiny_model
@@ -34,6 +36,22 @@ def _assert_exact(model, o):
     _, c = capture(model, o.tokens[None], list(cols.values()))
     for col, name in cols.items():
         assert o.upstream[col].sum() == pytest.approx(float(c[name][0, o.pos, n]), rel=1e-5)
+
+
+@contextmanager
+def _count_forwards(model):
+    """Count the model's forward calls and the batch rows they run."""
+    seen, forward = [], model.forward
+
+    def counted(tokens, *a, **k):
+        seen.append(tokens.shape[0])
+        return forward(tokens, *a, **k)
+
+    model.forward = counted
+    try:
+        yield seen
+    finally:
+        del model.forward
 
 
 def _causal(o, k: int = 5):
@@ -91,6 +109,42 @@ def test_causal_check_on_plant(tiny_origin):
     assert abs(c.filter(like="zero super weight", axis=0).massive_value.iloc[0]) < 1e-3 * base
     assert len(randoms) == 2 and (randoms.massive_value - base).abs().max() < 1e-3 * base
     assert len(tiny_origin.search) == 1  # nothing massive left after the first weight: the search stops
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_batched_causal_check_equals_one_pass_per_variant(family, monkeypatch):
+    """One batched pass (weights dropped through the down projection's output hook, before Gemma's ln2_post)
+    gives the table of one forward per variant with the weights really zeroed and the model's own loss."""
+    model = tiny_model(family)
+    plant = model.mi_massive_plant
+    kw = dict(layer=plant.layer + 1, pos=0, dim=plant.dim, ablate="both", n_random=2, search_steps=3,
+              threshold=0.0)  # threshold 0: the search goes on until it finds no new weight
+    fast = trace_origin(model, "hello world", **kw)
+    monkeypatch.setattr("mi_massive.origin.causal_table", reference_causal_table)
+    slow = trace_origin(model, "hello world", **kw)
+    assert len(fast.search) >= 2 and len(fast.causal) == 1 + 2 + 2 + len(fast.search)
+    assert fast.causal.ablation.tolist() == slow.causal.ablation.tolist()
+    assert fast.search[["layer", "row", "col"]].equals(slow.search[["layer", "row", "col"]])
+    for a, b in ((fast.causal, slow.causal), (fast.search, slow.search)):
+        assert a.massive_value.to_numpy() == pytest.approx(b.massive_value.to_numpy(), rel=1e-5, abs=1e-4)
+        assert a.loss.to_numpy() == pytest.approx(b.loss.to_numpy(), rel=1e-5, abs=1e-5)
+    assert _no_hooks_left(model)
+
+
+def test_forward_calls(tiny_llama):
+    """Default call: the capture pass, then one batched pass of the 5 ablation rows (top-5 zeroed, 3 random
+    draws, super weight); the plant is gone after the super weight, so the search stops. A full 3-step
+    search adds one pass per further step: 4 calls instead of 11 (one per variant, plus a trace per step)."""
+    with _count_forwards(tiny_llama) as rows:
+        trace_origin(tiny_llama, "hello world")
+    assert rows == [1, 5]
+    with _count_forwards(tiny_llama) as rows:
+        o = trace_origin(tiny_llama, "hello world", layer=2, pos=0, dim=tiny_llama.mi_massive_plant.dim,
+                         threshold=0.0)
+    assert rows == [1, 5, 1, 1] and len(o.search) == 3
+    with _count_forwards(tiny_llama) as rows:
+        trace_origin(tiny_llama, "hello world", ablate=False)
+    assert rows == [1]
 
 
 def test_weights_restored_and_hooks_removed(tiny_llama):
@@ -187,7 +241,10 @@ def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smollm2_origin(smollm2):
-    return trace_origin(smollm2, PROMPT)
+    with _count_forwards(smollm2) as rows:
+        o = trace_origin(smollm2, PROMPT)
+    assert rows == [1, 5, 1, 1]  # capture, the batched ablations, search steps 2 and 3
+    return o
 
 
 @pytest.mark.real
