@@ -101,26 +101,28 @@ def bench_scan(model, hf_model, toks: torch.Tensor, device: str, *, batch_size: 
         scan(model, toks, batch_size=batch_size, progress=False)
 
     t = interleaved({"bare": bare, "bridge": bridge, "scan": ours}, device)
-    mem_bare, mem_scan = peak_memory(bare, device), peak_memory(ours, device)
+    mem_bare, mem_bridge, mem_scan = (peak_memory(f, device) for f in (bare, bridge, ours))
     n_tok = toks.numel()
     return {
         "figure": f"scan {label}", "tokens": n_tok, "bare_s": t["bare"], "scan_s": t["scan"],
         "time_ratio": t["scan"] / t["bare"], "bridge_s": t["bridge"], "bridge_ratio": t["bridge"] / t["bare"],
         "scan_over_bridge": t["scan"] / t["bridge"], "tokens_per_s": n_tok / t["scan"],
-        "bare_tokens_per_s": n_tok / t["bare"], "peak_bytes_bare": mem_bare, "peak_bytes_scan": mem_scan,
+        "bare_tokens_per_s": n_tok / t["bare"], "peak_bytes_bare": mem_bare, "peak_bytes_bridge": mem_bridge, "peak_bytes_scan": mem_scan,
         "memory_ratio": (mem_scan / mem_bare) if mem_bare > 0 else None,
     }
 
 
 def bench_second_load(name: str) -> dict:
-    """Seconds for load_model(name) in a fresh process once the cache is warm."""
+    """load_model(name) in a fresh process once the cache is warm: imports and the load itself, apart."""
     code = (
-        "import time; t = time.perf_counter(); from mi_massive import load_model; "
-        f"load_model({name!r}); print(time.perf_counter() - t)"
+        "import time; t = time.perf_counter(); import mi_massive, transformer_lens.model_bridge; "
+        "t1 = time.perf_counter(); mi_massive.load_model(" + repr(name) + "); "
+        "print(t1 - t, time.perf_counter() - t1)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warms the cache
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return {"figure": f"second load {name}", "seconds": float(out.stdout.strip().splitlines()[-1])}
+    imports, load = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
+    return {"figure": f"second load {name}", "seconds": load, "import_seconds": imports}
 
 
 def bench_origin(model, prompt: str, device: str) -> dict:
@@ -158,12 +160,15 @@ def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
         num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
     )
     torch.manual_seed(0)
+    plant_dtype = torch.float32 if dtype == torch.float16 else dtype  # plant where the value is representable
     with torch.device(device):
-        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=plant_dtype).eval()
     hf.config._name_or_path = "random-llama-1.1b"
     n_params = sum(p.numel() for p in hf.parameters())
     model = load_model(hf, tokenizer=char_tokenizer())
     plant_massive_activation(model, Plant(layer=2, neuron=11, dim=1234, magnitude=magnitude))
+    if dtype != plant_dtype:
+        model.to(dtype)
     return model, n_params
 
 
