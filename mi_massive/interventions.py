@@ -117,7 +117,7 @@ def intervention_hooks(model: Any, iv: Intervention) -> list[tuple[str, HookFn]]
             by_layer.setdefault(l, []).append(i)
 
     def make(layer: int) -> HookFn:
-        def fn(x: Tensor, hook_point: Any) -> Tensor:
+        def fn(x: Tensor, hook: Any) -> Tensor:  # `hook`: TransformerLens passes it by keyword
             x = x.clone()  # (batch, pos, d_model)
             for i in by_layer[layer]:
                 if layer == iv.layers[i][0]:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from . import _inputs
 from ._hooks import capture
-from ._patch_runs import Corruption, Metric, Receiver, hook_name, metric_rows, patched_metrics, run_rows, sender_context
+from ._patch_runs import Corruption, Metric, Receiver, hook_name, metric_rows, patched_metrics, sender_context
 from ._results import Result
 from .arch import hook
 from .models import model_name
@@ -125,7 +125,7 @@ class PathPatching(Result):
         top = df.loc[df.effect.abs().idxmax()] if len(df) else None
         where = "" if top is None else (
             f"; largest single receiver: {top.path} of layer {top.layer}" +
-            (f" head {top.head}" if top.path != "direct" else "") + f" ({top.effect:+.3g})")
+            (f" head {int(top['head'])}" if top.path != "direct" else "") + f" ({top.effect:+.3g})")
         return (f"{self.corruption} the {self.sender} in {self.model_name} moves {self.metric_name} "
                 f"{self.clean_metric:.4g} -> {self.corrupted_metric:.4g} over {len(self.str_tokens)} prompt(s); "
                 f"share through each path alone: {shares}{where}")
@@ -267,15 +267,16 @@ def path_patch(
     clean, corrupt, patched = torch.empty(n), torch.empty(n), torch.empty(len(variants), n)
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         idx = list(batch.index)
-        clean[idx] = run_rows(model, batch.tokens, [], metric, counter)
         sender_ctx = sender_context(model, sender, corruption, [sites[i] for i in idx])
         with sender_ctx:
             logits, cache = capture(model, batch.tokens, names)
         counter[0] += 1
         counter[1] += len(idx)
         corrupt[idx] = metric_rows(metric, logits, batch.tokens)
-        patched[:, idx] = patched_metrics(model, batch.tokens, variants, [positions[i] for i in idx], cache, metric,
-                                           method=method, batch_size=batch_size, counter=counter)
+        # the clean run rides along as an empty variant (no receiver patched), saving a forward pass
+        out = patched_metrics(model, batch.tokens, [[]] + variants, [positions[i] for i in idx], cache, metric,
+                              method=method, batch_size=batch_size, counter=counter)
+        clean[idx], patched[:, idx] = out[0], out[1:]
     means = patched.mean(1)
     dims = sorted({d for s in sites for _, _, d in s})
     what, how = _describe(sender, corruption, dims, first)

@@ -187,7 +187,7 @@ def test_smollm2_paths_of_the_massive_activation(smollm2):
     (+1.58), then the values of KV head 2 in layer 24 (+0.74) and KV head 1 in layer 21 (+0.72)."""
     pp = path_patch(smollm2, "Summer is warm. Winter is cold.", batch_size=64)
     assert pp.sender_layer == 11 and pp.positions == ((0,),) and "dim(s) 507" in pp.sender
-    assert pp.forward_calls == 8 and pp.forward_rows == 280  # 271 receivers + 6 joint variants, 1 prompt
+    assert pp.forward_calls == 7 and pp.forward_rows == 280  # detection, corrupted, clean + 271 receivers + 6 joints in 5
     assert pp.clean_metric == pytest.approx(5.81, abs=0.1) and pp.total_effect > 8  # the model breaks
     s = pp.summary().set_index("path")
     assert s.effect["all"] == pytest.approx(pp.total_effect, abs=1e-3)  # every path together = full corruption
@@ -201,3 +201,8 @@ def test_smollm2_paths_of_the_massive_activation(smollm2):
     top_v = df[df.path == "v"].sort_values("effect").iloc[-1]
     assert (top_v.layer, top_v["head"]) in {(24, 2), (21, 1)} and 0.6 < top_v.effect < 0.9
     assert df[df.path == "k"].effect.abs().max() < 0.3  # no single key carries much
+
+
+def test_sentence_names_the_largest_head(tiny_pp):
+    text = tiny_pp.sentence()
+    assert "bound method" not in text and "largest single receiver" in text
