@@ -8,18 +8,19 @@ from typing import Any
 import pandas as pd
 
 
-def heatmaps(panels: Sequence[tuple[str, pd.DataFrame, str]], *, title: str, height: int | None = None) -> Any:
-    """Side-by-side heatmaps; each panel is (subtitle, a layer x head frame, colorscale)."""
+def heatmaps(panels: Sequence[tuple], *, title: str, height: int | None = None) -> Any:
+    """Side-by-side heatmaps; each panel is (subtitle, a layer x head frame, colorscale[, (zmin, zmax)])."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.12)
-    for i, (name, df, scale) in enumerate(panels):
+    for i, (name, df, scale, *fixed) in enumerate(panels):
         diverging = scale == "RdBu"
         zmax = float(df.abs().max().max()) if diverging and df.size else None
+        zmin, zmax = fixed[0] if fixed else (-zmax if zmax else None, zmax)
         fig.add_trace(go.Heatmap(
             z=df.values, x=[str(c) for c in df.columns], y=[str(r) for r in df.index], colorscale=scale,
-            zmid=0 if diverging else None, zmin=-zmax if zmax else None, zmax=zmax,
+            zmid=0 if diverging and not fixed else None, zmin=zmin, zmax=zmax,
             colorbar={"x": fig.layout[f"xaxis{i + 1 if i else ''}"].domain[1] + 0.005, "len": 0.9, "thickness": 10},
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{name} = %{{z:.4g}}<extra></extra>",
         ), row=1, col=i + 1)
@@ -49,7 +50,7 @@ def show_implicit_bias(bias: Any) -> Any:
     """Norm of the sink tokens' value update (the implicit bias) against the other tokens', and its constancy."""
     return heatmaps([("|bias| (sink tokens' value update)", _grid(bias.bias_norm, bias.layers), "Viridis"),
                      ("|update| from the other tokens", _grid(bias.rest_norm, bias.layers), "Viridis"),
-                     ("constancy (cosine to the mean bias)", _grid(bias.constancy, bias.layers), "Viridis")],
+                     ("constancy (cosine to the mean bias)", _grid(bias.constancy, bias.layers), "Viridis", (0, 1))],
                     title=f"Implicit attention bias in {bias.model_name}, {bias.n_queries} queries")
 
 
