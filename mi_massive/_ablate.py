@@ -90,12 +90,19 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
                  names: Sequence[str] = (), keep_row: int | None = None) -> list[Measured]:
     """One forward pass of the prompt repeated once per variant, each row with its own ablation.
 
-    Returns (value at the target, loss, activations at `names` of row `keep_row` or None) per row.
+    The rows are identical before the first ablated block, so the blocks before it run once (batch 1) and the
+    residual is repeated into one row per variant at that block's input. Returns (value at the target, loss,
+    activations at `names` of row `keep_row` or None) per row.
     """
     layer, pos, dim = target
+    n = len(variants)
     hooks: list[tuple[str, HookFn]] = []
+    ablated = [v.layer for v in variants if v.neurons] + [v.weight[0] for v in variants if v.weight]
+    start = min(ablated, default=0)
+    if n > 1 and start > 0:
+        hooks.append((hook.resid_pre(start), lambda x, hook_point: x.expand(n, -1, -1).contiguous()))
     post: dict[int, Tensor] = {}  # row -> its (ablated) MLP activation, for rows that drop a weight
-    layers = sorted({v.layer for v in variants if v.neurons} | {v.weight[0] for v in variants if v.weight})
+    layers = sorted(set(ablated))
     for l in layers:
         def set_neurons(x: Tensor, hook_point: Any, l: int = l) -> Tensor:
             x = x.clone()  # (batch, pos, d_mlp)
@@ -123,18 +130,18 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
 
     def saver(name: str) -> HookFn:
         def save(x: Tensor, hook_point: Any) -> None:
-            seen[name] = x[keep_row].detach()
+            seen[name] = x[keep_row if x.shape[0] > 1 else 0].detach()  # batch 1 before the rows split
 
         return save
 
     def read(x: Tensor, hook_point: Any) -> None:
-        seen["value"] = x[:, pos, dim].detach().float().cpu()
+        seen["value"] = x[:, pos, dim].detach().float().cpu().expand(n)
 
     hooks += [(n, saver(n)) for n in keep] + [(hook.resid_post(layer), read)]
-    logits = run_with_hooks(model, tokens[None].expand(len(variants), -1), hooks, return_type="logits")
+    logits = run_with_hooks(model, tokens[None].expand(1 if start > 0 else n, -1), hooks, return_type="logits")
     losses = row_losses(logits, tokens)
     acts = {n: seen[n].double().cpu() for n in keep}
-    return [(float(seen["value"][i]), float(losses[i]), acts if i == keep_row else None) for i in range(len(variants))]
+    return [(float(seen["value"][i]), float(losses[i]), acts if i == keep_row else None) for i in range(n)]
 
 
 def _variants(model: Any, *, writer: int, top: Sequence[int], mean_values: Tensor, mode: str, n_random: int,

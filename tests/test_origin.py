@@ -40,12 +40,13 @@ def _assert_exact(model, o):
 
 @contextmanager
 def _count_forwards(model):
-    """Count the model's forward calls and the batch rows they run."""
+    """Count the model's forward calls and the rows of logits each returns."""
     seen, forward = [], model.forward
 
-    def counted(tokens, *a, **k):
-        seen.append(tokens.shape[0])
-        return forward(tokens, *a, **k)
+    def counted(*a, **k):
+        out = forward(*a, **k)
+        seen.append(out.shape[0] if out.ndim == 3 else 1)
+        return out
 
     model.forward = counted
     try:
@@ -133,8 +134,9 @@ def test_batched_causal_check_equals_one_pass_per_variant(family, monkeypatch):
 
 def test_forward_calls(tiny_llama):
     """Default call: the capture pass, then one batched pass of the 5 ablation rows (top-5 zeroed, 3 random
-    draws, super weight); the plant is gone after the super weight, so the search stops. A full 3-step
-    search adds one pass per further step: 4 calls instead of 11 (one per variant, plus a trace per step)."""
+    draws, super weight; the blocks before the writer run once for all rows); the plant is gone after the
+    super weight, so the search stops. A full 3-step search adds one pass per further step: 4 calls instead of
+    11 (one per variant, plus a trace per step)."""
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world")
     assert rows == [1, 5]
