@@ -167,14 +167,22 @@ def _progress(total: int, progress: bool | None, desc: str):
 _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates (grown when all of them pass)
 
 
+_SORT_CHUNK = 1 << 21  # entries sorted at once on CUDA
+
+
+def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
+    srt, idx = a.sort(dim=1)  # ascending; NaN sorts last, like topk's
+    return srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)  # lower median, as torch's
+
+
 def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
     flat = x.detach().flatten(1)  # (batch, pos * d_model)
     a = flat.abs()
-    if a.is_cuda:  # one segmented sort beats CUDA's one-block-per-row median and top-k on long rows
-        srt, idx = a.sort(dim=1)  # ascending; NaN sorts last, like topk's
-        med = srt[:, (a.shape[1] - 1) // 2]  # the lower median, as torch.median
-        topv, topi = srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)
+    if a.is_cuda:  # a segmented sort beats CUDA's one-block-per-row median and top-k on long rows
+        rows = max(1, _SORT_CHUNK // a.shape[1])  # rows per sort: bounds the sort's scratch memory
+        parts = [_sorted_stats(a[i : i + rows], kk) for i in range(0, len(a), rows)]
+        med, topv, topi = (torch.cat(t) for t in zip(*parts))
     else:  # on the CPU, quickselect median and top-k are linear
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted

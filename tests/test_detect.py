@@ -132,3 +132,12 @@ def test_exact_when_more_entries_pass_than_candidates_kept(tiny_llama):
     df = acts.to_dataframe()
     row = df[(df.prompt == 1) & (df.layer == 2) & (df.pos == 3) & (df.dim == 10)]
     assert float(row.value.iloc[0]) == pytest.approx(float(cache["blocks.2.hook_resid_post"][0, 3, 10]), rel=1e-5)
+
+
+def test_cuda_sort_path_matches_median_and_topk():
+    from mi_massive.detect import _sorted_stats
+
+    a = torch.randn(5, 1001, generator=torch.Generator().manual_seed(0)).abs()
+    med, topv, topi = _sorted_stats(a, 7)
+    assert torch.equal(med, a.median(1).values)  # the lower median, like torch.median
+    assert torch.equal(topv, a.topk(7, 1).values) and torch.equal(a.gather(1, topi), topv)
