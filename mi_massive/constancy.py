@@ -63,7 +63,7 @@ class MassiveStats(Result):
     count: Int[Tensor, "setting kind layer dim"]
     first_layer: Int[Tensor, "setting dim"]  # first layer where the dim is massive (-1: never in that setting)
     last_layer: Int[Tensor, "setting dim"]
-    fraction: Float[Tensor, "setting dim"]  # share of token positions where the dim is massive in some layer
+    fraction: Float[Tensor, "setting dim"]  # share of non-starting positions where the dim is massive in some layer
     excluded_dims: tuple[int, ...]  # massive at more than max_fraction of positions: a scale, not a bias term
     n_texts: int
     max_tokens: int
@@ -136,8 +136,8 @@ def massive_stats(
     """Mean, std and CV across inputs of every massive dim, per layer, at the starting token and elsewhere.
 
     Each text is cut to `max_tokens` tokens. A dim counts as massive where the paper's rule holds in some
-    layer; dims massive at more than `max_fraction` of all positions are large everywhere (a scale, not a
-    token-specific bias term) and are listed in `excluded_dims` instead.
+    layer; dims massive at more than `max_fraction` of the positions after the first are large everywhere (a
+    scale, not a token-specific bias term) and are listed in `excluded_dims` instead.
 
         >>> stats = massive_stats(model, load_corpus("wiki-en", n=32))    # doctest: +SKIP
         >>> stats.summary()                                              # doctest: +SKIP
@@ -163,8 +163,8 @@ def massive_stats(
             layers_hit[si] |= hit.any(dim=(1, 2))
             site = hit.any(0)  # (batch, pos, d_model): massive in some layer
             site[:, 0] = False  # position 0 is counted as the starting token
-            n_sites[si] += hit.any(0).sum(dim=(0, 1)).float()
-            n_positions[si] += site.shape[0] * site.shape[1]
+            n_sites[si] += site.sum(dim=(0, 1)).float()  # the starting token is massive by design: not counted
+            n_positions[si] += site.shape[0] * (site.shape[1] - 1)
             x = x.double()
             first = x[:, :, 0]  # (layer, batch, d_model)
             sums[si, 0] += torch.stack([torch.full_like(first[:, 0], first.shape[1]), first.sum(1), (first**2).sum(1)])
@@ -172,7 +172,7 @@ def massive_stats(
             sums[si, 1] += torch.stack([w.sum((0, 1)).expand(L, D), (x * w).sum((1, 2)), (x**2 * w).sum((1, 2))])
             bar.update(len(batch.index))
     bar.close()
-    fraction = n_sites / n_positions[:, None]
+    fraction = n_sites / n_positions.clamp(min=1)[:, None]
     candidates = layers_hit.any(dim=(0, 1)).nonzero().flatten().tolist()
     keep = [d for d in candidates if float(fraction[:, d].min()) <= max_fraction]
     # most massive first, by peak |mean| at the starting token

@@ -43,3 +43,10 @@ def test_smollm2_massive_value_varies_little_across_wikipedia_paragraphs(smollm2
     assert float(stats.cv[no_bos, 0, 11, 0]) < 0.10
     assert float(stats.cv[bos, 0, 11, 0]) < 1e-4
     assert 24_000 < float(stats.mean[bos, 0, 11, 0]) < 26_000
+
+
+def test_short_texts_keep_the_starting_token_dim(tiny_llama):
+    # 3-token texts: the starting token is a third of all positions, yet its dim is a bias term, not a scale
+    stats = massive_stats(tiny_llama, ["ab", "cd", "ef"], prepend_bos=(True,))
+    assert tiny_llama.mi_massive_plant.dim in stats.dims
+    assert tiny_llama.mi_massive_plant.dim not in stats.excluded_dims
