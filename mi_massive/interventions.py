@@ -232,8 +232,8 @@ def build_intervention(
     dims = tuple(found if dims is None else (_inputs.check_index("dim", d, D) for d in dims))
     if not dims and stats.excluded_dims:
         raise ValueError(f"dims {list(stats.excluded_dims)[:5]} are massive in the calibration text of "
-                         f"{stats.model_name} but at too many of its positions to be a bias term (the starting token "
-                         "alone is 1/length of them): use longer calibration texts, or pass dims= and layers=")
+                         f"{stats.model_name} but at too many of its positions after the first to be a bias term (a "
+                         "scale, not a token-specific bias): pass dims= and layers= to set them anyway")
     if not dims:
         raise ValueError(f"no massive dims in the calibration text of {stats.model_name} (prepend_bos={bos}); "
                          "pass dims= and layers=")
