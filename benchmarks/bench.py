@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
+    p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if "origin" not in args.skip:
             emit(bench_origin(model, prompt, args.device))
         if "patch" not in args.skip:
-            emit(bench_patching(model, prompt, args.device))
+            emit(bench_patching(model, prompt, args.device, batch_size=args.patch_batch))
     if "load" not in args.skip:
         for name in EMBEDDED if args.load_models is None else args.load_models:
             emit(bench_second_load(name))
