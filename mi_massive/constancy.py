@@ -25,7 +25,7 @@ from . import _inputs
 from ._hooks import capture
 from ._results import Result
 from .arch import hook
-from .detect import HOOK_TEMPLATE, _check_rule, _progress
+from .detect import HOOK_TEMPLATE, _check_rule, _progress, massive_mask
 from .models import model_name
 
 KINDS = ("first", "other")  # position 0 (the starting token, or BOS) / other massive positions (delimiters)
@@ -39,13 +39,6 @@ def truncated_prompts(model: Any, texts: _inputs.Inputs, *, prepend_bos: bool, m
         cut = min(20 * max_tokens, model.cfg.n_ctx - 1)  # enough characters for max_tokens tokens, within context
         texts = [t[:cut] for t in texts]
     return [t[:max_tokens] for t in _inputs.tokenize(model, texts, prepend_bos=prepend_bos)]
-
-
-def massive_mask(x: Tensor, *, threshold: float, ratio: float) -> Tensor:
-    """The paper's rule per prompt: |x| > threshold and |x| >= ratio x that prompt's median |x| at this layer."""
-    a = x.detach().abs().float()  # (batch, pos, d_model)
-    med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
-    return (a > threshold) & (a >= ratio * med[:, None, None])
 
 
 @dataclass(frozen=True, repr=False)

@@ -158,6 +158,13 @@ def _check_rule(threshold: float, ratio: float) -> None:
             raise ValueError(f"{name} must be a non-negative number, got {v!r}")
 
 
+def massive_mask(x: Tensor, *, threshold: float, ratio: float) -> Tensor:
+    """The paper's rule per prompt: |x| > threshold and |x| >= ratio x that prompt's median |x| at this layer."""
+    a = x.detach().abs().float()  # (batch, pos, d_model)
+    med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
+    return (a > threshold) & (a >= ratio * med[:, None, None])
+
+
 def _progress(total: int, progress: bool | None, desc: str):
     from tqdm.auto import tqdm
 

@@ -33,7 +33,8 @@ from . import _inputs
 from ._hooks import HookFn, hooked
 from ._results import Result
 from .arch import hook
-from .constancy import MassiveStats, massive_mask, massive_stats, truncated_prompts
+from .constancy import MassiveStats, massive_stats, truncated_prompts
+from .detect import massive_mask
 from .detect import HOOK_TEMPLATE
 from .models import model_name
 

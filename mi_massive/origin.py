@@ -34,7 +34,7 @@ from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Acts, Entry, causal_table, 
 from ._hooks import capture
 from ._results import Result
 from .arch import hook, spec
-from .detect import _check_rule
+from .detect import _check_rule, massive_mask
 from .models import model_name
 
 NEURON_COLUMNS = ["layer", "neuron", "activation", "weight", "contribution", "share", "cum_share"]
@@ -136,8 +136,7 @@ def _massive_sites(acts: dict[str, Tensor], n_layers: int, threshold: float, rat
     """Rows (layer, pos, dim) of the paper's rule over the block outputs of one prompt."""
     hits = []
     for l in range(n_layers):
-        a = acts[hook.resid_post(l)].abs()  # (pos, d_model)
-        mask = (a > threshold) & (a >= ratio * a.flatten().median())
+        mask = massive_mask(acts[hook.resid_post(l)][None], threshold=threshold, ratio=ratio)[0]  # (pos, d_model)
         p, d = mask.nonzero(as_tuple=True)
         hits.append(torch.stack([torch.full_like(p, l), p, d], 1))
     return torch.cat(hits)
