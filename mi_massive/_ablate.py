@@ -4,8 +4,11 @@ All independent ablations run as the rows of ONE batched forward pass (`run_vari
 a per-row hook on `blocks.{l}.mlp.hook_post`; zeroing the down-projection entry W_out[neuron, dim] for one row
 subtracts act[..., neuron] * W_out[neuron, dim] from that row's MLP output at `dim`, at the down projection's
 own output (before any post-MLP norm such as Gemma's ln2_post), which equals running with the weight zeroed.
-The iterative super-weight search is sequential (each step needs the trace of the previous one): one forward
-per step, with weights edited only inside `zeroed_weights`, which restores every entry in `finally`.
+Every row equals the clean run before its first ablated block, so the pass resumes there from the clean
+residual (`_resume.resumed`) and the earlier blocks are not run again. The iterative super-weight search is
+sequential (each step needs the trace of the previous one), but a step only runs the blocks from the first
+zeroed weight to the target (`probe`), with weights edited only inside `zeroed_weights`, which restores every
+entry in `finally`; its rows are then measured in the batched pass with the others.
 Hooks run through `_hooks.run_with_hooks` (they must fire and always come off).
 """
 
@@ -22,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._hooks import HookFn, capture, run_with_hooks
+from ._resume import resumed
 from .arch import hook
 
 CAUSAL_COLUMNS = ["ablation", "massive_value", "loss"]
@@ -30,7 +34,6 @@ SEARCH_COLUMNS = ["step", "layer", "row", "col", "value", "massive_value", "loss
 Entry = tuple[int, int, int]  # (layer, row = residual dim, col = neuron) of the down projection
 Acts = dict[str, Tensor]  # one run's activations by hook name: batch dim removed, float64, CPU
 FindNext = Callable[[Sequence[Entry], Acts], "Entry | None"]
-Measured = tuple[float, float, "Acts | None"]  # (value at the target, mean next-token loss, activations)
 
 
 def down_proj_out(layer: int) -> str:
@@ -70,13 +73,13 @@ def neuron_hook(layer: int, neurons: Sequence[int], values: Tensor | None = None
 @dataclass(frozen=True)
 class Variant:
     """One row of a causal run: `neurons` of block `layer` set to `values` (zero by default) and/or the
-    down-projection entry `weight` zeroed; neither is the unablated run."""
+    down-projection entries `weights` zeroed; neither is the unablated run."""
 
     label: str
     layer: int = 0
     neurons: tuple[int, ...] = ()
     values: Tensor | None = None
-    weight: Entry | None = None
+    weights: tuple[Entry, ...] = ()
 
 
 def row_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Tensor) -> Float[Tensor, "batch"]:
@@ -86,23 +89,28 @@ def row_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Tensor) -> Floa
     return -logp.gather(-1, target)[..., 0].mean(-1).cpu()
 
 
-def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], variants: Sequence[Variant], *,
-                 names: Sequence[str] = (), keep_row: int | None = None) -> list[Measured]:
+def clean_resid(acts: Acts, start: int) -> Tensor:
+    """The clean residual entering block `start` (1, pos, d_model), from one run's activations."""
+    return (acts[hook.resid_pre(0)] if start == 0 else acts[hook.resid_post(start - 1)])[None]
+
+
+def _block_of(name: str) -> int:
+    return int(name.split(".")[1])
+
+
+def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], variants: Sequence[Variant],
+                 acts: Acts) -> list[tuple[float, float]]:
     """One forward pass of the prompt repeated once per variant, each row with its own ablation.
 
-    The rows are identical before the first ablated block, so the blocks before it run once (batch 1) and the
-    residual is repeated into one row per variant at that block's input. Returns (value at the target, loss,
-    activations at `names` of row `keep_row` or None) per row.
+    The rows equal the clean run (`acts`) before the first ablated block, so the pass resumes there from the
+    clean residual and the blocks before it are not run. Returns (value at the target, loss) per row.
     """
     layer, pos, dim = target
     n = len(variants)
     hooks: list[tuple[str, HookFn]] = []
-    ablated = [v.layer for v in variants if v.neurons] + [v.weight[0] for v in variants if v.weight]
-    start = min(ablated, default=0)
-    if n > 1 and start > 0:
-        hooks.append((hook.resid_pre(start), lambda x, hook_point: x.expand(n, -1, -1).contiguous()))
-    post: dict[int, Tensor] = {}  # row -> its (ablated) MLP activation, for rows that drop a weight
-    layers = sorted(set(ablated))
+    layers = sorted({v.layer for v in variants if v.neurons} | {w[0] for v in variants for w in v.weights})
+    start = min(layers + [layer])
+    post: dict[tuple[int, int], Tensor] = {}  # (row, layer) -> that row's (ablated) MLP activation
     for l in layers:
         def set_neurons(x: Tensor, hook_point: Any, l: int = l) -> Tensor:
             x = x.clone()  # (batch, pos, d_mlp)
@@ -110,38 +118,50 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
                 if v.neurons and v.layer == l:
                     idx = torch.as_tensor(v.neurons, dtype=torch.long, device=x.device)
                     x[i, :, idx] = 0.0 if v.values is None else v.values.to(x.device, x.dtype)
-                if v.weight and v.weight[0] == l:
-                    post[i] = x[i]
+                if any(w[0] == l for w in v.weights):
+                    post[i, l] = x[i]
             return x
 
-        def drop_weight(x: Tensor, hook_point: Any, l: int = l) -> Tensor:
+        def drop_weights(x: Tensor, hook_point: Any, l: int = l) -> Tensor:
             x = x.clone()  # (batch, pos, d_model)
+            W = model.blocks[l].mlp.W_out
             for i, v in enumerate(variants):
-                if v.weight and v.weight[0] == l:
-                    _, row, col = v.weight
-                    x[i, :, row] -= post[i][:, col] * model.blocks[l].mlp.W_out[col, row].to(x.dtype)
+                for wl, row, col in v.weights:
+                    if wl == l:
+                        x[i, :, row] -= post[i, l][:, col] * W[col, row].to(x.dtype)
             return x
 
         hooks.append((hook.mlp_post(l), set_neurons))
-        if any(v.weight and v.weight[0] == l for v in variants):
-            hooks.append((down_proj_out(l), drop_weight))
+        if any(w[0] == l for v in variants for w in v.weights):
+            hooks.append((down_proj_out(l), drop_weights))
     seen: dict[str, Tensor] = {}
-    keep = list(dict.fromkeys(names)) if keep_row is not None else []
-
-    def saver(name: str) -> HookFn:
-        def save(x: Tensor, hook_point: Any) -> None:
-            seen[name] = x[keep_row if x.shape[0] > 1 else 0].detach()  # batch 1 before the rows split
-
-        return save
 
     def read(x: Tensor, hook_point: Any) -> None:
-        seen["value"] = x[:, pos, dim].detach().float().cpu().expand(n)
+        seen["value"] = x[:, pos, dim].detach().float().cpu()
 
-    hooks += [(n, saver(n)) for n in keep] + [(hook.resid_post(layer), read)]
-    logits = run_with_hooks(model, tokens[None].expand(1 if start > 0 else n, -1), hooks, return_type="logits")
+    hooks.append((hook.resid_post(layer), read))
+    with resumed(model, start, clean_resid(acts, start)):
+        logits = run_with_hooks(model, tokens[None].expand(n, -1), hooks, return_type="logits")
     losses = row_losses(logits, tokens)
-    acts = {n: seen[n].double().cpu() for n in keep}
-    return [(float(seen["value"][i]), float(losses[i]), acts if i == keep_row else None) for i in range(n)]
+    return [(float(seen["value"][i]), float(losses[i])) for i in range(n)]
+
+
+def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Sequence[Entry], acts: Acts,
+          names: Sequence[str]) -> tuple[float, Acts]:
+    """The value at the target with `weights` really zeroed, and the activations at `names` of that run.
+
+    Only the blocks from the first zeroed weight up to the target's run: before, the clean residual of `acts`
+    is resumed from (and its activations are kept); after, nothing is needed, so the pass stops.
+    """
+    layer, pos, dim = target
+    start = min([w[0] for w in weights] + [layer])
+    keep = [n for n in dict.fromkeys(names) if start <= _block_of(n) <= layer]
+    stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
+    with zeroed_weights(model, weights), resumed(model, start, clean_resid(acts, start)):
+        _, raw = capture(model, tokens[None], [*keep, hook.resid_post(layer)], stop_at_layer=stop)
+    out = dict(acts)
+    out.update({n: raw[n][0].double().cpu() for n in keep})
+    return float(raw[hook.resid_post(layer)][0, pos, dim]), out
 
 
 def _variants(model: Any, *, writer: int, top: Sequence[int], mean_values: Tensor, mode: str, n_random: int,
@@ -160,51 +180,56 @@ def _variants(model: Any, *, writer: int, top: Sequence[int], mean_values: Tenso
     return out
 
 
-def _search(model: Any, first: Measured, weights: list[Entry], run_step: Callable[[list[Entry], bool], Measured],
-            find_next: FindNext, search_steps: int, threshold: float) -> tuple[list[tuple], list[tuple]]:
-    """The iterative super-weight search from step 1's measurement: zero the next writer, run again, repeat."""
-    rows, search = [], []
-    v, l, acts = first
+def _search(first_weight: Entry, run_step: Callable[[list[Entry]], tuple[float, Acts]], find_next: FindNext,
+            search_steps: int, threshold: float) -> list[list[Entry]]:
+    """The weight sets of the iterative super-weight search: zero the strongest weight, trace again, add the
+    entry that now writes the target most, until the target is no longer massive, no new entry is found or
+    `search_steps` sets are reached. The last set needs no run of its own (its row is measured with the rest)."""
+    weights, sets = [first_weight], []
     for step in range(1, search_steps + 1):
-        if step > 1:
-            v, l, acts = run_step(weights, step < search_steps)
-        lay, row, col = weights[-1]
-        search.append((step, lay, row, col, float(model.blocks[lay].mlp.W_out[col, row]), v, l))
-        label = "zero super weight" if step == 1 else f"zero {step} weights (search step {step})"
-        rows.append((f"{label} down_proj[{lay}][{row}, {col}]", v, l))
-        if step == search_steps or abs(v) < threshold:
+        sets.append(list(weights))
+        if step == search_steps:
+            break
+        v, acts = run_step(weights)
+        if abs(v) < threshold:
             break
         nxt = find_next(weights, acts)
         if nxt is None or nxt in weights:
             break
         weights.append(nxt)
+    return sets
+
+
+def _search_rows(model: Any, sets: list[list[Entry]], measured: Sequence[tuple[float, float]]
+                 ) -> tuple[list[tuple], list[tuple]]:
+    rows, search = [], []
+    for step, (weights, (v, l)) in enumerate(zip(sets, measured), 1):
+        lay, row, col = weights[-1]
+        search.append((step, lay, row, col, float(model.blocks[lay].mlp.W_out[col, row]), v, l))
+        label = "zero super weight" if step == 1 else f"zero {step} weights (search step {step})"
+        rows.append((f"{label} down_proj[{lay}][{row}, {col}]", v, l))
     return rows, search
 
 
-def causal_table(model: Any, tokens: Tensor, target: tuple[int, int, int], *, writer: int, top: Sequence[int],
-                 mean_values: Tensor, first_weight: Entry, find_next: FindNext, mode: str, n_random: int, seed: int,
-                 search_steps: int, threshold: float, names: Sequence[str],
+def causal_table(model: Any, tokens: Tensor, target: tuple[int, int, int], *, acts: Acts, writer: int,
+                 top: Sequence[int], mean_values: Tensor, first_weight: Entry, find_next: FindNext, mode: str,
+                 n_random: int, seed: int, search_steps: int, threshold: float, names: Sequence[str],
                  baseline: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Baseline, top-k neurons zeroed / mean-ablated, random controls, super weight zeroed, iterative search.
 
-    The independent rows are one batched forward (plus a baseline row unless `baseline` = (value, loss) comes
-    from a run already made); the super-weight row also keeps the activations at `names` for step 2. Each
-    further search step is one forward. `find_next(weights, acts)` reads the activations of a run with
-    `weights` zeroed and returns the entry that now writes the target most (the next super weight), or None.
+    The search runs first, each step a short pass (`probe`: from the first zeroed weight's block to the
+    target's); then every row, search sets included, is one batched pass resumed from the clean run `acts`
+    (plus a baseline row unless `baseline` = (value, loss) comes from a run already made).
+    `find_next(weights, acts)` reads the activations of a run with `weights` zeroed and returns the entry that
+    now writes the target most (the next super weight), or None.
     """
+    sets = _search(first_weight, lambda w: probe(model, tokens, target, w, acts, names), find_next, search_steps,
+                   threshold)
     variants = ([] if baseline else [Variant("baseline")]) + _variants(
         model, writer=writer, top=top, mean_values=mean_values, mode=mode, n_random=n_random, seed=seed)
-    variants.append(Variant("super weight", weight=first_weight))
-    measured = run_variants(model, tokens, target, variants, names=names if search_steps > 1 else (),
-                            keep_row=len(variants) - 1)
-    rows = ([("baseline", *baseline)] if baseline else []) + [(v.label, m[0], m[1]) for v, m in
-                                                              zip(variants[:-1], measured[:-1])]
-
-    def run_step(weights: list[Entry], keep: bool) -> Measured:
-        with zeroed_weights(model, weights):
-            return run_variants(model, tokens, target, [Variant("")], names=names if keep else (), keep_row=0)[0]
-
-    more, search = _search(model, measured[-1], [first_weight], run_step, find_next, search_steps, threshold)
+    measured = run_variants(model, tokens, target, variants + [Variant("", weights=tuple(w)) for w in sets], acts)
+    rows = ([("baseline", *baseline)] if baseline else []) + [(v.label, *m) for v, m in zip(variants, measured)]
+    more, search = _search_rows(model, sets, measured[len(variants):])
     return pd.DataFrame(rows + more, columns=CAUSAL_COLUMNS), pd.DataFrame(search, columns=SEARCH_COLUMNS)
 
 
@@ -221,28 +246,29 @@ def measure(model: Any, tokens: Tensor, target: tuple[int, int, int], hooks: Seq
     return seen["value"], float(loss)
 
 
-def reference_causal_table(model: Any, tokens: Tensor, target: tuple[int, int, int], *, writer: int,
+def reference_causal_table(model: Any, tokens: Tensor, target: tuple[int, int, int], *, acts: Acts, writer: int,
                            top: Sequence[int], mean_values: Tensor, first_weight: Entry, find_next: FindNext,
                            mode: str, n_random: int, seed: int, search_steps: int, threshold: float,
                            names: Sequence[str], baseline: tuple[float, float] | None = None
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`causal_table` one variant per forward pass, weights really zeroed, loss from the model: the slow
-    reference the batched table is tested against (`baseline` is ignored: it is measured again)."""
+    """`causal_table` one variant per full forward pass, weights really zeroed, loss from the model: the slow
+    reference the batched table is tested against (`acts` and `baseline` are ignored: measured again)."""
     variants = _variants(model, writer=writer, top=top, mean_values=mean_values, mode=mode, n_random=n_random,
                          seed=seed)
     rows = [("baseline", *measure(model, tokens, target))]
     rows += [(v.label, *measure(model, tokens, target, [neuron_hook(v.layer, v.neurons, v.values)]))
              for v in variants]
 
-    def run_step(weights: list[Entry], keep: bool) -> Measured:
+    def run_step(weights: list[Entry]) -> tuple[float, Acts]:
         with zeroed_weights(model, weights):
-            v, l = measure(model, tokens, target)
-            acts = None
-            if keep:
-                _, raw = capture(model, tokens[None], names)
-                acts = {n: t[0].double().cpu() for n, t in raw.items()}
-        return v, l, acts
+            _, raw = capture(model, tokens[None], [*names, hook.resid_post(target[0])])
+        layer, pos, dim = target
+        return float(raw[hook.resid_post(layer)][0, pos, dim]), {n: t[0].double().cpu() for n, t in raw.items()}
 
-    more, search = _search(model, run_step([first_weight], search_steps > 1), [first_weight], run_step, find_next,
-                           search_steps, threshold)
+    sets = _search(first_weight, run_step, find_next, search_steps, threshold)
+    measured = []
+    for weights in sets:
+        with zeroed_weights(model, weights):
+            measured.append(measure(model, tokens, target))
+    more, search = _search_rows(model, sets, measured)
     return pd.DataFrame(rows + more, columns=CAUSAL_COLUMNS), pd.DataFrame(search, columns=SEARCH_COLUMNS)

@@ -161,16 +161,23 @@ def _pick_target(acts: dict[str, Tensor], n_layers: int, layer: int | None, pos:
     return layer, p, d
 
 
+def _writer(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
+    """The sign of x[layer, pos, dim], the block that writes it and that block's neurons' parts."""
+    v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
+    v[dim] = 1.0
+    sign = 1.0 if float(acts[hook.resid_post(layer)][pos, dim]) >= 0 else -1.0
+    writer = attr.writer_block(model, acts, pos=pos, dim=dim, upto=layer, sign=sign)
+    per_neuron, _ = attr.neuron_contributions(model, acts, v, layer=writer, pos=pos)
+    return sign, writer, per_neuron
+
+
 def _trace(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int):
     """Components of x[layer, pos, dim], the writing block and its neurons' parts."""
     v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     v[dim] = 1.0
-    value = float(acts[hook.resid_post(layer)][pos, dim])
-    sign = 1.0 if value >= 0 else -1.0
     comps = attr.components(model, acts, v, pos=pos, upto=layer)
-    writer = attr.writer_block(model, acts, pos=pos, dim=dim, upto=layer, sign=sign)
-    per_neuron, _ = attr.neuron_contributions(model, acts, v, layer=writer, pos=pos)
-    return value, sign, comps, writer, per_neuron
+    sign, writer, per_neuron = _writer(model, acts, layer, pos, dim)
+    return float(acts[hook.resid_post(layer)][pos, dim]), sign, comps, writer, per_neuron
 
 
 def _neuron_table(model: Any, acts: dict[str, Tensor], writer: int, pos: int, dim: int, sign: float,
@@ -281,13 +288,13 @@ def trace_origin(
     if mode is not None:
         def find_next(weights: list[Entry], acts2: Acts) -> Entry | None:
             with zeroed_weights(model, weights):  # no forward: the neuron parts read the edited W_out
-                _, sign2, _, w2, per2 = _trace(model, acts2, L, P, D)
+                sign2, w2, per2 = _writer(model, acts2, L, P, D)
             return w2, D, int((sign2 * per2).argmax())
 
         post = acts[hook.mlp_post(writer)]  # (pos, d_mlp)
         others = [p for p in range(len(tokens)) if p != P] or [P]
         causal, search = causal_table(
-            model, tokens, target, writer=writer, top=top, mean_values=post[others].mean(0).float(),
+            model, tokens, target, acts=acts, writer=writer, top=top, mean_values=post[others].mean(0).float(),
             first_weight=(writer, D, top[0]), find_next=find_next, mode=mode, n_random=n_random, seed=seed,
             search_steps=search_steps, threshold=threshold, names=names,
             baseline=None if loss is None else (float(acts[hook.resid_post(L)][P, D]), loss),

@@ -133,20 +133,42 @@ def test_batched_causal_check_equals_one_pass_per_variant(family, monkeypatch):
 
 
 def test_forward_calls(tiny_llama):
-    """Default call: the capture pass, then one batched pass of the 5 ablation rows (top-5 zeroed, 3 random
-    draws, super weight; the blocks before the writer run once for all rows); the plant is gone after the
-    super weight, so the search stops. A full 3-step search adds one pass per further step: 4 calls instead of
-    11 (one per variant, plus a trace per step)."""
+    """Default call: the capture pass; one short search pass (`probe`: super weight zeroed, only the blocks
+    from the writer to the target, stopping there); then one batched pass of the 5 ablation rows (top-5 zeroed,
+    3 random draws, super weight) resumed from the clean residual at the writer. The plant is gone after the
+    super weight, so the search stops. A full 3-step search adds one short pass (the last set is measured in
+    the batched pass only): 4 calls, 2 of them short, instead of 11 full ones."""
+    plant = tiny_llama.mi_massive_plant
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world")
-    assert rows == [1, 5]
+    assert rows == [1, 1, 5]
     with _count_forwards(tiny_llama) as rows:
-        o = trace_origin(tiny_llama, "hello world", layer=2, pos=0, dim=tiny_llama.mi_massive_plant.dim,
-                         threshold=0.0)
-    assert rows == [1, 5, 1, 1] and len(o.search) == 3
+        o = trace_origin(tiny_llama, "hello world", layer=2, pos=0, dim=plant.dim, threshold=0.0)
+    assert rows == [1, 1, 1, 7] and len(o.search) == 3
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world", ablate=False)
     assert rows == [1]
+
+
+def test_rows_skip_the_blocks_before_the_ablation(tiny_llama):
+    """The batched pass and the search passes never run the blocks before the writer; the search passes do
+    not run the blocks after the target."""
+    plant = tiny_llama.mi_massive_plant
+    ran = []
+    handles = [tiny_llama.blocks[l].mlp.register_forward_hook(lambda m, a, o, l=l: ran.append((l, o.shape[0])))
+               for l in range(tiny_llama.cfg.n_layers)]
+    try:
+        trace_origin(tiny_llama, "hello world")  # the plant's site: its writer is its own block
+    finally:
+        for h in handles:
+            h.remove()
+    n = tiny_llama.cfg.n_layers
+    capture_pass = [(l, 1) for l in range(n)]
+    assert ran[:n] == capture_pass
+    probes, batched = ran[n:-(n - plant.layer)], ran[-(n - plant.layer):]
+    assert batched == [(l, 5) for l in range(plant.layer, n)]
+    assert probes == [(plant.layer, 1)]  # one short pass: only the writer's block
+    assert plant.layer + 1 < n  # (so the probe did stop before the last block)
 
 
 def test_weights_restored_and_hooks_removed(tiny_llama):
@@ -245,7 +267,7 @@ def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
 def smollm2_origin(smollm2):
     with _count_forwards(smollm2) as rows:
         o = trace_origin(smollm2, PROMPT)
-    assert rows == [1, 5, 1, 1]  # capture, the batched ablations, search steps 2 and 3
+    assert rows == [1, 1, 1, 7]  # capture, 2 short search passes (block 11 only), the 7 rows batched
     return o
 
 

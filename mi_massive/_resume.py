@@ -1,0 +1,52 @@
+"""Resume a forward pass at block `start` from a residual stream already computed: the blocks before it are skipped.
+
+Batched causal runs (trace_origin's ablations, path patching's receivers) differ from the clean run only from
+some block on, and every block before it computes what the clean run computed. `resumed(model, start, resid)`
+makes blocks 0..start-1 return `resid` (the clean `blocks.{start}.hook_resid_pre`, repeated to the batch)
+without computing anything, so a pass costs only the blocks from `start` on, the final norm and the unembedding.
+The model's own forward still runs end to end (embedding, masks, rotary tables, final norm, lm_head,
+soft-capping), so whatever a family does outside its blocks stays exact.
+
+Hooks inside the skipped blocks do not fire; hooks from block `start` on fire as usual. The blocks' original
+forwards are put back in `finally`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor
+
+
+@contextmanager
+def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
+    """Skip blocks 0..start-1: each returns `resid` (batch or 1, pos, d_model), expanded to the run's batch.
+
+    `start=0` or `resid=None` runs the model unchanged.
+    """
+    if start <= 0 or resid is None:
+        yield
+        return
+    if not 0 < start < model.cfg.n_layers:
+        raise ValueError(f"start must be in 1..{model.cfg.n_layers - 1}, got {start}")
+    blocks = [model.blocks[l].original_component for l in range(start)]
+
+    def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        r = resid.to(hidden_states.device, hidden_states.dtype)
+        if r.shape[1:] != hidden_states.shape[1:] or r.shape[0] not in (1, hidden_states.shape[0]):
+            raise ValueError(f"resumed residual has shape {tuple(r.shape)}, the run {tuple(hidden_states.shape)}")
+        return r.expand(hidden_states.shape[0], -1, -1) if r.shape[0] == 1 else r
+
+    saved = [b.__dict__.get("forward") for b in blocks]  # an instance forward set by someone else comes back
+    try:
+        for b in blocks:
+            b.forward = skip  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for b, old in zip(blocks, saved):
+            if old is None:
+                b.__dict__.pop("forward", None)
+            else:
+                b.forward = old
