@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._hooks import hooked
+from ._hooks import run_with_hooks
+from ._resume import resumed
 from .arch import hook
 
 Corruption = str | float | Callable[[Tensor], Tensor]
@@ -45,33 +47,92 @@ def replaced_weight(weight: Tensor, index: tuple[int, int], corruption: Corrupti
             weight[index] = old
 
 
-def sender_context(model: Any, sender: tuple, corruption: Corruption, sites: list[list[tuple[int, int, int]]]):
-    """The corrupted run's intervention for one batch; `sites[b]` lists (layer, pos, dim) of prompt b."""
-    kind = sender[0]
-    if kind == "super_weight":
-        _, layer, neuron, dim = sender
-        return replaced_weight(model.blocks[layer].mlp.W_out, (neuron, dim), corruption)
-    if kind == "neuron":
-        _, layer, neuron = sender
+Site = tuple[int, int, int]  # (first layer, pos, dim) of one massive entry of one prompt
 
-        def off(x: Tensor, _hook: Any) -> Tensor:  # (batch, pos, d_mlp)
-            x[..., neuron] = _corrupt(corruption, x[..., neuron])
-            return x
 
-        return hooked(model, [(hook.mlp_post(layer), off)])
-    by_layer: dict[int, list[tuple[int, int, int]]] = {}
-    for b, prompt_sites in enumerate(sites):
-        for layer, pos, dim in prompt_sites:
-            by_layer.setdefault(layer, []).append((b, pos, dim))
+@dataclass
+class Pair:
+    """The clean and the corrupted run of a batch of prompts, made as the two halves of one pass."""
 
-    def remove(idx: Tensor) -> Callable:
-        def fn(x: Tensor, _hook: Any) -> Tensor:  # (batch, pos, d_model)
-            b, p, d = idx.to(x.device).unbind(1)
-            x[b, p, d] = _corrupt(corruption, x[b, p, d])
+    sites: list[list[Site]]  # per prompt: the massive entries, at the block where each first appears
+    clean: Tensor  # metric per prompt
+    corrupted: Tensor
+    source: dict[str, Tensor]  # the corrupted rows' activations at the receiver hooks
+    resid: Tensor | None  # the clean residual after block `resid_layer` (batch, pos, d_model): rows resume there
+    resid_layer: int | None
+
+
+def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: Corruption, metric: Metric,
+                        names: Sequence[str], *, sites: list[list[Site]] | None, resid_layer: int | None,
+                        threshold: float, ratio: float) -> Pair:
+    """One pass of 2n rows: rows 0..n-1 clean, rows n..2n-1 with the sender removed.
+
+    With `sites=None` the massive entries are found on the clean rows as the pass goes (the paper's rule at
+    each block output, `detect.massive_mask`), and a "massive" sender is removed from the corrupted rows at the
+    block where each entry first appears, as with sites found beforehand. The clean residual is kept after
+    block `resid_layer` (None: the first block with a massive entry), where the patched rows will resume.
+    """
+    from ._ablate import down_proj_out
+    from .detect import massive_mask
+
+    n, kind = len(tokens), sender[0]
+    found = [list(s) for s in sites] if sites is not None else [[] for _ in range(n)]
+    seen = {(b, p, d) for b, s in enumerate(found) for _, p, d in s}
+    kept: dict[str, Any] = {"layer": resid_layer, "resid": None}
+    source: dict[str, Tensor] = {}
+
+    def at_block(layer: int) -> Callable:
+        def fn(x: Tensor, _hook: Any) -> Tensor:  # (2n, pos, d_model)
+            if sites is None:
+                b, p, d = massive_mask(x[:n], threshold=threshold, ratio=ratio).nonzero(as_tuple=True)
+                for entry in zip(b.tolist(), p.tolist(), d.tolist()):
+                    if entry not in seen:
+                        seen.add(entry)
+                        found[entry[0]].append((layer, entry[1], entry[2]))
+            new = [(b, p, d) for b, s in enumerate(found) for first, p, d in s if first == layer]
+            if kind == "massive" and new:
+                b, p, d = torch.tensor(new, device=x.device).unbind(1)
+                x[n + b, p, d] = _corrupt(corruption, x[n + b, p, d])
+            if kept["layer"] is None and new:
+                kept["layer"] = layer
+            if kept["layer"] == layer:
+                kept["resid"] = x[:n].detach().clone()
             return x
         return fn
 
-    return hooked(model, [(hook.resid_post(l), remove(torch.tensor(v))) for l, v in sorted(by_layer.items())])
+    hooks: list[tuple[str, Callable]] = [(hook.resid_post(l), at_block(l)) for l in range(model.cfg.n_layers)]
+    if kind == "neuron":
+        _, layer, neuron = sender
+
+        def off(x: Tensor, _hook: Any) -> Tensor:  # (2n, pos, d_mlp)
+            x[n:, :, neuron] = _corrupt(corruption, x[n:, :, neuron])
+            return x
+
+        hooks.append((hook.mlp_post(layer), off))
+    elif kind == "super_weight":  # the corrupted rows' down projection output, as if W_out[neuron, dim] were replaced
+        _, layer, neuron, dim = sender
+        W, act = model.blocks[layer].mlp.W_out, {}
+
+        def keep(x: Tensor, _hook: Any) -> None:
+            act["a"] = x[n:, :, neuron].clone()
+
+        def shift(x: Tensor, _hook: Any) -> Tensor:
+            old = W[neuron, dim].detach()
+            x[n:, :, dim] += act["a"] * (_corrupt(corruption, old.clone()) - old).to(x.dtype)
+            return x
+
+        hooks += [(hook.mlp_post(layer), keep), (down_proj_out(layer), shift)]
+
+    def saver(name: str) -> Callable:
+        def fn(x: Tensor, _hook: Any) -> None:
+            source[name] = x[n:].detach().clone()
+        return fn
+
+    hooks += [(name, saver(name)) for name in dict.fromkeys(names)]  # after the removal at the same hook
+    rows = tokens.repeat(2, 1)
+    logits = run_with_hooks(model, rows, hooks)
+    m = metric_rows(metric, logits, rows)
+    return Pair(found, m[:n], m[n:], source, kept["resid"], kept["layer"])
 
 
 # --- receivers ------------------------------------------------------------------------------------------------
@@ -138,17 +199,20 @@ def metric_rows(metric: Metric, logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.tensor([float(metric(logits[r : r + 1], tokens[r : r + 1])) for r in range(len(tokens))])
 
 
-def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int]) -> Tensor:
+def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int], *, start: int = 0,
+             resid: Tensor | None = None) -> Tensor:
+    """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it."""
     counter[0] += 1
     counter[1] += len(tokens)
-    with torch.inference_mode(), hooked(model, hooks):
-        return metric_rows(metric, model(tokens.to(model.cfg.device)), tokens)
+    with resumed(model, start, resid):
+        return metric_rows(metric, run_with_hooks(model, tokens, hooks), tokens)
 
 
 def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
                      corrupted: dict[str, Tensor], metric: Metric, *, method: str, batch_size: int,
-                     counter: list[int]) -> Tensor:
-    """(variant, prompt) metrics for one batch of equal-length prompts."""
+                     counter: list[int], start: int = 0, resid: Tensor | None = None) -> Tensor:
+    """(variant, prompt) metrics for one batch of equal-length prompts. Batched rows resume at block `start`
+    from the clean residual `resid` (batch, pos, d_model) when given; the naive loop always runs whole passes."""
     n = len(tokens)
     out = torch.empty(len(variants), n)
     if method == "naive":  # one pass per variant and prompt
@@ -158,9 +222,11 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
                 out[i, b] = run_rows(model, tokens[b : b + 1], hooks, metric, counter)[0]
         return out
     chunk = max(1, batch_size // n)
-    for start in range(0, len(variants), chunk):
-        part = variants[start : start + chunk]
+    for i in range(0, len(variants), chunk):
+        part = variants[i : i + chunk]
         rows = tokens.repeat(len(part), 1)  # row i * n + b is variant i on prompt b
         hooks = _patch_hooks(model, part, n, positions, corrupted)
-        out[start : start + len(part)] = run_rows(model, rows, hooks, metric, counter).view(len(part), n)
+        out[i : i + len(part)] = run_rows(model, rows, hooks, metric, counter, start=start,
+                                          resid=None if resid is None else resid.repeat(len(part), 1, 1)
+                                          ).view(len(part), n)
     return out

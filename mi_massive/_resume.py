@@ -7,8 +7,9 @@ without computing anything, so a pass costs only the blocks from `start` on, the
 The model's own forward still runs end to end (embedding, masks, rotary tables, final norm, lm_head,
 soft-capping), so whatever a family does outside its blocks stays exact.
 
-Hooks inside the skipped blocks do not fire; hooks from block `start` on fire as usual. The blocks' original
-forwards are put back in `finally`.
+Hooks inside the skipped blocks do not fire; their own hook_resid_pre / hook_resid_post fire with `resid`,
+which is right only for `blocks.{start-1}.hook_resid_post`; hooks from block `start` on fire as usual. The
+blocks' original forwards are put back in `finally`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from torch import Tensor
 def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
     """Skip blocks 0..start-1: each returns `resid` (batch or 1, pos, d_model), expanded to the run's batch.
 
-    `start=0` or `resid=None` runs the model unchanged.
+    `start=0` or `resid=None` runs the model unchanged; `start=n_layers` runs only what follows the blocks.
     """
     if start <= 0 or resid is None:
         yield
         return
-    if not 0 < start < model.cfg.n_layers:
-        raise ValueError(f"start must be in 1..{model.cfg.n_layers - 1}, got {start}")
+    if not 0 < start <= model.cfg.n_layers:
+        raise ValueError(f"start must be in 1..{model.cfg.n_layers}, got {start}")
     blocks = [model.blocks[l].original_component for l in range(start)]
 
     def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:

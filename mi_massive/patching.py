@@ -35,8 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _inputs
-from ._hooks import capture
-from ._patch_runs import Corruption, Metric, Receiver, hook_name, metric_rows, patched_metrics, sender_context
+from ._patch_runs import Corruption, Metric, Receiver, clean_and_corrupted, hook_name, patched_metrics
 from ._results import Result
 from .arch import hook
 from .models import model_name
@@ -227,24 +226,89 @@ def path_patch(
     sender = _parse_sender(model, senders)
     paths = _check_options(corruption, receivers, metric, method, batch_size)
     _check_rule(threshold, ratio)
+    if layers is not None:
+        layers = [_inputs.check_index("layer", layer, model.cfg.n_layers) for layer in layers]
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
     str_toks = tuple(_inputs.str_tokens(model, t) for t in prompts)
+    batches = list(_inputs.batches(prompts, batch_size=batch_size))
+    cfg = model.cfg
     counter = [0, 0]  # model calls, prompt-rows
-    if massive is None:
+    if massive is None and len(batches) > 1:  # every batch needs the same receivers: find all sites first
         massive, _ = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
                            progress=False)
-        counter = [len(list(_inputs.batches(prompts, batch_size=batch_size))), len(prompts)]
-    elif tuple(massive.str_tokens) != str_toks:
+        counter = [len(batches), len(prompts)]
+    elif massive is not None and tuple(massive.str_tokens) != str_toks:
         raise ValueError(f"massive= was found on other prompts ({len(massive.str_tokens)} prompt(s)); "
                          "run find_massive_activations on the same inputs")
-    sites_df = massive.sites()
-    if sites_df.empty:
-        raise ValueError(f"no massive activations in these {len(prompts)} prompt(s) (|x| > {massive.threshold:g} and "
-                         f">= {massive.ratio:g}x median): nothing to path-patch")
-    sites = [[(int(r.first_layer), int(r.pos), int(r.dim)) for r in sites_df[sites_df.prompt == i].itertuples()]
-             for i in range(len(prompts))]
+    sites = None if massive is None else [
+        [(int(r.first_layer), int(r.pos), int(r.dim)) for r in massive.sites().itertuples() if r.prompt == i]
+        for i in range(len(prompts))]
+    rule = (threshold, ratio) if massive is None else (massive.threshold, massive.ratio)
+    plan = None if sites is None else _plan(model, sites, sender, paths, layers, rule)
+    # with one batch and no sites given, detection rides in the clean half of the clean/corrupted pass, which
+    # then keeps the corrupted activations of every receiver the plan could name
+    names = plan.names if plan else sorted({hook_name(model, p, l) for p in paths
+                                            for l in (range(cfg.n_layers) if layers is None else layers)})
+    n = len(prompts)
+    clean, corrupt, patched = torch.empty(n), torch.empty(n), None
+    for batch in batches:
+        idx = list(batch.index)
+        pair = clean_and_corrupted(
+            model, batch.tokens, sender, corruption, metric, names, sites=None if sites is None else [sites[i] for i in idx],
+            resid_layer=None if sender[0] == "massive" and plan is None else (plan.first if sender[0] == "massive"
+                                                                              else sender[1]),
+            threshold=threshold, ratio=ratio)
+        counter[0] += 1
+        counter[1] += 2 * len(idx)
+        if plan is None:  # the only batch: its sites are all the sites
+            sites = pair.sites
+            plan = _plan(model, sites, sender, paths, layers, rule)
+        clean[idx], corrupt[idx] = pair.clean, pair.corrupted
+        out = patched_metrics(model, batch.tokens, plan.variants, [plan.positions[i] for i in idx], pair.source,
+                              metric, method=method, batch_size=batch_size, counter=counter,
+                              start=pair.resid_layer + 1, resid=pair.resid)
+        if patched is None:
+            patched = torch.empty(len(plan.variants), n)
+        patched[:, idx] = out
+    means = patched.mean(1)
+    recv = plan.receivers
+    what, how = _describe(sender, corruption, plan.dims, plan.first)
+    templates = {"k": hook.k("{layer}"), "v": hook.v("{layer}"), "q": hook.q("{layer}"),
+                 "direct": hook.resid_post(cfg.n_layers - 1)}
+    return PathPatching(
+        layer=torch.tensor([r[1] for r in recv]), head=torch.tensor([r[2] for r in recv]),
+        path=tuple(r[0] for r in recv), metric=means[: len(recv)].clone(), joint_path=tuple(plan.joint),
+        joint_metric=means[len(recv):].clone(), clean_metric=float(clean.mean()),
+        corrupted_metric=float(corrupt.mean()), sender=what, sender_layer=plan.sender_layer, corruption=how,
+        metric_name="loss" if metric == "loss" else getattr(metric, "__name__", "metric"),
+        positions=tuple(tuple(p) for p in plan.positions), str_tokens=str_toks, model_name=model_name(model),
+        n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=plan.n_kv, hook_names=tuple(templates[p] for p in paths),
+        method=method, forward_calls=counter[0], forward_rows=counter[1],
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the sites fix: the sender's block, the receivers, the patched variants and the hooks they read."""
+
+    positions: list[list[int]]
+    dims: list[int]
+    first: int
+    sender_layer: int
+    receivers: list[Receiver]
+    joint: dict[str, list[Receiver]]
+    variants: list[list[Receiver]]
+    names: list[str]
+    n_kv: int
+
+
+def _plan(model: Any, sites: list[list[tuple[int, int, int]]], sender: tuple, paths: tuple[str, ...],
+          layers: Sequence[int] | None, rule: tuple[float, float]) -> _Plan:
+    if not any(sites):
+        raise ValueError(f"no massive activations in these {len(sites)} prompt(s) (|x| > {rule[0]:g} and "
+                         f">= {rule[1]:g}x median): nothing to path-patch")
     positions = [sorted({p for _, p, _ in s}) for s in sites]
-    first = int(sites_df.first_layer.min())
+    first = min(l for s in sites for l, _, _ in s)
     sender_layer = first if sender[0] == "massive" else sender[1]
     recv_layers = _receiver_layers(model, layers, sender_layer)
     cfg = model.cfg
@@ -260,38 +324,8 @@ def path_patch(
         joint["k+v"] = joint["k"] + joint["v"]
     if len({r[0] for r in recv}) > 1:
         joint["all"] = list(recv)
-    variants = [[r] for r in recv] + list(joint.values())
-    names = sorted({hook_name(model, p, l) for p, l, _ in recv})
-
-    n = len(prompts)
-    clean, corrupt, patched = torch.empty(n), torch.empty(n), torch.empty(len(variants), n)
-    for batch in _inputs.batches(prompts, batch_size=batch_size):
-        idx = list(batch.index)
-        sender_ctx = sender_context(model, sender, corruption, [sites[i] for i in idx])
-        with sender_ctx:
-            logits, cache = capture(model, batch.tokens, names)
-        counter[0] += 1
-        counter[1] += len(idx)
-        corrupt[idx] = metric_rows(metric, logits, batch.tokens)
-        # the clean run rides along as an empty variant (no receiver patched), saving a forward pass
-        out = patched_metrics(model, batch.tokens, [[]] + variants, [positions[i] for i in idx], cache, metric,
-                              method=method, batch_size=batch_size, counter=counter)
-        clean[idx], patched[:, idx] = out[0], out[1:]
-    means = patched.mean(1)
-    dims = sorted({d for s in sites for _, _, d in s})
-    what, how = _describe(sender, corruption, dims, first)
-    templates = {"k": hook.k("{layer}"), "v": hook.v("{layer}"), "q": hook.q("{layer}"),
-                 "direct": hook.resid_post(cfg.n_layers - 1)}
-    return PathPatching(
-        layer=torch.tensor([r[1] for r in recv]), head=torch.tensor([r[2] for r in recv]),
-        path=tuple(r[0] for r in recv), metric=means[: len(recv)].clone(), joint_path=tuple(joint),
-        joint_metric=means[len(recv):].clone(), clean_metric=float(clean.mean()),
-        corrupted_metric=float(corrupt.mean()), sender=what, sender_layer=sender_layer, corruption=how,
-        metric_name="loss" if metric == "loss" else getattr(metric, "__name__", "metric"),
-        positions=tuple(tuple(p) for p in positions), str_tokens=str_toks, model_name=model_name(model),
-        n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=n_kv, hook_names=tuple(templates[p] for p in paths),
-        method=method, forward_calls=counter[0], forward_rows=counter[1],
-    )
+    return _Plan(positions, sorted({d for s in sites for _, _, d in s}), first, sender_layer, recv, joint,
+                 [[r] for r in recv] + list(joint.values()), sorted({hook_name(model, p, l) for p, l, _ in recv}), n_kv)
 
 
 # --- command line -------------------------------------------------------------------------------------------------
