@@ -13,8 +13,12 @@ to one receiver at a time, everything else seeing the clean residual:
 
 The receiver's input is the corrupted residual after its own layer norm, recomputed on the corrupted residual
 (not frozen at the clean scale): the patched q/k/v are exactly those of the corrupted run at those positions.
-Downstream of the receiver the model runs freely. All receivers run in a few batched forward passes, each
-batch row patching one receiver (``method="naive"`` runs one pass per receiver and prompt, for reference).
+Downstream of the receiver the model runs freely. The clean and the corrupted run are the two halves of one
+pass (when the prompts form one batch, detection rides on the clean half: each block's output is checked with
+the paper's rule as the pass goes, and a massive sender is removed from the corrupted half at the block where
+it appears). All receivers then run in a few batched passes, each row patching one receiver; rows equal the
+clean run up to the sender's block, so they resume after it from the clean residual and the blocks before are
+not run again (``method="naive"`` runs one whole pass per receiver and prompt, for reference).
 
     >>> from mi_massive import load_model, path_patch
     >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
