@@ -58,7 +58,7 @@ class Pair:
     clean: Tensor  # metric per prompt
     corrupted: Tensor
     source: dict[str, Tensor]  # the corrupted rows' activations at the receiver hooks
-    resid: Tensor | None  # the clean residual after block `resid_layer` (batch, pos, d_model): rows resume there
+    resid: dict[int, Tensor]  # the clean residual after each block from `resid_layer` on (batch, pos, d_model)
     resid_layer: int | None
 
 
@@ -70,7 +70,7 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     With `sites=None` the massive entries are found on the clean rows as the pass goes (the paper's rule at
     each block output, `detect.massive_mask`), and a "massive" sender is removed from the corrupted rows at the
     block where each entry first appears, as with sites found beforehand. The clean residual is kept after
-    block `resid_layer` (None: the first block with a massive entry), where the patched rows will resume.
+    every block from `resid_layer` on (None: the first block with a massive entry): patched rows resume there.
     """
     from ._ablate import down_proj_out
     from .detect import massive_mask
@@ -78,7 +78,8 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     n, kind = len(tokens), sender[0]
     found = [list(s) for s in sites] if sites is not None else [[] for _ in range(n)]
     seen = {(b, p, d) for b, s in enumerate(found) for _, p, d in s}
-    kept: dict[str, Any] = {"layer": resid_layer, "resid": None}
+    kept: dict[str, Any] = {"layer": resid_layer}
+    resid: dict[int, Tensor] = {}
     source: dict[str, Tensor] = {}
 
     def at_block(layer: int) -> Callable:
@@ -95,8 +96,8 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
                 x[n + b, p, d] = _corrupt(corruption, x[n + b, p, d])
             if kept["layer"] is None and new:
                 kept["layer"] = layer
-            if kept["layer"] == layer:
-                kept["resid"] = x[:n].detach().clone()
+            if kept["layer"] is not None and layer >= kept["layer"]:
+                resid[layer] = x[:n].detach().clone()
             return x
         return fn
 
@@ -132,7 +133,7 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     rows = tokens.repeat(2, 1)
     logits = run_with_hooks(model, rows, hooks)
     m = metric_rows(metric, logits, rows)
-    return Pair(found, m[:n], m[n:], source, kept["resid"], kept["layer"])
+    return Pair(found, m[:n], m[n:], source, resid, kept["layer"])
 
 
 # --- receivers ------------------------------------------------------------------------------------------------
@@ -210,9 +211,12 @@ def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: l
 
 def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
                      corrupted: dict[str, Tensor], metric: Metric, *, method: str, batch_size: int,
-                     counter: list[int], start: int = 0, resid: Tensor | None = None) -> Tensor:
-    """(variant, prompt) metrics for one batch of equal-length prompts. Batched rows resume at block `start`
-    from the clean residual `resid` (batch, pos, d_model) when given; the naive loop always runs whole passes."""
+                     counter: list[int], resid: dict[int, Tensor]) -> Tensor:
+    """(variant, prompt) metrics for one batch of equal-length prompts.
+
+    Batched: variants are taken in order of their first receiver's block and cut into passes of `batch_size`
+    rows; each pass resumes at the first receiver block among its rows from the clean residual `resid[block-1]`
+    (every row equals the clean run before its receivers). The naive loop runs whole passes."""
     n = len(tokens)
     out = torch.empty(len(variants), n)
     if method == "naive":  # one pass per variant and prompt
@@ -222,11 +226,14 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
                 out[i, b] = run_rows(model, tokens[b : b + 1], hooks, metric, counter)[0]
         return out
     chunk = max(1, batch_size // n)
-    for i in range(0, len(variants), chunk):
-        part = variants[i : i + chunk]
-        rows = tokens.repeat(len(part), 1)  # row i * n + b is variant i on prompt b
-        hooks = _patch_hooks(model, part, n, positions, corrupted)
-        out[i : i + len(part)] = run_rows(model, rows, hooks, metric, counter, start=start,
-                                          resid=None if resid is None else resid.repeat(len(part), 1, 1)
-                                          ).view(len(part), n)
+    first = [min((layer for _, layer, _ in v), default=model.cfg.n_layers) for v in variants]
+    order = sorted(range(len(variants)), key=lambda i: -first[i])  # later receivers first: shorter passes
+    for i in range(0, len(order), chunk):
+        part = order[i : i + chunk]
+        start = min(first[j] for j in part)
+        rows = tokens.repeat(len(part), 1)  # row k * n + b is variant part[k] on prompt b
+        hooks = _patch_hooks(model, [variants[j] for j in part], n, positions, corrupted)
+        clean = resid.get(start - 1)
+        out[part] = run_rows(model, rows, hooks, metric, counter, start=start if clean is not None else 0,
+                             resid=None if clean is None else clean.repeat(len(part), 1, 1)).view(len(part), n)
     return out

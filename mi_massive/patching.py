@@ -270,7 +270,7 @@ def path_patch(
         clean[idx], corrupt[idx] = pair.clean, pair.corrupted
         out = patched_metrics(model, batch.tokens, plan.variants, [plan.positions[i] for i in idx], pair.source,
                               metric, method=method, batch_size=batch_size, counter=counter,
-                              start=pair.resid_layer + 1, resid=pair.resid)
+                              resid=pair.resid)
         if patched is None:
             patched = torch.empty(len(plan.variants), n)
         patched[:, idx] = out

@@ -213,3 +213,22 @@ def test_smollm2_paths_of_the_massive_activation(smollm2):
 def test_sentence_names_the_largest_head(tiny_pp):
     text = tiny_pp.sentence()
     assert "bound method" not in text and "largest single receiver" in text
+
+
+def test_patched_rows_skip_the_blocks_before_their_receivers(tiny_llama):
+    """After the clean/corrupted pass, no pass runs a block at or before the sender's, and passes of later
+    receivers start later (rows are taken in order of their receiver's block)."""
+    ran = []
+    handles = [tiny_llama.blocks[l].mlp.register_forward_hook(lambda m, a, o, l=l: ran.append((l, o.shape[0])))
+               for l in range(tiny_llama.cfg.n_layers)]
+    try:
+        pp = path_patch(tiny_llama, "hello world", batch_size=4)
+    finally:
+        for h in handles:
+            h.remove()
+    n, sender = tiny_llama.cfg.n_layers, pp.sender_layer
+    assert ran[:n] == [(l, 2) for l in range(n)]  # clean + corrupted rows in one pass, detection riding along
+    patched = ran[n:]
+    assert min(l for l, _ in patched) == sender + 1
+    starts = [l for i, (l, _) in enumerate(patched) if i == 0 or l <= patched[i - 1][0]]  # first block of each pass
+    assert starts == sorted(starts, reverse=True) and starts[0] == n - 1 and len(starts) == pp.forward_calls - 1
