@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._hooks import HookFn, capture, run_with_hooks
+from ._hooks import HookFn, capture, host_float64, run_with_hooks
 from ._resume import resumed
 from .arch import hook
 
@@ -160,7 +160,7 @@ def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Seq
     with zeroed_weights(model, weights), resumed(model, start, clean_resid(acts, start)):
         _, raw = capture(model, tokens[None], [*keep, hook.resid_post(layer)], stop_at_layer=stop)
     out = dict(acts)
-    out.update({n: raw[n][0].double().cpu() for n in keep})
+    out.update(host_float64({n: raw[n] for n in keep}))
     return float(raw[hook.resid_post(layer)][0, pos, dim]), out
 
 

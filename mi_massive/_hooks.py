@@ -87,3 +87,12 @@ def capture(model: Any, tokens: torch.Tensor, names: Sequence[str], **kwargs: An
 
     out = run_with_hooks(model, tokens, [(n, saver(n)) for n in dict.fromkeys(names)], **kwargs)
     return out, cache
+
+
+def host_float64(raw: dict[str, torch.Tensor], row: int = 0) -> dict[str, torch.Tensor]:
+    """Batch row `row` of each activation as float64 on the CPU, in one device-to-host copy (one sync on a GPU)."""
+    parts = [t[row].detach() for t in raw.values()]
+    if not parts:
+        return {}
+    flat = torch.cat([p.reshape(-1).double() for p in parts]).cpu()
+    return {n: c.view(p.shape) for n, c, p in zip(raw, flat.split([p.numel() for p in parts]), parts)}

@@ -31,7 +31,7 @@ from torch import Tensor
 from . import _attribution as attr
 from . import _inputs
 from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Acts, Entry, causal_table, row_losses, zeroed_weights
-from ._hooks import capture
+from ._hooks import capture, host_float64
 from ._results import Result
 from .arch import hook, spec
 from .detect import _check_rule, massive_mask
@@ -266,7 +266,7 @@ def trace_origin(
         acts = attr.from_cache(model, cache, len(tokens))
     else:
         logits, raw = capture(model, tokens[None], names, return_type="logits")
-        acts = {n: t[0].double().cpu() for n, t in raw.items()}
+        acts = host_float64(raw)
         loss = float(row_losses(logits, tokens)[0])
     base = dict(model_name=model_name(model), tokens=tokens, str_tokens=_inputs.str_tokens(model, tokens),
                 top_k=top_k, threshold=float(threshold), ratio=float(ratio), hook_names=names,
