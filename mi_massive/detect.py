@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs
+from . import _bare, _inputs
 from ._hooks import check_weights, run_with_hooks
 from ._results import Result
 from .arch import hook
@@ -197,10 +197,13 @@ def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
-          progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
+          progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
     """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
     (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
-    again with more candidates, so the result is exact."""
+    again with more candidates, so the result is exact.
+
+    With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
+    in for the bridge (`_bare.run_trunk`), and the bridge's hooks otherwise."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
@@ -213,13 +216,18 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         while True:
             kept: list = [None] * n_layers
 
-            def stats(layer: int):
-                def fn(x: Tensor, hook: Any) -> None:
-                    kept[layer] = _layer_stats(x, kk)
-                return fn
+            def keep(layer: int, x: Tensor) -> None:
+                kept[layer] = _layer_stats(x, kk)
 
-            run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)],
-                           finite_check=False)  # reported below, per layer
+            if bare:
+                try:
+                    _bare.run_trunk(model, batch.tokens, keep)
+                except _bare.Unsupported:
+                    bare = False  # for the rest of the scan
+            if not bare:
+                run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
+                               [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
+                               finite_check=False)
             med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():
