@@ -196,6 +196,14 @@ def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return med.float(), topv.float(), topi, flat.gather(1, topi).float()
 
 
+def _trunk(model: Any) -> Any:
+    """The bare HF trunk's runner (`_bare.trunk_runner`), or None where it cannot stand in for the bridge."""
+    try:
+        return _bare.trunk_runner(model)
+    except _bare.Unsupported:
+        return None
+
+
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
           progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
     """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
@@ -203,12 +211,13 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     again with more candidates, so the result is exact.
 
     With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
-    in for the bridge (`_bare.run_trunk`), and the bridge's hooks otherwise."""
+    in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
     med_sum = torch.zeros(n_layers, dtype=torch.float64)
     nonfinite = torch.zeros(n_layers, dtype=torch.long)  # non-finite entries among the kept top |x|
+    trunk = _trunk(model) if bare else None
     bar = _progress(len(prompts), progress, "scanning")
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         size = batch.tokens.shape[1] * d_model
@@ -219,12 +228,12 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             def keep(layer: int, x: Tensor) -> None:
                 kept[layer] = _layer_stats(x, kk)
 
-            if bare:
+            if trunk is not None:
                 try:
-                    _bare.run_trunk(model, batch.tokens, keep)
+                    trunk(batch.tokens, keep)
                 except _bare.Unsupported:
-                    bare = False  # for the rest of the scan
-            if not bare:
+                    trunk = None  # the bridge for the rest of the scan
+            if trunk is None:
                 run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
                                [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
                                finite_check=False)

@@ -118,22 +118,36 @@ def test_unsupported_trunk_falls_back_to_the_bridge(monkeypatch):
     model = model_of("qwen2")
     clean = detect.find_massive_activations(model, PROMPTS).to_dataframe()
 
-    def refuse(*args, **kwargs):
+    def refuse(tokens, on_layer):
         raise _bare.Unsupported("test")
 
-    monkeypatch.setattr(_bare, "run_trunk", refuse)
+    monkeypatch.setattr(_bare, "trunk_runner", lambda model: refuse)  # refused on the first pass
     assert detect.find_massive_activations(model, PROMPTS).to_dataframe().equals(clean)
 
 
-def test_run_trunk_refuses_a_layer_output_that_is_not_the_residual():
+def test_trunk_refuses_a_layer_output_that_is_not_the_residual():
     model = model_of("llama")
+    run = _bare.trunk_runner(model)
     layer = model.blocks[2].original_component  # the HF decoder layer
     handle = layer.register_forward_hook(lambda module, args, out: (out,))  # as transformers 4 layers returned
     try:
         with pytest.raises(_bare.Unsupported, match="decoder layer 2 returned tuple"):
-            _bare.run_trunk(model, model.to_tokens("abc"), lambda layer, x: None)
+            run(model.to_tokens("abc"), lambda layer, x: None)
     finally:
         handle.remove()
+
+
+def test_trunk_refuses_a_bridge_with_hooks_or_processed_weights():
+    model = model_of("llama")
+    with hooked(model, [(arch.hook.resid_post(0), lambda x, hook: None)], require_fired=False):
+        with pytest.raises(_bare.Unsupported, match="hooks are attached"):
+            _bare.trunk_runner(model)
+    model._weights_processed = True
+    try:
+        with pytest.raises(_bare.Unsupported, match="processed its weights"):
+            _bare.trunk_runner(model)
+    finally:
+        model._weights_processed = False
 
 
 @pytest.mark.real
