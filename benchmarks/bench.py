@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                       # CPU, smollm2-135m: scan, origin, patching, loads
     python benchmarks/bench.py --device cuda --gpu   # adds bf16/fp32 scans and a random 1B LLaMA
+    python benchmarks/bench.py --device cuda --gpu --skip origin patch load --cuda-stats select
 
 Prints one line per figure and appends a JSON record to --out (default: benchmarks/results.jsonl).
 """
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
+    p.add_argument("--cuda-stats", choices=["sort", "select"], default=None,
+                   help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
 
@@ -209,13 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     from mi_massive import load_model
     from mi_massive.models import EMBEDDED, embedded_path
 
+    from mi_massive import detect
+
+    if args.cuda_stats:
+        detect._CUDA_STATS = args.cuda_stats
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS,
     }
     records: list[dict] = []
 

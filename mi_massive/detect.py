@@ -175,21 +175,73 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
+_CUDA_STATS = "sort"  # "sort" (segmented sort) or "select" (segment top-k + radix-select median); both exact
+_SEGMENT = 4096  # entries per segment of the two-stage top-k
+_HIST_COPIES = 32  # histograms per row in the radix select (spreads CUDA's atomic adds)
 
 
 def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
-    srt, idx = a.sort(dim=1)  # ascending; NaN sorts last, like topk's
-    return srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)  # lower median, as torch's
+    """Lower median (as torch's), top kk and their indices per row, by sorting chunks of rows (the chunks bound
+    the sort's scratch memory)."""
+    rows = max(1, _SORT_CHUNK // a.shape[1])
+    parts = []
+    for i in range(0, len(a), rows):
+        srt, idx = a[i : i + rows].sort(dim=1)  # ascending; NaN sorts last, like topk's
+        parts.append((srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)))
+    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+
+def _segmented_topk(a: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    """Top kk per row as the top kk of each segment's top kk: many short selections instead of one long one."""
+    n_seg = a.shape[1] // _SEGMENT
+    if kk > _SEGMENT // 4 or n_seg < 2:
+        return a.topk(kk, dim=1)
+    v, i = a[:, : n_seg * _SEGMENT].unflatten(1, (n_seg, _SEGMENT)).topk(kk, dim=2)  # (batch, n_seg, kk)
+    i = i + torch.arange(0, n_seg * _SEGMENT, _SEGMENT, device=a.device)[:, None]
+    tail = a[:, n_seg * _SEGMENT :]  # (batch, < _SEGMENT)
+    tv, ti = tail.topk(min(kk, tail.shape[1]), dim=1)
+    v, i = torch.cat([v.flatten(1), tv], 1), torch.cat([i.flatten(1), ti + n_seg * _SEGMENT], 1)
+    top, j = v.topk(kk, dim=1)  # (batch, kk), sorted
+    return top, i.gather(1, j)
+
+
+def _radix_median(a: Tensor, digit_bits: int = 8, copies: int = _HIST_COPIES) -> Tensor:
+    """Lower median per row of non-negative floats (NaN counted largest, as by sort), by radix select on their
+    bit patterns: one per-row histogram of each `digit_bits`-bit digit, fixed shapes, no host sync. Each row
+    fills `copies` histograms (entry j the (j % copies)-th), so that CUDA's atomic adds rarely collide."""
+    batch, n = a.shape
+    width = a.element_size() * 8
+    ints = {16: torch.int16, 32: torch.int32}[width]
+    bits = a.contiguous().view(ints).to(torch.int32)  # (batch, n), ordered like the values
+    n_bins = 1 << digit_bits
+    copy_base = (torch.arange(n, device=a.device) % copies) * (n_bins + 1)  # (n,): each entry's histogram
+    rank = torch.full((batch, 1), (n - 1) // 2, dtype=torch.long, device=a.device)  # rank within the prefix
+    prefix = torch.zeros(batch, 1, dtype=torch.int32, device=a.device)  # the median's bits found so far
+    ones = torch.ones(1, dtype=torch.long, device=a.device).expand(batch, n)
+    for shift in range(width - digit_bits, -1, -digit_bits):
+        digit = (bits >> shift) & (n_bins - 1)  # (batch, n)
+        if shift + digit_bits < width:  # entries off the prefix count in an extra bin
+            digit = torch.where((bits >> (shift + digit_bits)) == (prefix >> (shift + digit_bits)), digit, n_bins)
+        hist = torch.zeros(batch, copies * (n_bins + 1), dtype=torch.long, device=a.device)
+        hist = hist.scatter_add_(1, digit + copy_base, ones).view(batch, copies, n_bins + 1).sum(1)
+        cum = hist[:, :n_bins].cumsum(1)  # (batch, n_bins)
+        d = (cum <= rank).sum(1, keepdim=True)  # the digit holding the rank
+        rank = rank - torch.where(d > 0, cum.gather(1, (d - 1).clamp(min=0)), 0)
+        prefix = prefix | (d.to(torch.int32) << shift)
+    return prefix[:, 0].to(ints).view(a.dtype)
+
+
+def _selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What `_sorted_stats` returns, by selection instead of a sort."""
+    return (_radix_median(a), *_segmented_topk(a, kk))
 
 
 def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
     flat = x.detach().flatten(1)  # (batch, pos * d_model)
     a = flat.abs()
-    if a.is_cuda:  # a segmented sort beats CUDA's one-block-per-row median and top-k on long rows
-        rows = max(1, _SORT_CHUNK // a.shape[1])  # rows per sort: bounds the sort's scratch memory
-        parts = [_sorted_stats(a[i : i + rows], kk) for i in range(0, len(a), rows)]
-        med, topv, topi = (torch.cat(t) for t in zip(*parts))
+    if a.is_cuda:  # sorting or selecting in many short pieces beats CUDA's one-block-per-row median on long rows
+        med, topv, topi = (_selected_stats if _CUDA_STATS == "select" else _sorted_stats)(a, kk)
     else:  # on the CPU, quickselect median and top-k are linear
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
