@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import peak_memory, timeit  # noqa: E402  (this folder)
 from mi_massive.detect import _radix_median, _segmented_topk, _selected_stats, _sorted_stats  # noqa: E402
 
 Stats = tuple[Tensor, Tensor, Tensor]  # median (rows,), top values (rows, kk), their flat indices (rows, kk)
@@ -95,27 +94,6 @@ def check(name: str, got: Stats, ref: Stats, a: Tensor) -> None:
     assert all(len(set(r.tolist())) == r.numel() for r in topi.cpu()), f"{name}: repeated index"
 
 
-def time_variant(fn: Callable[[], object], device: str, repeat: int) -> tuple[float, float]:
-    """Median seconds of `repeat` runs after a warm-up, and the peak bytes it allocated (CUDA only)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fn()
-    sync()
-    peak = 0.0
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        sync()
-        peak = float(torch.cuda.max_memory_allocated() - base)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), peak
-
-
 def edge_cases(device: str) -> None:
     """inf and NaN (fp16 overflow), all-equal rows, rows shorter than a segment: every variant agrees with sort."""
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -135,7 +113,8 @@ def edge_cases(device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--shapes", nargs="*", default=["16x147456", "16x524288"], help="ROWSxN: 16 x 256*576, 16 x 256*2048")
+    p.add_argument("--shapes", nargs="*", default=["16x147456", "16x524288"],
+                   help="ROWSxN; default 16 x 256*576 (smollm2) and 16 x 256*2048 (the 1.1B LLaMA)")
     p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument("--kk", type=int, default=64)
@@ -156,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in dict.fromkeys(["sort", *args.variants]):  # sort first: the others are ratios to it
                 fn = VARIANTS[name]
                 check(name, fn(a, args.kk), ref, a)
-                sec, peak = time_variant(lambda: fn(x.abs(), args.kk), args.device, repeat)
+                run = lambda: fn(x.abs(), args.kk)  # noqa: E731
+                sec = timeit(run, args.device, repeat=repeat)
+                peak = peak_memory(run, args.device) if args.device.startswith("cuda") else 0.0
                 base = base or sec
                 print(json.dumps({**meta, "shape": shape, "dtype": dtype_name, "variant": name, "exact": True,
                                   "ms": round(sec * 1e3, 4), "over_sort": round(sec / base, 3),

@@ -2,7 +2,8 @@
 
 The paper's rule (Sun et al. 2024, Sec. 2), applied to every block output (``hook_resid_post``) of every
 prompt. Statistics are computed inside the hooks, batch by batch: no activation cache is ever kept, so a
-scan over thousands of prompts costs about one forward pass each.
+scan over thousands of prompts costs about one forward pass each. The passes run the bare Hugging Face
+trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for the bridge.
 
     >>> from mi_massive import load_model, find_massive_activations
     >>> model = load_model("smollm2-135m")                       # doctest: +SKIP

@@ -127,14 +127,16 @@ def test_unsupported_trunk_falls_back_to_the_bridge(monkeypatch):
 
 def test_trunk_refuses_a_layer_output_that_is_not_the_residual():
     model = model_of("llama")
-    run = _bare.trunk_runner(model)
+    before, run = wiring(model), _bare.trunk_runner(model)
+    n_hooks = sum(len(m._forward_hooks) for m in model.original_model.modules())  # the bridge keeps some
     layer = model.blocks[2].original_component  # the HF decoder layer
     handle = layer.register_forward_hook(lambda module, args, out: (out,))  # as transformers 4 layers returned
     try:
-        with pytest.raises(_bare.Unsupported, match="decoder layer 2 returned tuple"):
+        with pytest.raises(_bare.Unsupported, match="decoder layer 2 returned tuple"):  # raised mid-pass
             run(model.to_tokens("abc"), lambda layer, x: None)
     finally:
         handle.remove()
+    assert wiring(model) == before and sum(len(m._forward_hooks) for m in model.original_model.modules()) == n_hooks
 
 
 def test_trunk_refuses_a_bridge_with_hooks_or_processed_weights():
