@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                       # CPU, smollm2-135m: scan, origin, patching, loads
     python benchmarks/bench.py --device cuda --gpu   # adds bf16/fp32 scans and a random 1B LLaMA
+    python benchmarks/bench.py --device cuda --gpu --skip origin patch load --cuda-stats select
 
 Prints one line per figure and appends a JSON record to --out (default: benchmarks/results.jsonl).
 """
@@ -81,35 +82,54 @@ def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0) -> torc
     return toks
 
 
-def bench_scan(model, hf_model, toks: torch.Tensor, device: str, *, batch_size: int, label: str) -> dict:
-    """find_massive_activations + layer_profile (one pass) vs a bare HF forward over the same tokens."""
+def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label: str, hf_default=None) -> dict:
+    """find_massive_activations + layer_profile (one pass) vs bare HF forwards over the same tokens.
+
+    "bare" is the plain HF CausalLM (logits included) of the same model with the bridge's components swapped
+    back (`_bare.unwired`), "trunk" its base model without lm_head, "bridge" the TransformerBridge's own
+    forward with no hooks. All without KV cache (`use_cache=False`); "bare" and "trunk" use the attention
+    implementation the bridge loaded (eager). `hf_default`, a separately loaded HF model, adds its forward
+    with transformers' default attention.
+    """
+    from mi_massive._bare import unwired
     from mi_massive.detect import scan
 
     dev_toks = toks.to(device)
 
+    def batched(forward: Callable[[torch.Tensor], object]) -> None:
+        with torch.inference_mode():
+            for i in range(0, len(dev_toks), batch_size):
+                forward(dev_toks[i : i + batch_size])
+
     def bare() -> None:
-        with torch.inference_mode():
-            for i in range(0, len(dev_toks), batch_size):
-                hf_model(dev_toks[i : i + batch_size])
+        with unwired(model) as hf:
+            batched(lambda t: hf(t, use_cache=False))
 
-    def bridge() -> None:  # the TransformerBridge alone, no hooks: separates its cost from the scan's
-        with torch.inference_mode():
-            for i in range(0, len(dev_toks), batch_size):
-                model(dev_toks[i : i + batch_size])
+    def trunk() -> None:
+        with unwired(model) as hf:
+            batched(lambda t: hf.base_model(t, use_cache=False))
 
-    def ours() -> None:
-        scan(model, toks, batch_size=batch_size, progress=False)
-
-    t = interleaved({"bare": bare, "bridge": bridge, "scan": ours}, device)
-    mem_bare, mem_bridge, mem_scan = (peak_memory(f, device) for f in (bare, bridge, ours))
+    fns = {"bare": bare, "trunk": trunk, "bridge": lambda: batched(lambda t: model(t, use_cache=False)),
+           "scan": lambda: scan(model, toks, batch_size=batch_size, progress=False)}
+    if hf_default is not None:
+        fns["hf_default"] = lambda: batched(lambda t: hf_default(t, use_cache=False))
+    t = interleaved(fns, device)
+    mem = {k: peak_memory(f, device) for k, f in fns.items()}
     n_tok = toks.numel()
-    return {
+    rec = {
         "figure": f"scan {label}", "tokens": n_tok, "bare_s": t["bare"], "scan_s": t["scan"],
-        "time_ratio": t["scan"] / t["bare"], "bridge_s": t["bridge"], "bridge_ratio": t["bridge"] / t["bare"],
+        "time_ratio": t["scan"] / t["bare"], "trunk_s": t["trunk"], "trunk_ratio": t["trunk"] / t["bare"],
+        "scan_over_trunk": t["scan"] / t["trunk"], "bridge_s": t["bridge"], "bridge_ratio": t["bridge"] / t["bare"],
         "scan_over_bridge": t["scan"] / t["bridge"], "tokens_per_s": n_tok / t["scan"],
-        "bare_tokens_per_s": n_tok / t["bare"], "peak_bytes_bare": mem_bare, "peak_bytes_bridge": mem_bridge, "peak_bytes_scan": mem_scan,
-        "memory_ratio": (mem_scan / mem_bare) if mem_bare > 0 else None,
+        "bare_tokens_per_s": n_tok / t["bare"], "bare_attn": model.original_model.config._attn_implementation,
+        **{f"peak_bytes_{k}": v for k, v in mem.items()},
+        "memory_ratio": (mem["scan"] / mem["bare"]) if mem["bare"] > 0 else None,
+        "trunk_memory_ratio": (mem["scan"] / mem["trunk"]) if mem["trunk"] > 0 else None,
     }
+    if hf_default is not None:
+        rec.update(hf_default_s=t["hf_default"], hf_default_attn=hf_default.config._attn_implementation,
+                   scan_over_hf_default=t["scan"] / t["hf_default"])
+    return rec
 
 
 def bench_second_load(name: str) -> dict:
@@ -182,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
+    p.add_argument("--cuda-stats", choices=["sort", "select"], default=None,
+                   help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
 
@@ -190,13 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     from mi_massive import load_model
     from mi_massive.models import EMBEDDED, embedded_path
 
+    from mi_massive import detect
+
+    if args.cuda_stats:
+        detect._CUDA_STATS = args.cuda_stats
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS,
     }
     records: list[dict] = []
 
@@ -212,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model("smollm2-135m", device=args.device, dtype=dtype)
             hf = AutoModelForCausalLM.from_pretrained(embedded_path("smollm2-135m"), dtype=dtype).to(args.device).eval()
             toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
-            emit(bench_scan(model, hf, toks, args.device, batch_size=args.batch_size,
+            emit(bench_scan(model, toks, args.device, batch_size=args.batch_size, hf_default=hf,
                             label=f"smollm2-135m {str(dtype).split('.')[-1]}"))
             del model, hf
     if args.gpu:
         for dtype in dtypes:
             model, n_params = big_llama(args.device, dtype)
             toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
-            rec = bench_scan(model, model.original_model, toks, args.device, batch_size=args.batch_size,
+            rec = bench_scan(model, toks, args.device, batch_size=args.batch_size,
                              label=f"random-llama-1.1b {str(dtype).split('.')[-1]}")
             from mi_massive import find_massive_activations
 

@@ -2,7 +2,8 @@
 
 The paper's rule (Sun et al. 2024, Sec. 2), applied to every block output (``hook_resid_post``) of every
 prompt. Statistics are computed inside the hooks, batch by batch: no activation cache is ever kept, so a
-scan over thousands of prompts costs about one forward pass each.
+scan over thousands of prompts costs about one forward pass each. The passes run the bare Hugging Face
+trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for the bridge.
 
     >>> from mi_massive import load_model, find_massive_activations
     >>> model = load_model("smollm2-135m")                       # doctest: +SKIP
@@ -22,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs
+from . import _bare, _inputs
 from ._hooks import check_weights, run_with_hooks
 from ._results import Result
 from .arch import hook
@@ -175,37 +176,101 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
+_CUDA_STATS = "sort"  # "sort" (segmented sort) or "select" (segment top-k + radix-select median); both exact
+_SEGMENT = 4096  # entries per segment of the two-stage top-k
+_HIST_COPIES = 32  # histograms per row in the radix select (spreads CUDA's atomic adds)
 
 
 def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
-    srt, idx = a.sort(dim=1)  # ascending; NaN sorts last, like topk's
-    return srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)  # lower median, as torch's
+    """Lower median (as torch's), top kk and their indices per row, by sorting chunks of rows (the chunks bound
+    the sort's scratch memory)."""
+    rows = max(1, _SORT_CHUNK // a.shape[1])
+    parts = []
+    for i in range(0, len(a), rows):
+        srt, idx = a[i : i + rows].sort(dim=1)  # ascending; NaN sorts last, like topk's
+        parts.append((srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)))
+    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+
+def _segmented_topk(a: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    """Top kk per row as the top kk of each segment's top kk: many short selections instead of one long one."""
+    n_seg = a.shape[1] // _SEGMENT
+    if kk > _SEGMENT // 4 or n_seg < 2:
+        return a.topk(kk, dim=1)
+    v, i = a[:, : n_seg * _SEGMENT].unflatten(1, (n_seg, _SEGMENT)).topk(kk, dim=2)  # (batch, n_seg, kk)
+    i = i + torch.arange(0, n_seg * _SEGMENT, _SEGMENT, device=a.device)[:, None]
+    tail = a[:, n_seg * _SEGMENT :]  # (batch, < _SEGMENT)
+    tv, ti = tail.topk(min(kk, tail.shape[1]), dim=1)
+    v, i = torch.cat([v.flatten(1), tv], 1), torch.cat([i.flatten(1), ti + n_seg * _SEGMENT], 1)
+    top, j = v.topk(kk, dim=1)  # (batch, kk), sorted
+    return top, i.gather(1, j)
+
+
+def _radix_median(a: Tensor, digit_bits: int = 8, copies: int = _HIST_COPIES) -> Tensor:
+    """Lower median per row of non-negative floats (NaN counted largest, as by sort), by radix select on their
+    bit patterns: one per-row histogram of each `digit_bits`-bit digit, fixed shapes, no host sync. Each row
+    fills `copies` histograms (entry j the (j % copies)-th), so that CUDA's atomic adds rarely collide."""
+    batch, n = a.shape
+    width = a.element_size() * 8
+    ints = {16: torch.int16, 32: torch.int32}[width]
+    bits = a.contiguous().view(ints).to(torch.int32)  # (batch, n), ordered like the values
+    n_bins = 1 << digit_bits
+    copy_base = (torch.arange(n, device=a.device) % copies) * (n_bins + 1)  # (n,): each entry's histogram
+    rank = torch.full((batch, 1), (n - 1) // 2, dtype=torch.long, device=a.device)  # rank within the prefix
+    prefix = torch.zeros(batch, 1, dtype=torch.int32, device=a.device)  # the median's bits found so far
+    ones = torch.ones(1, dtype=torch.long, device=a.device).expand(batch, n)
+    for shift in range(width - digit_bits, -1, -digit_bits):
+        digit = (bits >> shift) & (n_bins - 1)  # (batch, n)
+        if shift + digit_bits < width:  # entries off the prefix count in an extra bin
+            digit = torch.where((bits >> (shift + digit_bits)) == (prefix >> (shift + digit_bits)), digit, n_bins)
+        hist = torch.zeros(batch, copies * (n_bins + 1), dtype=torch.long, device=a.device)
+        hist = hist.scatter_add_(1, digit + copy_base, ones).view(batch, copies, n_bins + 1).sum(1)
+        cum = hist[:, :n_bins].cumsum(1)  # (batch, n_bins)
+        d = (cum <= rank).sum(1, keepdim=True)  # the digit holding the rank
+        rank = rank - torch.where(d > 0, cum.gather(1, (d - 1).clamp(min=0)), 0)
+        prefix = prefix | (d.to(torch.int32) << shift)
+    return prefix[:, 0].to(ints).view(a.dtype)
+
+
+def _selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What `_sorted_stats` returns, by selection instead of a sort."""
+    return (_radix_median(a), *_segmented_topk(a, kk))
 
 
 def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
     flat = x.detach().flatten(1)  # (batch, pos * d_model)
     a = flat.abs()
-    if a.is_cuda:  # a segmented sort beats CUDA's one-block-per-row median and top-k on long rows
-        rows = max(1, _SORT_CHUNK // a.shape[1])  # rows per sort: bounds the sort's scratch memory
-        parts = [_sorted_stats(a[i : i + rows], kk) for i in range(0, len(a), rows)]
-        med, topv, topi = (torch.cat(t) for t in zip(*parts))
+    if a.is_cuda:  # sorting or selecting in many short pieces beats CUDA's one-block-per-row median on long rows
+        med, topv, topi = (_selected_stats if _CUDA_STATS == "select" else _sorted_stats)(a, kk)
     else:  # on the CPU, quickselect median and top-k are linear
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
     return med.float(), topv.float(), topi, flat.gather(1, topi).float()
 
 
+def _trunk(model: Any) -> Any:
+    """The bare HF trunk's runner (`_bare.trunk_runner`), or None where it cannot stand in for the bridge."""
+    try:
+        return _bare.trunk_runner(model)
+    except _bare.Unsupported:
+        return None
+
+
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
-          progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
+          progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
     """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
     (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
-    again with more candidates, so the result is exact."""
+    again with more candidates, so the result is exact.
+
+    With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
+    in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
     med_sum = torch.zeros(n_layers, dtype=torch.float64)
     nonfinite = torch.zeros(n_layers, dtype=torch.long)  # non-finite entries among the kept top |x|
+    trunk = _trunk(model) if bare else None
     bar = _progress(len(prompts), progress, "scanning")
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         size = batch.tokens.shape[1] * d_model
@@ -213,13 +278,18 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         while True:
             kept: list = [None] * n_layers
 
-            def stats(layer: int):
-                def fn(x: Tensor, hook: Any) -> None:
-                    kept[layer] = _layer_stats(x, kk)
-                return fn
+            def keep(layer: int, x: Tensor) -> None:
+                kept[layer] = _layer_stats(x, kk)
 
-            run_with_hooks(model, batch.tokens, [(hook.resid_post(l), stats(l)) for l in range(n_layers)],
-                           finite_check=False)  # reported below, per layer
+            if trunk is not None:
+                try:
+                    trunk(batch.tokens, keep)
+                except _bare.Unsupported:
+                    trunk = None  # the bridge for the rest of the scan
+            if trunk is None:
+                run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
+                               [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
+                               finite_check=False)
             med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():
