@@ -65,6 +65,12 @@ def _w(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().double().cpu()
 
 
+def _matvec(W: Tensor, v: Tensor) -> Tensor:
+    """W @ v in float64 where W lives (a weight stays on the GPU; only v and the product travel), on the CPU."""
+    W = W.detach()
+    return (W.double() @ v.to(W.device, torch.float64)).cpu()
+
+
 def _sublayer_readout(model: Any, acts: dict[str, Tensor], v: Tensor, layer: int, pos: int, which: str) -> Tensor:
     """v pulled back through the frozen post-sublayer norm (ln1_post / ln2_post) when the family has one."""
     if not spec(model).post_sublayer_norm:
@@ -73,28 +79,44 @@ def _sublayer_readout(model: Any, acts: dict[str, Tensor], v: Tensor, layer: int
     return v * norm_gain(getattr(block, which)) / acts[hook.ln_scale(layer, which)][pos, 0]
 
 
+def _parts(model: Any, acts: dict[str, Tensor], V: Tensor, *, pos: int, upto: int, mlp_of_last: bool,
+           attn_of_last: bool) -> tuple[list[tuple[str, Any, Any]], Tensor]:
+    """Component labels (component, layer, head) and their contributions to each read-out V[k] . x[pos]: (row, k)."""
+    labels: list[tuple[str, Any, Any]] = [("embedding", pd.NA, pd.NA)]
+    parts = [V @ acts[hook.resid_pre(0)][pos]]  # (k,)
+    for l in range(upto + 1):
+        last = l == upto
+        if attn_of_last or not last:
+            attn = model.blocks[l].attn
+            va = _sublayer_readout(model, acts, V, l, pos, "ln1_post")  # (k, d_model)
+            W_O = attn.W_O  # (head, d_head, d_model)
+            per_head = torch.einsum("hd,hdk->hk", acts[hook.z(l)][pos], _matvec(W_O, va.T))  # (head, k)
+            labels += [("head", l, h) for h in range(len(per_head))]
+            parts += list(per_head)
+            b_O = _w(getattr(attn, "b_O", None))
+            if b_O is not None:
+                labels.append(("attn_bias", l, pd.NA))
+                parts.append(va @ b_O)
+        if mlp_of_last or not last:
+            labels.append(("mlp", l, pd.NA))
+            parts.append(V @ acts[hook.mlp_out(l)][pos])
+    return labels, torch.stack(parts)
+
+
+def _frame(labels: list[tuple[str, Any, Any]], values: Tensor, column: str) -> pd.DataFrame:
+    df = pd.DataFrame(labels, columns=["component", "layer", "head"]).assign(**{column: values.numpy()})
+    return df.astype({"layer": "Int64", "head": "Int64", column: "float64"})
+
+
 def components(model: Any, acts: dict[str, Tensor], v: Tensor, *, pos: int, upto: int,
                mlp_of_last: bool = True, attn_of_last: bool = True) -> pd.DataFrame:
     """Contributions of the embedding, each head (and attention bias) and each MLP of blocks 0..upto to v . x[pos].
 
     `mlp_of_last` / `attn_of_last` say whether block `upto`'s sub-layers are upstream of the read-out.
     """
-    rows: list[tuple[str, Any, Any, float]] = [("embedding", pd.NA, pd.NA, float(v @ acts[hook.resid_pre(0)][pos]))]
-    for l in range(upto + 1):
-        last = l == upto
-        if attn_of_last or not last:
-            attn = model.blocks[l].attn
-            va = _sublayer_readout(model, acts, v, l, pos, "ln1_post")  # (d_model,)
-            W_O = _w(attn.W_O)  # (head, d_head, d_model)
-            per_head = (acts[hook.z(l)][pos] * (W_O @ va)).sum(-1)  # (head,)
-            rows += [("head", l, h, float(c)) for h, c in enumerate(per_head)]
-            b_O = _w(getattr(attn, "b_O", None))
-            if b_O is not None:
-                rows.append(("attn_bias", l, pd.NA, float(b_O @ va)))
-        if mlp_of_last or not last:
-            rows.append(("mlp", l, pd.NA, float(v @ acts[hook.mlp_out(l)][pos])))
-    df = pd.DataFrame(rows, columns=COMPONENT_COLUMNS)
-    return df.astype({"layer": "Int64", "head": "Int64", "contribution": "float64"})
+    labels, parts = _parts(model, acts, v[None], pos=pos, upto=upto, mlp_of_last=mlp_of_last,
+                           attn_of_last=attn_of_last)
+    return _frame(labels, parts[:, 0], "contribution")
 
 
 def block_writes(model: Any, acts: dict[str, Tensor], *, pos: int, dim: int, upto: int) -> Tensor:
@@ -111,7 +133,7 @@ def neuron_contributions(model: Any, acts: dict[str, Tensor], v: Tensor, *, laye
     """Per-neuron parts of v . mlp_out[pos] (activation x W_out[n] . v, through the frozen ln2_post) and the bias part."""
     mlp = model.blocks[layer].mlp
     vm = _sublayer_readout(model, acts, v, layer, pos, "ln2_post")  # (d_model,)
-    per_neuron = acts[hook.mlp_post(layer)][pos] * (_w(mlp.W_out) @ vm)  # (d_mlp,)
+    per_neuron = acts[hook.mlp_post(layer)][pos] * _matvec(mlp.W_out, vm)  # (d_mlp,)
     b_out = _w(getattr(mlp, "b_out", None))
     return per_neuron, (float(b_out @ vm) if b_out is not None else 0.0)
 
@@ -121,7 +143,7 @@ def preact_readout(model: Any, acts: dict[str, Tensor], *, layer: int, pos: int,
     """The read-out vector of neuron's pre-activation (gate, or up projection if `linear`) through frozen ln2, and its constant."""
     fam: FamilySpec = spec(model)
     mlp, ln2 = model.blocks[layer].mlp, model.blocks[layer].ln2
-    W = _w(mlp.W_in if (linear or not fam.gated_mlp) else mlp.W_gate)[:, neuron]  # (d_model,)
+    W = _w((mlp.W_in if (linear or not fam.gated_mlp) else mlp.W_gate)[:, neuron])  # (d_model,)
     v = norm_gain(ln2) * W / acts[hook.ln_scale(layer, "ln2")][pos, 0]
     const = 0.0
     if fam.norm == "layernorm":  # centring is linear: fold it into the read-out
@@ -141,14 +163,14 @@ def upstream(model: Any, acts: dict[str, Tensor], *, layer: int, pos: int, neuro
     a `bias` row holds the constant (norm bias, b_in) when the family has one.
     """
     fam = spec(model)
-    attn_in = not fam.parallel_attn_mlp
-    out = None
-    for col, linear in [("pre", False)] + ([("pre_linear", True)] if fam.gated_mlp else []):
-        v, const = preact_readout(model, acts, layer=layer, pos=pos, neuron=neuron, linear=linear)
-        df = components(model, acts, v, pos=pos, upto=layer, mlp_of_last=False, attn_of_last=attn_in)
-        if const:
-            df = pd.concat([df, pd.DataFrame([("bias", layer, pd.NA, const)], columns=COMPONENT_COLUMNS)],
-                           ignore_index=True).astype(df.dtypes.to_dict())
-        df = df.rename(columns={"contribution": col})
-        out = df if out is None else out.assign(**{col: df[col].to_numpy()})
+    cols = [("pre", False)] + ([("pre_linear", True)] if fam.gated_mlp else [])
+    readouts = [preact_readout(model, acts, layer=layer, pos=pos, neuron=neuron, linear=linear) for _, linear in cols]
+    labels, parts = _parts(model, acts, torch.stack([v for v, _ in readouts]), pos=pos, upto=layer,
+                           mlp_of_last=False, attn_of_last=not fam.parallel_attn_mlp)  # both read-outs in one sweep
+    consts = torch.tensor([c for _, c in readouts], dtype=torch.float64)
+    if consts.any():
+        labels, parts = labels + [("bias", layer, pd.NA)], torch.cat([parts, consts[None]])
+    out = _frame(labels, parts[:, 0], cols[0][0])
+    for k, (col, _) in enumerate(cols[1:], 1):
+        out[col] = parts[:, k].numpy()
     return out
