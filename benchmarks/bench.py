@@ -185,7 +185,7 @@ def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
         hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=plant_dtype).eval()
     hf.config._name_or_path = "random-llama-1.1b"
     n_params = sum(p.numel() for p in hf.parameters())
-    model = load_model(hf, tokenizer=char_tokenizer())
+    model = load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=plant_dtype)  # load_model casts: keep the dtype
     plant_massive_activation(model, Plant(layer=2, neuron=11, dim=1234, magnitude=magnitude))
     if dtype != plant_dtype:
         model.to(dtype)
