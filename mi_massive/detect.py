@@ -189,6 +189,8 @@ def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     for i in range(0, len(a), rows):
         srt, idx = a[i : i + rows].sort(dim=1)  # ascending; NaN sorts last, like topk's
         parts.append((srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)))
+    if len(parts) == 1:  # no copies: every kernel launch counts on small models
+        return parts[0]
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
 
 
@@ -238,7 +240,8 @@ def _selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Median |x|, top-kk |x|, their flat indices and signed values per prompt; stays on the device (no sync)."""
+    """Median |x|, top-kk |x|, their flat indices and signed values per prompt, in x's dtype; stays on the device
+    (no sync; the caller converts on the host)."""
     flat = x.detach().flatten(1)  # (batch, pos * d_model)
     a = flat.abs()
     if a.is_cuda:  # sorting or selecting in many short pieces beats CUDA's one-block-per-row median on long rows
@@ -246,7 +249,7 @@ def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     else:  # on the CPU, quickselect median and top-k are linear
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
-    return med.float(), topv.float(), topi, flat.gather(1, topi).float()
+    return med, topv, topi, flat.gather(1, topi)
 
 
 def _trunk(model: Any) -> Any:
@@ -291,6 +294,7 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                                [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
                                finite_check=False)
             med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
+            med, topv, signed = med.float(), topv.float(), signed.float()
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():
                 break
