@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["sort", "select"], default=None,
                    help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
+    p.add_argument("--side-stream", choices=["on", "off"], default=None,
+                   help="the scan's statistics on a second CUDA stream (mi_massive.detect._CUDA_SIDE_STREAM)")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
 
@@ -216,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cuda_stats:
         detect._CUDA_STATS = args.cuda_stats
+    if args.side_stream is not None:
+        detect._CUDA_SIDE_STREAM = args.side_stream == "on"
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS,
+        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS, "side_stream": detect._CUDA_SIDE_STREAM,
     }
     records: list[dict] = []
 
@@ -251,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
 
             found = find_massive_activations(model, toks[:2])
             rec.update(n_params=n_params, planted_found=1234 in found.dims)
+            if args.device.startswith("cuda"):  # the side stream must not change a bit of the result
+                from mi_massive import detect
+
+                runs = []
+                for side in (True, False):
+                    detect._CUDA_SIDE_STREAM = side
+                    f, prof = detect.scan(model, toks[:8], batch_size=4, progress=False)
+                    runs.append((f.to_dataframe(), prof.to_dataframe()))
+                detect._CUDA_SIDE_STREAM = meta["side_stream"]
+                rec["side_stream_same_result"] = all(a.equals(b) for a, b in zip(*runs))
             emit(rec)
             del model
         model, _ = big_llama(args.device, torch.float16, magnitude=1e6)  # beyond float16's 65504

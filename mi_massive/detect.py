@@ -176,6 +176,7 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
+_CUDA_SIDE_STREAM = True  # on CUDA, each layer's statistics run on a second stream, beside the next layers
 _CUDA_STATS = "sort"  # "sort" (segmented sort) or "select" (segment top-k + radix-select median); both exact
 _SEGMENT = 4096  # entries per segment of the two-stage top-k
 _HIST_COPIES = 32  # histograms per row in the radix select (spreads CUDA's atomic adds)
@@ -188,7 +189,8 @@ def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     parts = []
     for i in range(0, len(a), rows):
         srt, idx = a[i : i + rows].sort(dim=1)  # ascending; NaN sorts last, like topk's
-        parts.append((srt[:, (a.shape[1] - 1) // 2], srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)))
+        parts.append((srt[:, (a.shape[1] - 1) // 2].clone(), srt[:, -kk:].flip(1), idx[:, -kk:].flip(1)))  # copies:
+        # a view would keep the whole sorted chunk alive until the batch ends
     if len(parts) == 1:  # no copies: every kernel launch counts on small models
         return parts[0]
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
@@ -274,15 +276,23 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     med_sum = torch.zeros(n_layers, dtype=torch.float64)
     nonfinite = torch.zeros(n_layers, dtype=torch.long)  # non-finite entries among the kept top |x|
     trunk = _trunk(model) if bare else None
+    x_device = next(model.parameters()).device
     bar = _progress(len(prompts), progress, "scanning")
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         size = batch.tokens.shape[1] * d_model
         kk = min(size, max(_CANDIDATES, k))
         while True:
             kept: list = [None] * n_layers
+            side = torch.cuda.Stream(device=x_device) if x_device.type == "cuda" and _CUDA_SIDE_STREAM else None
 
             def keep(layer: int, x: Tensor) -> None:
-                kept[layer] = _layer_stats(x, kk)
+                if side is None:
+                    kept[layer] = _layer_stats(x, kk)
+                    return
+                side.wait_stream(torch.cuda.current_stream(x.device))  # x is complete
+                with torch.cuda.stream(side):
+                    kept[layer] = _layer_stats(x, kk)
+                x.record_stream(side)  # x's memory is not reused before the statistics have read it
 
             if trunk is not None:
                 try:
@@ -293,6 +303,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                 run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
                                [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
                                finite_check=False)
+            if side is not None:
+                torch.cuda.current_stream(x_device).wait_stream(side)
             med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
             med, topv, signed = med.float(), topv.float(), signed.float()
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
