@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -59,8 +60,15 @@ def interleaved(fns: dict[str, Callable[[], object]], device: str, *, repeat: in
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _rss() -> int:
+    """The process's resident set size now, in bytes (Linux)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def peak_memory(fn: Callable[[], object], device: str) -> float:
-    """Peak bytes allocated during fn on CUDA; on CPU, the growth of the process's peak RSS."""
+    """Peak bytes allocated during fn above what was allocated before: on CUDA the allocator's peak; on the CPU
+    the resident set size above its value after `malloc_trim`, sampled every 0.2 ms by a thread."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -68,11 +76,31 @@ def peak_memory(fn: Callable[[], object], device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base)
-    import resource
+    import gc
+    import threading
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    gc.collect()
+    try:  # give freed heap memory back to the OS first, so that what fn allocates shows as growth
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return float(max(peak[0], _rss()) - base)
 
 
 def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0) -> torch.Tensor:
@@ -114,7 +142,8 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
     if hf_default is not None:
         fns["hf_default"] = lambda: batched(lambda t: hf_default(t, use_cache=False))
     t = interleaved(fns, device)
-    mem = {k: peak_memory(f, device) for k, f in fns.items()}
+    reps = 1 if device.startswith("cuda") else 3  # sampled RSS on the CPU varies run to run: the median of 3
+    mem = {k: statistics.median(peak_memory(f, device) for _ in range(reps)) for k, f in fns.items()}
     n_tok = toks.numel()
     rec = {
         "figure": f"scan {label}", "tokens": n_tok, "bare_s": t["bare"], "scan_s": t["scan"],
