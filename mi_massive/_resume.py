@@ -7,9 +7,9 @@ without computing anything, so a pass costs only the blocks from `start` on, the
 The model's own forward still runs end to end (embedding, masks, rotary tables, final norm, lm_head,
 soft-capping), so whatever a family does outside its blocks stays exact.
 
-Hooks inside the skipped blocks do not fire; their own hook_resid_pre / hook_resid_post fire with `resid`,
-which is right only for `blocks.{start-1}.hook_resid_post`; hooks from block `start` on fire as usual. The
-blocks' original forwards are put back in `finally`.
+No hook of a skipped block fires (not even its hook_resid_pre / hook_resid_post): whatever hooks were
+attached when `resid` was captured are already in it, so an active intervention stays exact. Hooks from
+block `start` on fire as usual. The blocks' own forwards are put back in `finally`.
 """
 
 from __future__ import annotations
@@ -32,22 +32,22 @@ def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
         return
     if not 0 < start <= model.cfg.n_layers:
         raise ValueError(f"start must be in 1..{model.cfg.n_layers}, got {start}")
-    blocks = [model.blocks[l].original_component for l in range(start)]
+    blocks = [model.blocks[l] for l in range(start)]  # the bridge's blocks: their own hook points are skipped too
 
     def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         r = resid.to(hidden_states.device, hidden_states.dtype)
         if r.shape[1:] != hidden_states.shape[1:] or r.shape[0] not in (1, hidden_states.shape[0]):
             raise ValueError(f"resumed residual has shape {tuple(r.shape)}, the run {tuple(hidden_states.shape)}")
-        return r.expand(hidden_states.shape[0], -1, -1) if r.shape[0] == 1 else r
+        return r.expand(hidden_states.shape[0], -1, -1).clone()  # hooks downstream may write into it
 
     saved = [b.__dict__.get("forward") for b in blocks]  # an instance forward set by someone else comes back
     try:
-        for b in blocks:
-            b.forward = skip  # an instance attribute shadows the class's forward
+        for b in blocks:  # an instance attribute shadows the class's forward; object.__setattr__ because the
+            object.__setattr__(b, "forward", skip)  # bridge's own __setattr__ passes it on to the HF layer
         yield
     finally:
         for b, old in zip(blocks, saved):
             if old is None:
                 b.__dict__.pop("forward", None)
             else:
-                b.forward = old
+                object.__setattr__(b, "forward", old)
