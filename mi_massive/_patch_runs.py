@@ -230,7 +230,7 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
     order = sorted(range(len(variants)), key=lambda i: -first[i])  # later receivers first: shorter passes
     for i in range(0, len(order), chunk):
         part = order[i : i + chunk]
-        start = min(first[j] for j in part)
+        start = min([first[j] for j in part] + [model.cfg.n_layers - 1])  # the direct path's hook is the last block's
         rows = tokens.repeat(len(part), 1)  # row k * n + b is variant part[k] on prompt b
         hooks = _patch_hooks(model, [variants[j] for j in part], n, positions, corrupted)
         clean = resid.get(start - 1)
