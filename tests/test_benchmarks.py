@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end (tiny sizes) and their records hold what RESULTS.md reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, cwd=BENCH.parent,
+                         timeout=900)
+    return out.stdout
+
+
+def test_stats_micro_checks_every_variant_before_timing_it():
+    lines = [json.loads(l) for l in _run(str(BENCH / "stats_micro.py"), "--device", "cpu", "--shapes", "4x5000",
+                                         "--dtypes", "float32", "--repeat", "1").splitlines() if l.startswith("{")]
+    assert {r["variant"] for r in lines} >= {"sort", "select"} and all(r["exact"] for r in lines)
+
+
+def test_patching_script_on_the_tiny_model():
+    out = _run(str(BENCH / "patching.py"))
+    assert "receivers" in out and "max |diff|" in out
+
+
+@pytest.mark.real
+def test_bench_scan_and_origin_records(smollm2, tmp_path):
+    out = tmp_path / "records.jsonl"
+    _run(str(BENCH / "bench.py"), "--prompts", "2", "--seq", "16", "--batch-size", "2", "--skip", "patch", "load",
+         "--out", str(out))
+    recs = {r["figure"]: r for r in map(json.loads, out.read_text().splitlines())}
+    scan = recs["scan smollm2-135m float32"]
+    for key in ("time_ratio", "trunk_ratio", "bridge_ratio", "memory_ratio", "tokens_per_s"):
+        assert scan[key] is not None and scan[key] > 0, key
+    assert scan["date"] and scan["command"].startswith("bench.py")  # every figure says when and how
+    assert recs["trace_origin with causal check"]["forward_equivalents"] > 1
+    phases = json.loads(_run(str(BENCH / "origin_phases.py"), "--repeat", "1").splitlines()[-1])
+    assert phases["capture_fe"] > 0.5 and phases["run_variants_fe"] > 0 and phases["probe_fe"] > 0
