@@ -211,12 +211,15 @@ def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: l
 
 def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
                      corrupted: dict[str, Tensor], metric: Metric, *, method: str, batch_size: int,
-                     counter: list[int], resid: dict[int, Tensor]) -> Tensor:
+                     counter: list[int], resid: dict[int, Tensor], clean: Tensor) -> Tensor:
     """(variant, prompt) metrics for one batch of equal-length prompts.
 
     Batched: variants are taken in order of their first receiver's block and cut into passes of `batch_size`
     rows; each pass resumes at the first receiver block among its rows from the clean residual `resid[block-1]`
-    (every row equals the clean run before its receivers). The naive loop runs whole passes."""
+    (every row equals the clean run before its receivers). A variant that only patches queries at position 0
+    of a causal model is not run: the first position's query meets only its own key, whose softmax weight is
+    exactly 1 whatever the query, so its metric is exactly the clean one (`clean`, per prompt). The naive loop
+    runs every variant as whole passes."""
     n = len(tokens)
     out = torch.empty(len(variants), n)
     if method == "naive":  # one pass per variant and prompt
@@ -227,7 +230,10 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
         return out
     chunk = max(1, batch_size // n)
     first = [min((layer for _, layer, _ in v), default=model.cfg.n_layers) for v in variants]
-    order = sorted(range(len(variants)), key=lambda i: -first[i])  # later receivers first: shorter passes
+    inert = (getattr(model.cfg, "attention_dir", "causal") == "causal" and all(list(p) == [0] for p in positions))
+    skip = {i for i, v in enumerate(variants) if inert and v and all(path == "q" for path, _, _ in v)}
+    out[sorted(skip)] = clean
+    order = sorted((i for i in range(len(variants)) if i not in skip), key=lambda i: -first[i])  # later first
     for i in range(0, len(order), chunk):
         part = order[i : i + chunk]
         start = min([first[j] for j in part] + [model.cfg.n_layers - 1])  # the direct path's hook is the last block's

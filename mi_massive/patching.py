@@ -18,7 +18,9 @@ pass (when the prompts form one batch, detection rides on the clean half: each b
 the paper's rule as the pass goes, and a massive sender is removed from the corrupted half at the block where
 it appears). All receivers then run in a few batched passes, each row patching one receiver; rows equal the
 clean run up to the sender's block, so they resume after it from the clean residual and the blocks before are
-not run again (``method="naive"`` runs one whole pass per receiver and prompt, for reference).
+not run again. Where every massive position is the first token, query-only variants are not run at all: the
+first query meets only its own key (softmax weight exactly 1), so their metric is exactly the clean one
+(``method="naive"`` runs one whole pass per receiver and prompt, for reference).
 
     >>> from mi_massive import load_model, path_patch
     >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
@@ -270,7 +272,7 @@ def path_patch(
         clean[idx], corrupt[idx] = pair.clean, pair.corrupted
         out = patched_metrics(model, batch.tokens, plan.variants, [plan.positions[i] for i in idx], pair.source,
                               metric, method=method, batch_size=batch_size, counter=counter,
-                              resid=pair.resid)
+                              resid=pair.resid, clean=pair.clean)
         if patched is None:
             patched = torch.empty(len(plan.variants), n)
         patched[:, idx] = out

@@ -28,13 +28,18 @@ def test_batched_equals_naive_loop(tiny_llama, tiny_pp):
     torch.testing.assert_close(tiny_pp.metric, slow.metric, atol=1e-5, rtol=0)
     torch.testing.assert_close(tiny_pp.joint_metric, slow.joint_metric, atol=1e-5, rtol=0)
     assert tiny_pp.clean_metric == pytest.approx(slow.clean_metric, abs=1e-6)
-    assert tiny_pp.forward_rows == slow.forward_rows  # same rows (the batched ones resume after the sender)...
-    assert tiny_pp.forward_calls < slow.forward_calls / 3  # ...in far fewer passes
     n_variants = len(slow.path) + len(slow.joint_path)
+    # the massive token is the first: a query there meets only its own key, so query-only variants (each q
+    # receiver and the joint "q") cannot change anything and the batched run does not run them
+    n_q = slow.path.count("q") + 1
+    q = torch.tensor([p == "q" for p in tiny_pp.path])
+    assert (tiny_pp.metric[q] == tiny_pp.clean_metric).all() and (slow.metric[q] - slow.clean_metric).abs().max() < 1e-5
+    assert tiny_pp.forward_rows == slow.forward_rows - 2 * n_q  # the batched rows resume after the sender...
+    assert tiny_pp.forward_calls < slow.forward_calls / 3  # ...in far fewer passes
     # two prompt lengths = two batches: 2 detection passes, 2 clean/corrupted passes (2 rows each), then
     # one pass per (variant, prompt) in the naive loop, ceil(variants / 5) per prompt batched
     assert slow.forward_calls == 2 + 2 + 2 * n_variants and slow.forward_rows == 2 + 4 + 2 * n_variants
-    assert tiny_pp.forward_calls == 2 + 2 + 2 * math.ceil(n_variants / 5)
+    assert tiny_pp.forward_calls == 2 + 2 + 2 * math.ceil((n_variants - n_q) / 5)
 
 
 def test_batched_equals_naive_custom_metric(tiny_llama):
@@ -192,9 +197,10 @@ def test_smollm2_paths_of_the_massive_activation(smollm2):
     (+1.58), then the values of KV head 2 in layer 24 (+0.74) and KV head 1 in layer 21 (+0.72)."""
     pp = path_patch(smollm2, "Summer is warm. Winter is cold.", batch_size=64)
     assert pp.sender_layer == 11 and pp.positions == ((0,),) and "dim(s) 507" in pp.sender
-    # one pass of clean + corrupted rows (detection rides on the clean row), then 271 receivers + 6 joints in 5
-    # passes resumed at block 12
-    assert pp.forward_calls == 6 and pp.forward_rows == 2 + 277
+    # one pass of clean + corrupted rows (detection rides on the clean row), then 271 receivers + 6 joints
+    # less the 162 queries and the joint "q" (BOS's query meets only its own key: exactly no effect), in 2
+    # passes resumed at block 12 and later
+    assert pp.forward_calls == 3 and pp.forward_rows == 2 + 277 - 163
     assert pp.clean_metric == pytest.approx(5.81, abs=0.1) and pp.total_effect > 8  # the model breaks
     s = pp.summary().set_index("path")
     assert s.effect["all"] == pytest.approx(pp.total_effect, abs=1e-3)  # every path together = full corruption
