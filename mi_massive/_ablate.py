@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._hooks import HookFn, capture, host_float64, run_with_hooks
 from ._resume import resumed
-from .arch import hook
+from .arch import hook, spec
 
 CAUSAL_COLUMNS = ["ablation", "massive_value", "loss"]
 SEARCH_COLUMNS = ["step", "layer", "row", "col", "value", "massive_value", "loss"]
@@ -150,10 +150,20 @@ def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Seq
           names: Sequence[str]) -> tuple[float, Acts]:
     """The value at the target with `weights` really zeroed, and the activations at `names` of that run.
 
-    Only the blocks from the first zeroed weight up to the target's run: before, the clean residual of `acts`
-    is resumed from (and its activations are kept); after, nothing is needed, so the pass stops.
+    When every weight sits in the target's own block and no norm follows the MLP, no pass is needed: up to the
+    target, zeroing W_out[col, row] changes only that block's MLP output and the residual after it, at `row`,
+    by -activation[:, col] * W_out[col, row] (its inputs come before it). Otherwise only the blocks from the
+    first zeroed weight up to the target's run: before, the clean residual of `acts` is resumed from (and its
+    activations are kept); after, nothing is needed, so the pass stops.
     """
     layer, pos, dim = target
+    if all(w[0] == layer for w in weights) and not spec(model).post_sublayer_norm:
+        out = dict(acts)
+        for name in (hook.mlp_out(layer), hook.resid_post(layer)):
+            out[name] = acts[name].clone()  # (pos, d_model)
+            for _, row, col in weights:
+                out[name][:, row] -= acts[hook.mlp_post(layer)][:, col] * float(model.blocks[layer].mlp.W_out[col, row])
+        return float(out[hook.resid_post(layer)][pos, dim]), out
     start = min([w[0] for w in weights] + [layer])
     keep = [n for n in dict.fromkeys(names) if start <= _block_of(n) <= layer]
     stop = layer + 1 if layer + 1 < model.cfg.n_layers else None

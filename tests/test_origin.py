@@ -133,18 +133,19 @@ def test_batched_causal_check_equals_one_pass_per_variant(family, monkeypatch):
 
 
 def test_forward_calls(tiny_llama):
-    """Default call: the capture pass; one short search pass (`probe`: super weight zeroed, only the blocks
-    from the writer to the target, stopping there); then one batched pass of the 5 ablation rows (top-5 zeroed,
-    3 random draws, super weight) resumed from the clean residual at the writer. The plant is gone after the
-    super weight, so the search stops. A full 3-step search adds one short pass (the last set is measured in
-    the batched pass only): 4 calls, 2 of them short, instead of 11 full ones."""
+    """Default call: the capture pass, then one batched pass of the 5 ablation rows (top-5 zeroed, 3 random
+    draws, super weight) resumed from the clean residual at the writer. The search's first step needs no pass:
+    the super weight sits in the target's own block, so zeroing it changes only that block's MLP output at
+    one dim, known from the capture; the plant is gone after it, so the search stops. With threshold 0 the
+    search goes on to weights in earlier blocks, each a short pass (`probe`, from that block to the target)."""
     plant = tiny_llama.mi_massive_plant
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world")
-    assert rows == [1, 1, 5]
+    assert rows == [1, 5]
     with _count_forwards(tiny_llama) as rows:
-        o = trace_origin(tiny_llama, "hello world", layer=2, pos=0, dim=plant.dim, threshold=0.0)
-    assert rows == [1, 1, 1, 7] and len(o.search) == 3
+        o = trace_origin(tiny_llama, "hello world", layer=plant.layer, pos=0, dim=plant.dim, threshold=0.0)
+    assert len(o.search) == 3 and o.search.layer.iloc[1] < plant.layer  # the next writer is an earlier block
+    assert rows == [1, 1, 7]  # capture, one short pass (step 2's weights reach back before the target's block)
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world", ablate=False)
     assert rows == [1]
@@ -167,8 +168,7 @@ def test_rows_skip_the_blocks_before_the_ablation(tiny_llama):
     assert ran[:n] == capture_pass
     probes, batched = ran[n:-(n - plant.layer)], ran[-(n - plant.layer):]
     assert batched == [(l, 5) for l in range(plant.layer, n)]
-    assert probes == [(plant.layer, 1)]  # one short pass: only the writer's block
-    assert plant.layer + 1 < n  # (so the probe did stop before the last block)
+    assert probes == []  # the search's step needs no pass (the super weight is in the target's block)
 
 
 def test_weights_restored_and_hooks_removed(tiny_llama):
@@ -267,7 +267,7 @@ def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
 def smollm2_origin(smollm2):
     with _count_forwards(smollm2) as rows:
         o = trace_origin(smollm2, PROMPT)
-    assert rows == [1, 1, 1, 7]  # capture, 2 short search passes (block 11 only), the 7 rows batched
+    assert rows == [1, 7]  # capture, the 7 rows batched (both search steps' weights are in block 11: no pass)
     return o
 
 

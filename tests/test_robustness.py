@@ -238,8 +238,8 @@ def _fail_on_call(monkeypatch, model, n: int, block: int = 2):
 FAILURES = [
     ("detection", lambda m, a: find_massive_activations(m, P), 1),
     ("origin capture", lambda m, a: trace_origin(m, P[0]), 1),
-    ("origin, super weight zeroed",  # the search's short pass zeroes the real weight and runs block 1 only
-     lambda m, a: trace_origin(m, P[0], n_random=0, search_steps=2, threshold=0.0), 2, 1),
+    ("origin, super weight zeroed",  # threshold 0: step 2 adds a block-0 weight, so its short pass zeroes the
+     lambda m, a: trace_origin(m, P[0], n_random=0, search_steps=3, threshold=0.0), 2, 1),  # real weights
     ("origin, neurons mean-ablated", lambda m, a: trace_origin(m, P[0], ablate="mean", n_random=0), 2),
     ("attention sinks", lambda m, a: attention_sinks(m, P), 2),
     ("implicit bias swap", lambda m, a: implicit_bias(m, P), 5),
