@@ -158,11 +158,10 @@ def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Seq
     """
     layer, pos, dim = target
     if all(w[0] == layer for w in weights) and not spec(model).post_sublayer_norm:
-        out = dict(acts)
-        for name in (hook.mlp_out(layer), hook.resid_post(layer)):
-            out[name] = acts[name].clone()  # (pos, d_model)
-            for _, row, col in weights:
-                out[name][:, row] -= acts[hook.mlp_post(layer)][:, col] * float(model.blocks[layer].mlp.W_out[col, row])
+        change = torch.zeros_like(acts[hook.mlp_out(layer)])  # (pos, d_model)
+        for _, row, col in weights:
+            change[:, row] -= acts[hook.mlp_post(layer)][:, col] * float(model.blocks[layer].mlp.W_out[col, row])
+        out = {**acts, **{n: acts[n] + change for n in (hook.mlp_out(layer), hook.resid_post(layer))}}
         return float(out[hook.resid_post(layer)][pos, dim]), out
     start = min([w[0] for w in weights] + [layer])
     keep = [n for n in dict.fromkeys(names) if start <= _block_of(n) <= layer]
@@ -273,7 +272,7 @@ def reference_causal_table(model: Any, tokens: Tensor, target: tuple[int, int, i
         with zeroed_weights(model, weights):
             _, raw = capture(model, tokens[None], [*names, hook.resid_post(target[0])])
         layer, pos, dim = target
-        return float(raw[hook.resid_post(layer)][0, pos, dim]), {n: t[0].double().cpu() for n, t in raw.items()}
+        return float(raw[hook.resid_post(layer)][0, pos, dim]), host_float64(raw)
 
     sets = _search(first_weight, run_step, find_next, search_steps, threshold)
     measured = []

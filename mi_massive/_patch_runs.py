@@ -7,8 +7,7 @@ with hooks written position by position, so the two share no indexing code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +34,6 @@ def _corrupt(corruption: Corruption, values: Tensor) -> Tensor:
     return torch.zeros_like(values) if corruption == "zero" else torch.full_like(values, float(corruption))
 
 
-@contextmanager
-def replaced_weight(weight: Tensor, index: tuple[int, int], corruption: Corruption) -> Iterator[None]:
-    """Set one weight entry (a view of the model's parameter) for the body; restore it in `finally`."""
-    with torch.no_grad():
-        old = weight[index].clone()
-        try:
-            weight[index] = _corrupt(corruption, old)
-            yield
-        finally:
-            weight[index] = old
-
-
 Site = tuple[int, int, int]  # (first layer, pos, dim) of one massive entry of one prompt
 
 
@@ -58,8 +45,7 @@ class Pair:
     clean: Tensor  # metric per prompt
     corrupted: Tensor
     source: dict[str, Tensor]  # the corrupted rows' activations at the receiver hooks
-    resid: dict[int, Tensor]  # the clean residual after each block from `resid_layer` on (batch, pos, d_model)
-    resid_layer: int | None
+    resid: dict[int, Tensor]  # the clean residual after each block from the sender's on (batch, pos, d_model)
 
 
 def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: Corruption, metric: Metric,
@@ -133,7 +119,7 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     rows = tokens.repeat(2, 1)
     logits = run_with_hooks(model, rows, hooks)
     m = metric_rows(metric, logits, rows)
-    return Pair(found, m[:n], m[n:], source, resid, kept["layer"])
+    return Pair(found, m[:n], m[n:], source, resid)
 
 
 # --- receivers ------------------------------------------------------------------------------------------------
@@ -239,7 +225,7 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
         start = min([first[j] for j in part] + [model.cfg.n_layers - 1])  # the direct path's hook is the last block's
         rows = tokens.repeat(len(part), 1)  # row k * n + b is variant part[k] on prompt b
         hooks = _patch_hooks(model, [variants[j] for j in part], n, positions, corrupted)
-        clean = resid.get(start - 1)
-        out[part] = run_rows(model, rows, hooks, metric, counter, start=start if clean is not None else 0,
-                             resid=None if clean is None else clean.repeat(len(part), 1, 1)).view(len(part), n)
+        before = resid.get(start - 1)  # the clean residual entering block `start`
+        out[part] = run_rows(model, rows, hooks, metric, counter, start=start if before is not None else 0,
+                             resid=None if before is None else before.repeat(len(part), 1, 1)).view(len(part), n)
     return out

@@ -2,8 +2,8 @@
 
 Batched causal runs (trace_origin's ablations, path patching's receivers) differ from the clean run only from
 some block on, and every block before it computes what the clean run computed. `resumed(model, start, resid)`
-makes blocks 0..start-1 return `resid` (the clean `blocks.{start}.hook_resid_pre`, repeated to the batch)
-without computing anything, so a pass costs only the blocks from `start` on, the final norm and the unembedding.
+makes blocks 0..start-1 compute nothing, block start-1 returning `resid` (the clean
+`blocks.{start}.hook_resid_pre`, repeated to the batch), so a pass costs only the blocks from `start` on, the final norm and the unembedding.
 The model's own forward still runs end to end (embedding, masks, rotary tables, final norm, lm_head,
 soft-capping), so whatever a family does outside its blocks stays exact.
 
@@ -23,7 +23,8 @@ from torch import Tensor
 
 @contextmanager
 def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
-    """Skip blocks 0..start-1: each returns `resid` (batch or 1, pos, d_model), expanded to the run's batch.
+    """Skip blocks 0..start-1: block start-1 returns `resid` (batch or 1, pos, d_model), expanded to the run's
+    batch; the ones before it pass their input on untouched.
 
     `start=0` or `resid=None` runs the model unchanged; `start=n_layers` runs only what follows the blocks.
     """
@@ -34,7 +35,10 @@ def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
         raise ValueError(f"start must be in 1..{model.cfg.n_layers}, got {start}")
     blocks = [model.blocks[l] for l in range(start)]  # the bridge's blocks: their own hook points are skipped too
 
-    def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def pass_through(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states  # what it returns is never read: the last skipped block replaces it
+
+    def last(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         r = resid.to(hidden_states.device, hidden_states.dtype)
         if r.shape[1:] != hidden_states.shape[1:] or r.shape[0] not in (1, hidden_states.shape[0]):
             raise ValueError(f"resumed residual has shape {tuple(r.shape)}, the run {tuple(hidden_states.shape)}")
@@ -42,8 +46,9 @@ def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
 
     saved = [b.__dict__.get("forward") for b in blocks]  # an instance forward set by someone else comes back
     try:
-        for b in blocks:  # an instance attribute shadows the class's forward; object.__setattr__ because the
-            object.__setattr__(b, "forward", skip)  # bridge's own __setattr__ passes it on to the HF layer
+        for l, b in enumerate(blocks):  # an instance attribute shadows the class's forward; object.__setattr__
+            # because the bridge's own __setattr__ passes it on to the HF layer
+            object.__setattr__(b, "forward", last if l == start - 1 else pass_through)
         yield
     finally:
         for b, old in zip(blocks, saved):

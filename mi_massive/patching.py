@@ -261,8 +261,7 @@ def path_patch(
         idx = list(batch.index)
         pair = clean_and_corrupted(
             model, batch.tokens, sender, corruption, metric, names, sites=None if sites is None else [sites[i] for i in idx],
-            resid_layer=None if sender[0] == "massive" and plan is None else (plan.first if sender[0] == "massive"
-                                                                              else sender[1]),
+            resid_layer=sender[1] if sender[0] != "massive" else plan.first if plan else None,
             threshold=threshold, ratio=ratio)
         counter[0] += 1
         counter[1] += 2 * len(idx)

@@ -142,8 +142,6 @@ def test_no_massive_activation_or_wrong_detection(tiny_llama, tiny_random):
 
 
 def test_hooks_removed_and_weight_restored_on_error(tiny_llama):
-    from mi_massive._patch_runs import replaced_weight
-
     state = ModelState.of(tiny_llama)
     path_patch(tiny_llama, "hello", receivers=("k", "direct"))
     state.check(tiny_llama)
@@ -166,13 +164,13 @@ def test_hooks_removed_and_weight_restored_on_error(tiny_llama):
         path_patch(tiny_llama, "hello", corruption=broken_corruption)
     state.check(tiny_llama)
 
-    plant = tiny_llama.mi_massive_plant
+    plant = tiny_llama.mi_massive_plant  # a super-weight sender fails mid-run: no weight is left changed
     w = tiny_llama.blocks[plant.layer].mlp.W_out
     before = w.clone()
-    with pytest.raises(RuntimeError, match="inside"):
-        with replaced_weight(w, (plant.neuron, plant.dim), "zero"):
-            assert w[plant.neuron, plant.dim] == 0
-            raise RuntimeError("inside")
+    broken_metric.calls = 0
+    with pytest.raises(RuntimeError, match="metric failed"):
+        path_patch(tiny_llama, "hello", metric=broken_metric,
+                   senders=("super_weight", plant.layer, plant.neuron, plant.dim))
     assert torch.equal(w, before)
     state.check(tiny_llama)
 
