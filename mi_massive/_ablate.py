@@ -4,8 +4,9 @@ All independent ablations run as the rows of ONE batched forward pass (`run_vari
 a per-row hook on `blocks.{l}.mlp.hook_post`; zeroing the down-projection entry W_out[neuron, dim] for one row
 subtracts act[..., neuron] * W_out[neuron, dim] from that row's MLP output at `dim`, at the down projection's
 own output (before any post-MLP norm such as Gemma's ln2_post), which equals running with the weight zeroed.
-Every row equals the clean run before its first ablated block, so the pass resumes there from the clean
-residual (`_resume.resumed`) and the earlier blocks are not run again. The iterative super-weight search is
+Every row equals the clean run before its first ablated block, so it joins there from the clean residual
+(`_resume.resumed`) and the earlier blocks are not run again for it: rows that start earlier than the others
+(a search weight in an early block) run alone in a short pass up to where the others join them. The iterative super-weight search is
 sequential (each step needs the trace of the previous one), but a step only runs the blocks from the first
 zeroed weight to the target (`probe`), with weights edited only inside `zeroed_weights`, which restores every
 entry in `finally`; its rows are then measured in the batched pass with the others.
@@ -14,7 +15,9 @@ Hooks run through `_hooks.run_with_hooks` (they must fire and always come off).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import bisect
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +35,7 @@ CAUSAL_COLUMNS = ["ablation", "massive_value", "loss"]
 SEARCH_COLUMNS = ["step", "layer", "row", "col", "value", "massive_value", "loss"]
 
 Entry = tuple[int, int, int]  # (layer, row = residual dim, col = neuron) of the down projection
-Acts = dict[str, Tensor]  # one run's activations by hook name: batch dim removed, float64, CPU
+Acts = Mapping[str, Tensor]  # one run's activations by hook name: batch dim removed, float64, CPU
 FindNext = Callable[[Sequence[Entry], Acts], "Entry | None"]
 
 
@@ -83,10 +86,15 @@ class Variant:
 
 
 def row_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Tensor) -> Float[Tensor, "batch"]:
-    """Each row's mean next-token loss (float32), as `model(tokens, return_type="loss")` gives for one row."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    target = tokens[1:].to(logp.device)[None, :, None].expand(logp.shape[0], -1, 1)
-    return -logp.gather(-1, target)[..., 0].mean(-1).cpu()
+    """Each row's mean next-token loss (float32), as `model(tokens, return_type="loss")` gives for one row.
+
+    One row's log-probabilities at a time: those of the whole batch would be fresh memory the size of the
+    logits (tens of MB, a page fault per 4 KiB on the CPU); a row's are the same numbers.
+    """
+    n = len(tokens) - 1  # positions with a next token: the logits may stop there (at the last token they do not)
+    target = tokens[1:].to(logits.device)[:, None]  # (n, 1)
+    picked = torch.stack([row[:n].float().log_softmax(-1).gather(-1, target)[:, 0] for row in logits])
+    return -picked.mean(-1).cpu()
 
 
 def clean_resid(acts: Acts, start: int) -> Tensor:
@@ -98,18 +106,27 @@ def _block_of(name: str) -> int:
     return int(name.split(".")[1])
 
 
+def _first_block(v: Variant, layer: int) -> int:
+    """The first block where row `v` differs from the clean run (the target's block for an unablated row)."""
+    return min([v.layer] * bool(v.neurons) + [w[0] for w in v.weights] + [layer])
+
+
 def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], variants: Sequence[Variant],
                  acts: Acts) -> list[tuple[float, float]]:
-    """One forward pass of the prompt repeated once per variant, each row with its own ablation.
+    """The prompt repeated once per variant, each row with its own ablation; returns (value at the target, loss)
+    per row.
 
-    The rows equal the clean run (`acts`) before the first ablated block, so the pass resumes there from the
-    clean residual and the blocks before it are not run. Returns (value at the target, loss) per row.
+    A row equals the clean run (`acts`) before its first ablated block, so it joins there from the clean
+    residual and the blocks before it are not run for it. Rows are ordered by that block; the rows that start
+    earlier run alone (a short pass, `stop_at_layer`) up to the next start, where the next rows join, and the
+    last pass, from the latest start on, holds every row and gives the logits.
     """
     layer, pos, dim = target
-    n = len(variants)
-    hooks: list[tuple[str, HookFn]] = []
+    order = sorted(range(len(variants)), key=lambda i: _first_block(variants[i], layer))
+    variants = [variants[i] for i in order]  # each pass runs a prefix of these rows: its row indices are theirs
+    starts = [_first_block(v, layer) for v in variants]
+    hooks: list[tuple[int, str, HookFn]] = []  # (block, hook name, hook)
     layers = sorted({v.layer for v in variants if v.neurons} | {w[0] for v in variants for w in v.weights})
-    start = min(layers + [layer])
     post: dict[tuple[int, int], Tensor] = {}  # (row, layer) -> that row's (ablated) MLP activation
     for l in layers:
         def set_neurons(x: Tensor, hook_point: Any, l: int = l) -> Tensor:
@@ -131,19 +148,31 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
                         x[i, :, row] -= post[i, l][:, col] * W[col, row].to(x.dtype)
             return x
 
-        hooks.append((hook.mlp_post(l), set_neurons))
+        hooks.append((l, hook.mlp_post(l), set_neurons))
         if any(w[0] == l for v in variants for w in v.weights):
-            hooks.append((down_proj_out(l), drop_weights))
+            hooks.append((l, down_proj_out(l), drop_weights))
     seen: dict[str, Tensor] = {}
 
     def read(x: Tensor, hook_point: Any) -> None:
         seen["value"] = x[:, pos, dim].detach().float().cpu()
 
-    hooks.append((hook.resid_post(layer), read))
-    with resumed(model, start, clean_resid(acts, start)):
-        logits = run_with_hooks(model, tokens[None].expand(n, -1), hooks, return_type="logits")
-    losses = row_losses(logits, tokens)
-    return [(float(seen["value"][i]), float(losses[i])) for i in range(n)]
+    hooks.append((layer, hook.resid_post(layer), read))
+    n_run = max(pos + 1, len(tokens) - 1)  # the last token's logits are not in the loss and, attention being
+    # causal, no other position reads it: it is run only when it is the target's
+    bounds = sorted(set(starts))
+    out: Tensor | None = None  # a pass's output: the residual entering the next start's block, at last the logits
+    for s, stop in zip(bounds, bounds[1:] + [None]):
+        k = bisect.bisect_right(starts, s)  # the rows that start at or before block s
+        resid = clean_resid(acts, s)[:, :n_run]  # (1, pos, d_model): where the rows starting at block s join
+        if out is not None:
+            resid = torch.cat([out, resid.to(out.device, out.dtype).expand(k - len(out), -1, -1)])
+        with resumed(model, s, resid):
+            out = run_with_hooks(model, tokens[None, :n_run].expand(k, -1),
+                                 [(n, f) for l, n, f in hooks if s <= l and (stop is None or l < stop)],
+                                 **({"return_type": "logits"} if stop is None else {"stop_at_layer": stop}))
+    losses = row_losses(out, tokens)
+    by_row = {i: (float(seen["value"][j]), float(losses[j])) for j, i in enumerate(order)}
+    return [by_row[i] for i in range(len(variants))]
 
 
 def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Sequence[Entry], acts: Acts,
@@ -161,16 +190,14 @@ def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Seq
         change = torch.zeros_like(acts[hook.mlp_out(layer)])  # (pos, d_model)
         for _, row, col in weights:
             change[:, row] -= acts[hook.mlp_post(layer)][:, col] * float(model.blocks[layer].mlp.W_out[col, row])
-        out = {**acts, **{n: acts[n] + change for n in (hook.mlp_out(layer), hook.resid_post(layer))}}
+        out = ChainMap({n: acts[n] + change for n in (hook.mlp_out(layer), hook.resid_post(layer))}, acts)
         return float(out[hook.resid_post(layer)][pos, dim]), out
     start = min([w[0] for w in weights] + [layer])
     keep = [n for n in dict.fromkeys(names) if start <= _block_of(n) <= layer]
     stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
     with zeroed_weights(model, weights), resumed(model, start, clean_resid(acts, start)):
         _, raw = capture(model, tokens[None], [*keep, hook.resid_post(layer)], stop_at_layer=stop)
-    out = dict(acts)
-    out.update(host_float64({n: raw[n] for n in keep}))
-    return float(raw[hook.resid_post(layer)][0, pos, dim]), out
+    return float(raw[hook.resid_post(layer)][0, pos, dim]), ChainMap(host_float64({n: raw[n] for n in keep}), acts)
 
 
 def _variants(model: Any, *, writer: int, top: Sequence[int], mean_values: Tensor, mode: str, n_random: int,

@@ -132,36 +132,32 @@ class Origin(Result):
         return s
 
 
-def _massive_sites(acts: dict[str, Tensor], n_layers: int, threshold: float, ratio: float) -> Tensor:
-    """Rows (layer, pos, dim) of the paper's rule over the block outputs of one prompt."""
-    hits = []
-    for l in range(n_layers):
-        mask = massive_mask(acts[hook.resid_post(l)][None], threshold=threshold, ratio=ratio)[0]  # (pos, d_model)
-        p, d = mask.nonzero(as_tuple=True)
-        hits.append(torch.stack([torch.full_like(p, l), p, d], 1))
-    return torch.cat(hits)
+def _massive_sites(resid: Float[Tensor, "layer pos d_model"], threshold: float, ratio: float) -> Tensor:
+    """Rows (layer, pos, dim) of the paper's rule over the block outputs of one prompt (a layer is a row of the
+    rule's batch: its median is that layer's)."""
+    return massive_mask(resid, threshold=threshold, ratio=ratio).nonzero()
 
 
-def _pick_target(acts: dict[str, Tensor], n_layers: int, layer: int | None, pos: int | None, dim: int | None,
+def _pick_target(acts: Acts, n_layers: int, layer: int | None, pos: int | None, dim: int | None,
                  threshold: float, ratio: float) -> tuple[int, int, int] | None:
     """The asked site; free coordinates from the largest matching massive activation, at its first layer."""
     if layer is not None and pos is not None and dim is not None:
         return layer, pos, dim
-    sites = _massive_sites(acts, n_layers, threshold, ratio)
+    resid = torch.stack([acts[hook.resid_post(l)] for l in range(n_layers)])  # (layer, pos, d_model)
+    sites = _massive_sites(resid, threshold, ratio)
     for col, want in ((0, layer), (1, pos), (2, dim)):
         if want is not None:
             sites = sites[sites[:, col] == want]
     if not len(sites):
         return None
-    size = torch.stack([acts[hook.resid_post(int(l))][p, d].abs() for l, p, d in sites])
-    _, p, d = (int(v) for v in sites[size.argmax()])
+    _, p, d = (int(v) for v in sites[resid[tuple(sites.T)].abs().argmax()])
     if layer is None:
         same = sites[(sites[:, 1] == p) & (sites[:, 2] == d)]
         layer = int(same[:, 0].min())
     return layer, p, d
 
 
-def _writer(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
+def _writer(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
     """The sign of x[layer, pos, dim], the block that writes it and that block's neurons' parts."""
     v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     v[dim] = 1.0
@@ -171,7 +167,7 @@ def _writer(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int)
     return sign, writer, per_neuron
 
 
-def _trace(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int):
+def _trace(model: Any, acts: Acts, layer: int, pos: int, dim: int):
     """Components of x[layer, pos, dim], the writing block and its neurons' parts."""
     v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     v[dim] = 1.0
@@ -180,7 +176,7 @@ def _trace(model: Any, acts: dict[str, Tensor], layer: int, pos: int, dim: int):
     return float(acts[hook.resid_post(layer)][pos, dim]), sign, comps, writer, per_neuron
 
 
-def _neuron_table(model: Any, acts: dict[str, Tensor], writer: int, pos: int, dim: int, sign: float,
+def _neuron_table(model: Any, acts: Acts, writer: int, pos: int, dim: int, sign: float,
                   per_neuron: Tensor, top_k: int) -> pd.DataFrame:
     mlp_part = float(acts[hook.mlp_out(writer)][pos, dim])
     order = torch.argsort(sign * per_neuron, descending=True)[:top_k]

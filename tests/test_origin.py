@@ -137,7 +137,9 @@ def test_forward_calls(tiny_llama):
     draws, super weight) resumed from the clean residual at the writer. The search's first step needs no pass:
     the super weight sits in the target's own block, so zeroing it changes only that block's MLP output at
     one dim, known from the capture; the plant is gone after it, so the search stops. With threshold 0 the
-    search goes on to weights in earlier blocks, each a short pass (`probe`, from that block to the target)."""
+    search goes on to weights in earlier blocks, each a short pass (`probe`, from that block to the target);
+    the rows of those weight sets start before the writer, so they run alone (a short pass up to the writer)
+    until the other rows join them there."""
     plant = tiny_llama.mi_massive_plant
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world")
@@ -145,7 +147,9 @@ def test_forward_calls(tiny_llama):
     with _count_forwards(tiny_llama) as rows:
         o = trace_origin(tiny_llama, "hello world", layer=plant.layer, pos=0, dim=plant.dim, threshold=0.0)
     assert len(o.search) == 3 and o.search.layer.iloc[1] < plant.layer  # the next writer is an earlier block
-    assert rows == [1, 1, 7]  # capture, one short pass (step 2's weights reach back before the target's block)
+    assert set(o.search.layer.iloc[1:]) == {0} and plant.layer == 1
+    assert rows == [1, 1, 2, 7]  # capture, step 2's short pass, the 2 rows with a weight in block 0 (block 0
+    # only), then all 7 rows from block 1
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world", ablate=False)
     assert rows == [1]
@@ -267,7 +271,8 @@ def test_save_load_and_cli(tiny_origin, tmp_path, capsys, monkeypatch):
 def smollm2_origin(smollm2):
     with _count_forwards(smollm2) as rows:
         o = trace_origin(smollm2, PROMPT)
-    assert rows == [1, 7]  # capture, the 7 rows batched (both search steps' weights are in block 11: no pass)
+    assert rows == [1, 1, 7]  # capture; no probe (steps 1-2's weights are in block 11); the search's last row
+    # alone through blocks 2-10 (its third weight is in block 2); the 7 rows from block 11
     return o
 
 
