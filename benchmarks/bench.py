@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py                       # CPU, smollm2-135m: scan, origin, patching, loads
     python benchmarks/bench.py --device cuda --gpu   # adds bf16/fp32 scans and a random 1B LLaMA
-    python benchmarks/bench.py --device cuda --gpu --skip origin patch load --cuda-stats select
+    python benchmarks/bench.py --device cuda --gpu --skip origin patch load --cuda-stats sort
 
 Prints one line per figure and appends a JSON record to --out (default: benchmarks/results.jsonl).
 """
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
-    p.add_argument("--cuda-stats", choices=["sort", "select"], default=None,
+    p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
                    help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
     p.add_argument("--side-stream", choices=["on", "off"], default=None,
                    help="the scan's statistics on a second CUDA stream (mi_massive.detect._CUDA_SIDE_STREAM)")

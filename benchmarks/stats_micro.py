@@ -1,33 +1,43 @@
 """Exact per-row median |x| and top-kk |x| (values and flat indices): implementations timed against each other.
 
 The scan keeps, for every layer and prompt, the median |x| over (pos * d_model) entries and the kk largest
-|x| with their indices (`detect._layer_stats`). On CUDA that is a segmented sort today; this times exact
-alternatives on the shapes of a scan batch and checks each against the sort before timing it.
+|x| with their indices (`detect._layer_stats`). On CUDA that is `_select.median_topk` (Triton) where Triton
+runs, else a segmented sort; this times exact alternatives on the shapes of a scan's statistics call (on
+CUDA the scan takes the block outputs of up to 256 MB of layers at once, so rows = layers x batch) and
+checks each against the sort before timing it.
 
     python benchmarks/stats_micro.py --device cuda                # one JSON line per (shape, dtype, variant)
     python benchmarks/stats_micro.py --device cpu --shapes 16x147456 --repeat 5
 
 Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each checked against "sort":
-  sort          detect._sorted_stats, the CUDA path today: sort chunks of rows, read the lower median, top kk
+  sort          detect._sorted_stats, the CUDA path without Triton: sort chunks of rows, read the lower
+                median and the top kk
   builtin       torch.median + torch.topk on whole rows (the CPU path)
   seg+median    two-stage top-kk (top kk of each 4096-entry segment, then of the winners) + torch.median
   seg+kthvalue  two-stage top-kk + torch.kthvalue at the lower median's rank
-  select        detect._selected_stats (detect._CUDA_STATS = "select"): two-stage top-kk + a radix-select
-                median on the bit patterns of |x| (int32, int16 for 16-bit floats), 8-bit digits, per-row
-                histograms by scatter_add; fixed shapes, no host sync
-                (32 histograms a row, entry j in the (j % 32)-th, so that atomic adds rarely collide)
+  select        two-stage top-kk + a radix-select median in torch ops on the bit patterns of |x| (int32,
+                int16 for 16-bit floats), 8-bit digits, per-row histograms by scatter_add; fixed shapes, no
+                host sync (32 histograms a row, entry j in the (j % 32)-th, so that atomic adds rarely
+                collide). The scan's "select" path in session 2; here only since Triton's is faster
   select/1hist  the same with one histogram a row (every entry of a row adds into the same 257 bins)
   seg+radix16   the same with 16-bit digits (half the passes over fp32, one over bf16; 65536 bins a row)
   seg+bisect    two-stage top-kk + a median by bisection on the bit patterns: 31 (fp32) or 15 (16-bit)
                 per-row counts, reductions only (no atomics, no sort)
   topk+radix    torch.topk on whole rows + the radix-select median
+  triton        mi_massive._select.median_topk (detect._CUDA_STATS = "triton", the default where Triton runs):
+                radix select in Triton kernels, 8-bit digits, straight from the signed x (no |x| tensor);
+                timed on x itself. On the CPU only with TRITON_INTERPRET=1 (for checking, not timing)
+  triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
+  triton/dense  the same with a histogram in every chunk (no per-entry atomics for sparse chunks)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +47,77 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peak_memory, timeit  # noqa: E402  (this folder)
-from mi_massive.detect import _radix_median, _segmented_topk, _selected_stats, _sorted_stats  # noqa: E402
+from mi_massive import _select  # noqa: E402
+from mi_massive.detect import _sorted_stats  # noqa: E402
 
 Stats = tuple[Tensor, Tensor, Tensor]  # median (rows,), top values (rows, kk), their flat indices (rows, kk)
+SEGMENT = 4096  # entries per segment of the two-stage top-k
+HIST_COPIES = 32  # histograms per row in the torch radix select (spreads CUDA's atomic adds)
+
+
+def segmented_topk(a: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    """Top kk per row as the top kk of each segment's top kk: many short selections instead of one long one."""
+    n_seg = a.shape[1] // SEGMENT
+    if kk > SEGMENT // 4 or n_seg < 2:
+        return a.topk(kk, dim=1)
+    v, i = a[:, : n_seg * SEGMENT].unflatten(1, (n_seg, SEGMENT)).topk(kk, dim=2)  # (batch, n_seg, kk)
+    i = i + torch.arange(0, n_seg * SEGMENT, SEGMENT, device=a.device)[:, None]
+    tail = a[:, n_seg * SEGMENT :]  # (batch, < SEGMENT)
+    tv, ti = tail.topk(min(kk, tail.shape[1]), dim=1)
+    v, i = torch.cat([v.flatten(1), tv], 1), torch.cat([i.flatten(1), ti + n_seg * SEGMENT], 1)
+    top, j = v.topk(kk, dim=1)  # (batch, kk), sorted
+    return top, i.gather(1, j)
+
+
+def radix_median(a: Tensor, digit_bits: int = 8, copies: int = HIST_COPIES) -> Tensor:
+    """Lower median per row of non-negative floats (NaN counted largest, as by sort), by radix select on their
+    bit patterns: one per-row histogram of each `digit_bits`-bit digit, fixed shapes, no host sync. Each row
+    fills `copies` histograms (entry j the (j % copies)-th), so that CUDA's atomic adds rarely collide."""
+    batch, n = a.shape
+    width = a.element_size() * 8
+    ints = {16: torch.int16, 32: torch.int32}[width]
+    bits = a.contiguous().view(ints).to(torch.int32)  # (batch, n), ordered like the values
+    n_bins = 1 << digit_bits
+    copy_base = (torch.arange(n, device=a.device) % copies) * (n_bins + 1)  # (n,): each entry's histogram
+    rank = torch.full((batch, 1), (n - 1) // 2, dtype=torch.long, device=a.device)  # rank within the prefix
+    prefix = torch.zeros(batch, 1, dtype=torch.int32, device=a.device)  # the median's bits found so far
+    ones = torch.ones(1, dtype=torch.long, device=a.device).expand(batch, n)
+    for shift in range(width - digit_bits, -1, -digit_bits):
+        digit = (bits >> shift) & (n_bins - 1)  # (batch, n)
+        if shift + digit_bits < width:  # entries off the prefix count in an extra bin
+            digit = torch.where((bits >> (shift + digit_bits)) == (prefix >> (shift + digit_bits)), digit, n_bins)
+        hist = torch.zeros(batch, copies * (n_bins + 1), dtype=torch.long, device=a.device)
+        hist = hist.scatter_add_(1, digit + copy_base, ones).view(batch, copies, n_bins + 1).sum(1)
+        cum = hist[:, :n_bins].cumsum(1)  # (batch, n_bins)
+        d = (cum <= rank).sum(1, keepdim=True)  # the digit holding the rank
+        rank = rank - torch.where(d > 0, cum.gather(1, (d - 1).clamp(min=0)), 0)
+        prefix = prefix | (d.to(torch.int32) << shift)
+    return prefix[:, 0].to(ints).view(a.dtype)
+
+
+def selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What `_sorted_stats` returns, by selection in torch ops instead of a sort."""
+    return (radix_median(a), *segmented_topk(a, kk))
+
+
+def _with_digit(bits: int, x: Tensor, kk: int) -> Stats:
+    """_select.median_topk with another digit width (fewer rounds and more bins, or the reverse)."""
+    saved = _select.DIGIT
+    _select.DIGIT = bits
+    try:
+        return _select.median_topk(x, kk)[:3]
+    finally:
+        _select.DIGIT = saved
+
+
+def _dense(x: Tensor, kk: int) -> Stats:
+    """_select.median_topk with a histogram in every chunk, however few entries it counts."""
+    saved = _select._SPARSE
+    _select._SPARSE = -1
+    try:
+        return _select.median_topk(x, kk)[:3]
+    finally:
+        _select._SPARSE = saved
 
 
 def bisect_median(a: Tensor) -> Tensor:
@@ -65,14 +143,20 @@ def kth_median(a: Tensor) -> Tensor:
 VARIANTS: dict[str, Callable[[Tensor, int], Stats]] = {
     "sort": _sorted_stats,
     "builtin": lambda a, kk: (a.median(dim=1).values, *a.topk(kk, dim=1)),
-    "seg+median": lambda a, kk: (a.median(dim=1).values, *_segmented_topk(a, kk)),
-    "seg+kthvalue": lambda a, kk: (kth_median(a), *_segmented_topk(a, kk)),
-    "select": _selected_stats,  # seg + radix median, 8-bit digits: detect's _CUDA_STATS = "select"
-    "select/1hist": lambda a, kk: (_radix_median(a, copies=1), *_segmented_topk(a, kk)),
-    "seg+radix16": lambda a, kk: (_radix_median(a, 16, copies=1), *_segmented_topk(a, kk)),
-    "seg+bisect": lambda a, kk: (bisect_median(a), *_segmented_topk(a, kk)),
-    "topk+radix": lambda a, kk: (_radix_median(a), *a.topk(kk, dim=1)),
+    "seg+median": lambda a, kk: (a.median(dim=1).values, *segmented_topk(a, kk)),
+    "seg+kthvalue": lambda a, kk: (kth_median(a), *segmented_topk(a, kk)),
+    "select": selected_stats,  # seg + radix median, 8-bit digits (detect's "select" path in session 2)
+    "select/1hist": lambda a, kk: (radix_median(a, copies=1), *segmented_topk(a, kk)),
+    "seg+radix16": lambda a, kk: (radix_median(a, 16, copies=1), *segmented_topk(a, kk)),
+    "seg+bisect": lambda a, kk: (bisect_median(a), *segmented_topk(a, kk)),
+    "topk+radix": lambda a, kk: (radix_median(a), *a.topk(kk, dim=1)),
+    "triton": lambda a, kk: _select.median_topk(a, kk)[:3],
+    "triton/5bit": lambda a, kk: _with_digit(5, a, kk),
+    "triton/6bit": lambda a, kk: _with_digit(6, a, kk),
+    "triton/11bit": lambda a, kk: _with_digit(11, a, kk),
+    "triton/dense": lambda a, kk: _dense(a, kk),
 }
+SIGNED = ("triton", "triton/5bit", "triton/6bit", "triton/11bit", "triton/dense")  # takes x itself: timed without the abs the others need
 NAN_MEDIAN = ("builtin", "seg+median")  # torch.median returns NaN for a row holding a NaN; sort does not
 
 
@@ -94,7 +178,7 @@ def check(name: str, got: Stats, ref: Stats, a: Tensor) -> None:
     assert all(len(set(r.tolist())) == r.numel() for r in topi.cpu()), f"{name}: repeated index"
 
 
-def edge_cases(device: str) -> None:
+def edge_cases(device: str, names: list[str]) -> None:
     """inf and NaN (fp16 overflow), all-equal rows, rows shorter than a segment: every variant agrees with sort."""
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = residual_like(4, 10_001, torch.float32, "cpu", seed=1)
@@ -104,10 +188,14 @@ def edge_cases(device: str) -> None:
         x[2] = 1.0
         for a in (x.to(device, dtype).abs(), x[:, :100].to(device, dtype).abs()):
             ref = _sorted_stats(a, 64)
-            for name, fn in VARIANTS.items():
-                if name in NAN_MEDIAN:
-                    continue
-                check(f"{name} edge {dtype}", fn(a, 64), ref, a)
+            for name in names:
+                if name not in NAN_MEDIAN:
+                    check(f"{name} edge {dtype}", VARIANTS[name](a, 64), ref, a)
+
+
+def _runs_triton() -> bool:
+    """Triton's kernels run where CUDA is, or anywhere in its interpreter."""
+    return _select.available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,14 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", nargs="*", default=["16x147456", "16x524288"],
                    help="ROWSxN; default 16 x 256*576 (smollm2) and 16 x 256*2048 (the 1.1B LLaMA)")
     p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in SIGNED or _runs_triton()])
     p.add_argument("--kk", type=int, default=64)
     p.add_argument("--repeat", type=int, default=None, help="timed runs per variant (default 50 on CUDA, 5 on CPU)")
     args = p.parse_args(argv)
     repeat = args.repeat or (50 if args.device.startswith("cuda") else 5)
     torch.set_grad_enabled(False)
-    edge_cases(args.device)
-    meta = {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    edge_cases(args.device, args.variants)
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(["stats_micro.py", *sys.argv[1:]]),
+            "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     for shape in args.shapes:
         rows, n = (int(v) for v in shape.split("x"))
@@ -135,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in dict.fromkeys(["sort", *args.variants]):  # sort first: the others are ratios to it
                 fn = VARIANTS[name]
                 check(name, fn(a, args.kk), ref, a)
-                run = lambda: fn(x.abs(), args.kk)  # noqa: E731
+                run = (lambda: fn(x, args.kk)) if name in SIGNED else (lambda: fn(x.abs(), args.kk))  # noqa: E731
                 sec = timeit(run, args.device, repeat=repeat)
                 peak = peak_memory(run, args.device) if args.device.startswith("cuda") else 0.0
                 base = base or sec

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _bare, _inputs
+from . import _bare, _inputs, _select
 from ._hooks import check_weights, run_with_hooks
 from ._results import Result
 from .arch import hook
@@ -176,10 +176,9 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
-_CUDA_SIDE_STREAM = True  # on CUDA, each layer's statistics run on a second stream, beside the next layers
-_CUDA_STATS = "sort"  # "sort" (segmented sort) or "select" (segment top-k + radix-select median); both exact
-_SEGMENT = 4096  # entries per segment of the two-stage top-k
-_HIST_COPIES = 32  # histograms per row in the radix select (spreads CUDA's atomic adds)
+_CUDA_SIDE_STREAM = True  # on CUDA, each group's statistics run on a second stream, beside the next layers
+_GROUP_BYTES = 256 << 20  # on CUDA, block outputs gathered for one statistics call (`_Stash`)
+_CUDA_STATS = "triton"  # "triton" (`_select`: radix select, where Triton runs) or "sort" (segmented sort); exact
 
 
 def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -196,62 +195,77 @@ def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
 
 
-def _segmented_topk(a: Tensor, kk: int) -> tuple[Tensor, Tensor]:
-    """Top kk per row as the top kk of each segment's top kk: many short selections instead of one long one."""
-    n_seg = a.shape[1] // _SEGMENT
-    if kk > _SEGMENT // 4 or n_seg < 2:
-        return a.topk(kk, dim=1)
-    v, i = a[:, : n_seg * _SEGMENT].unflatten(1, (n_seg, _SEGMENT)).topk(kk, dim=2)  # (batch, n_seg, kk)
-    i = i + torch.arange(0, n_seg * _SEGMENT, _SEGMENT, device=a.device)[:, None]
-    tail = a[:, n_seg * _SEGMENT :]  # (batch, < _SEGMENT)
-    tv, ti = tail.topk(min(kk, tail.shape[1]), dim=1)
-    v, i = torch.cat([v.flatten(1), tv], 1), torch.cat([i.flatten(1), ti + n_seg * _SEGMENT], 1)
-    top, j = v.topk(kk, dim=1)  # (batch, kk), sorted
-    return top, i.gather(1, j)
-
-
-def _radix_median(a: Tensor, digit_bits: int = 8, copies: int = _HIST_COPIES) -> Tensor:
-    """Lower median per row of non-negative floats (NaN counted largest, as by sort), by radix select on their
-    bit patterns: one per-row histogram of each `digit_bits`-bit digit, fixed shapes, no host sync. Each row
-    fills `copies` histograms (entry j the (j % copies)-th), so that CUDA's atomic adds rarely collide."""
-    batch, n = a.shape
-    width = a.element_size() * 8
-    ints = {16: torch.int16, 32: torch.int32}[width]
-    bits = a.contiguous().view(ints).to(torch.int32)  # (batch, n), ordered like the values
-    n_bins = 1 << digit_bits
-    copy_base = (torch.arange(n, device=a.device) % copies) * (n_bins + 1)  # (n,): each entry's histogram
-    rank = torch.full((batch, 1), (n - 1) // 2, dtype=torch.long, device=a.device)  # rank within the prefix
-    prefix = torch.zeros(batch, 1, dtype=torch.int32, device=a.device)  # the median's bits found so far
-    ones = torch.ones(1, dtype=torch.long, device=a.device).expand(batch, n)
-    for shift in range(width - digit_bits, -1, -digit_bits):
-        digit = (bits >> shift) & (n_bins - 1)  # (batch, n)
-        if shift + digit_bits < width:  # entries off the prefix count in an extra bin
-            digit = torch.where((bits >> (shift + digit_bits)) == (prefix >> (shift + digit_bits)), digit, n_bins)
-        hist = torch.zeros(batch, copies * (n_bins + 1), dtype=torch.long, device=a.device)
-        hist = hist.scatter_add_(1, digit + copy_base, ones).view(batch, copies, n_bins + 1).sum(1)
-        cum = hist[:, :n_bins].cumsum(1)  # (batch, n_bins)
-        d = (cum <= rank).sum(1, keepdim=True)  # the digit holding the rank
-        rank = rank - torch.where(d > 0, cum.gather(1, (d - 1).clamp(min=0)), 0)
-        prefix = prefix | (d.to(torch.int32) << shift)
-    return prefix[:, 0].to(ints).view(a.dtype)
-
-
-def _selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """What `_sorted_stats` returns, by selection instead of a sort."""
-    return (_radix_median(a), *_segmented_topk(a, kk))
-
-
-def _layer_stats(x: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Median |x|, top-kk |x|, their flat indices and signed values per prompt, in x's dtype; stays on the device
-    (no sync; the caller converts on the host)."""
-    flat = x.detach().flatten(1)  # (batch, pos * d_model)
+def _layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Median |x|, top-kk |x|, their flat indices and signed values per row of `flat` (rows, n), in its dtype;
+    stays on the device (no sync; the caller converts on the host)."""
+    global _CUDA_STATS
+    if flat.is_cuda and _CUDA_STATS == "triton" and _select.available():
+        try:
+            return _select.median_topk(flat, kk)
+        except Exception as err:  # a Triton that cannot compile here: sort instead, say so once
+            _CUDA_STATS = "sort"
+            warnings.warn(f"the scan's Triton statistics failed ({type(err).__name__}: {err}); sorting instead "
+                          "(same results, slower)", RuntimeWarning, stacklevel=2)
     a = flat.abs()
-    if a.is_cuda:  # sorting or selecting in many short pieces beats CUDA's one-block-per-row median on long rows
-        med, topv, topi = (_selected_stats if _CUDA_STATS == "select" else _sorted_stats)(a, kk)
+    if a.is_cuda:  # sorting in chunks of rows beats CUDA's one-block-per-row median and top-k on long rows
+        med, topv, topi = _sorted_stats(a, kk)
     else:  # on the CPU, quickselect median and top-k are linear
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
     return med, topv, topi, flat.gather(1, topi)
+
+
+class _Stash:
+    """Where a scan's hooks leave each block output: on the CPU its statistics are taken at once; on CUDA the
+    outputs of consecutive layers are copied into one buffer (at most `_GROUP_BYTES`) and their statistics
+    taken together, on a second stream where `_CUDA_SIDE_STREAM`: a handful of kernel launches per group of
+    layers instead of per layer, which is what a small model's scan is bound by (Python and launches)."""
+
+    def __init__(self, device: torch.device, kk: int) -> None:
+        self.cuda, self.kk = device.type == "cuda", kk
+        self.kept: list = []  # per group of layers: (median, top |x|, flat index, signed), (layers, batch[, kk])
+        self.side = torch.cuda.Stream(device=device) if self.cuda and _CUDA_SIDE_STREAM else None
+        self.buf: Tensor | None = None
+        self.used = 0
+
+    def keep(self, layer: int, x: Tensor) -> None:
+        flat = x.detach().flatten(1)  # (batch, pos * d_model)
+        if not self.cuda:
+            self.kept.append(tuple(t[None] for t in _layer_stats(flat, self.kk)))
+            return
+        if self.buf is None:
+            group = max(1, _GROUP_BYTES // (flat.numel() * flat.element_size()))
+            self.buf = torch.empty((group, *flat.shape), dtype=flat.dtype, device=flat.device)
+        self.buf[self.used].copy_(flat)
+        self.used += 1
+        if self.used == len(self.buf):
+            self.flush()
+
+    def flush(self) -> None:
+        """Statistics of the layers copied so far, as one (layers * batch) set of rows."""
+        if not self.used:
+            return
+        buf, used, self.buf, self.used = self.buf, self.used, None, 0
+        rows = buf[:used].flatten(0, 1)  # (layers * batch, n)
+        if self.side is None:
+            stats = _layer_stats(rows, self.kk)
+        else:
+            self.side.wait_stream(torch.cuda.current_stream(buf.device))  # the copies are complete
+            with torch.cuda.stream(self.side):
+                stats = _layer_stats(rows, self.kk)
+            buf.record_stream(self.side)  # not reused before the statistics have read it
+        self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in stats))
+
+    def finish(self, n_layers: int) -> list:
+        """The statistics of every layer, once the pass is over: (median, top |x|, flat index, signed) as
+        (layer, batch[, kk]) tensors on the host."""
+        self.flush()
+        if self.side is not None:
+            torch.cuda.current_stream().wait_stream(self.side)
+        out = [torch.cat(t).cpu() for t in zip(*self.kept)]
+        if len(out[0]) != n_layers:
+            raise RuntimeError(f"the scan saw {len(out[0])} block outputs of {n_layers}")
+        return out
 
 
 def _trunk(model: Any) -> Any:
@@ -282,30 +296,18 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         size = batch.tokens.shape[1] * d_model
         kk = min(size, max(_CANDIDATES, k))
         while True:
-            kept: list = [None] * n_layers
-            side = torch.cuda.Stream(device=x_device) if x_device.type == "cuda" and _CUDA_SIDE_STREAM else None
-
-            def keep(layer: int, x: Tensor) -> None:
-                if side is None:
-                    kept[layer] = _layer_stats(x, kk)
-                    return
-                side.wait_stream(torch.cuda.current_stream(x.device))  # x is complete
-                with torch.cuda.stream(side):
-                    kept[layer] = _layer_stats(x, kk)
-                x.record_stream(side)  # x's memory is not reused before the statistics have read it
-
+            stash = _Stash(x_device, kk)
             if trunk is not None:
                 try:
-                    trunk(batch.tokens, keep)
+                    trunk(batch.tokens, stash.keep)
                 except _bare.Unsupported:
                     trunk = None  # the bridge for the rest of the scan
+                    stash = _Stash(x_device, kk)
             if trunk is None:
                 run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
-                               [(hook.resid_post(l), lambda x, hook, l=l: keep(l, x)) for l in range(n_layers)],
+                               [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
                                finite_check=False)
-            if side is not None:
-                torch.cuda.current_stream(x_device).wait_stream(side)
-            med, topv, topi, signed = (torch.stack(t).cpu() for t in zip(*kept))  # (layer, batch[, kk])
+            med, topv, topi, signed = stash.finish(n_layers)  # (layer, batch[, kk])
             med, topv, signed = med.float(), topv.float(), signed.float()
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():

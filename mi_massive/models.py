@@ -165,8 +165,11 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, dtyp
         arch = getattr(hf_model.config, "architectures", None)
         raise ValueError(f"the TransformerLens bridge cannot load {name!r} (architecture {arch}): {exc}") from exc
     bridge.enable_compatibility_mode(no_processing=True)
-    if device is not None:
-        bridge.to(device)
+    # no device: TransformerLens's choice (CUDA where there is one), which the bridge already put in cfg.device
+    # without moving the weights of a model passed in; the weights go where the inputs will
+    want, have = torch.device(device or bridge.cfg.device or "cpu"), next(bridge.parameters()).device
+    if have.type != want.type or (want.index is not None and have.index != want.index):
+        bridge.to(want)
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -190,7 +193,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     tokenizer: Any = None,
 ):
-    """A TransformerBridge in compatibility mode with raw numerics (no weight folding), in eval mode.
+    """A TransformerBridge in compatibility mode with raw numerics (no weight folding), in eval mode, on `device`
+    (by default TransformerLens's choice: CUDA where there is one, else the CPU).
 
     `name` is a short name (``smollm2-135m``, ``gemma3-270m``), a Hugging Face id, a local directory,
     a loaded transformers model (pass `tokenizer`), or a TransformerBridge (returned in eval mode).

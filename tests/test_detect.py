@@ -134,32 +134,20 @@ def test_exact_when_more_entries_pass_than_candidates_kept(tiny_llama):
     assert float(row.value.iloc[0]) == pytest.approx(float(cache["blocks.2.hook_resid_post"][0, 3, 10]), rel=1e-5)
 
 
-@pytest.mark.parametrize("path", ["sort", "select"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_stats_paths_match_median_and_topk(path, dtype):
-    """Both CUDA statistics paths (detect._CUDA_STATS), run on the CPU: exact lower median and top-kk."""
-    from mi_massive.detect import _SEGMENT, _selected_stats, _sorted_stats
+def test_sorted_stats_match_median_and_topk(dtype, monkeypatch):
+    """The CUDA sort path (detect._sorted_stats; Triton's is tests/test_select.py), run on the CPU: exact lower
+    median and top-kk, also across the chunks of rows that bound its scratch memory."""
+    from mi_massive import detect
 
-    stats = {"sort": _sorted_stats, "select": _selected_stats}[path]
-    x = torch.randn(5, 2 * _SEGMENT + 1001, generator=torch.Generator().manual_seed(0))  # two segments and a tail
+    x = torch.randn(5, 9193, generator=torch.Generator().manual_seed(0))
     x[:, 100:164] = x[:, :64]  # ties, also among the top
     x[1, 7], x[2] = 3e4, 1.0  # one massive entry; a row of equal values
     a = x.to(dtype).abs()
-    for kk in (7, 64, 4000):  # a few candidates, the scan's default, a rerun's (whole-row top-k)
-        med, topv, topi = stats(a, kk)
-        assert torch.equal(med, a.float().median(1).values.to(dtype))  # the lower median, like torch.median
-        assert torch.equal(topv, a.topk(kk, 1).values) and torch.equal(a.gather(1, topi), topv)
-        assert all(len(set(row.tolist())) == kk for row in topi)
-
-
-def test_select_path_orders_inf_and_nan_like_the_sort():
-    """fp16 overflow gives inf (and inf - inf NaN): the select path must rank them as the sort does."""
-    from mi_massive.detect import _selected_stats, _sorted_stats
-
-    x = torch.randn(3, 9000, generator=torch.Generator().manual_seed(1))
-    x[0, 5], x[1, 7], x[1, 9] = float("inf"), float("nan"), float("-inf")
-    x[2, :5000] = float("inf")  # the median itself is inf
-    a = x.half().abs()
-    (m1, v1, i1), (m2, v2, _) = _selected_stats(a, 64), _sorted_stats(a, 64)
-    assert torch.equal(m1, m2) and torch.allclose(v1, v2, rtol=0, atol=0, equal_nan=True)
-    assert torch.allclose(a.gather(1, i1), v1, rtol=0, atol=0, equal_nan=True)
+    for chunk in (detect._SORT_CHUNK, 2 * a.shape[1]):  # all rows at once; two rows a chunk
+        monkeypatch.setattr(detect, "_SORT_CHUNK", chunk)
+        for kk in (7, 64, 4000):  # a few candidates, the scan's default, a rerun's
+            med, topv, topi = detect._sorted_stats(a, kk)
+            assert torch.equal(med, a.float().median(1).values.to(dtype))  # the lower median, like torch.median
+            assert torch.equal(topv, a.topk(kk, 1).values) and torch.equal(a.gather(1, topi), topv)
+            assert all(len(set(row.tolist())) == kk for row in topi)
