@@ -14,6 +14,7 @@ trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -176,8 +177,12 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
-_CUDA_SIDE_STREAM = True  # on CUDA, each group's statistics run on a second stream, beside the next layers
-_GROUP_BYTES = 256 << 20  # on CUDA, block outputs gathered for one statistics call (`_Stash`)
+_CUDA_SIDE_STREAM = False  # on CUDA, each group's statistics on a second stream, beside the next layers: it
+# helped per-layer sorts (1.1B bf16 1.50 -> 1.39x a bare forward), not grouped Triton statistics (1.19-1.24 off,
+# 1.35-1.36 on; benchmarks/raw/*s3_h200_scan_phases*)
+_GROUP_BYTES = 64 << 20  # on CUDA, block outputs gathered for one statistics call (`_Stash`): more saves launches
+# on small models but adds to the forward's peak memory (1.1B LLaMA bf16: 256 MB took it from 1.0 to 1.6x a bare
+# forward's, 64 MB to 1.15x)
 _CUDA_STATS = "triton"  # "triton" (`_select`: radix select, where Triton runs) or "sort" (segmented sort); exact
 
 
@@ -256,16 +261,32 @@ class _Stash:
             buf.record_stream(self.side)  # not reused before the statistics have read it
         self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in stats))
 
-    def finish(self, n_layers: int) -> list:
-        """The statistics of every layer, once the pass is over: (median, top |x|, flat index, signed) as
-        (layer, batch[, kk]) tensors on the host."""
+    def finish(self, n_layers: int) -> Callable[[], list[Tensor]]:
+        """Once the pass is launched: a function returning the statistics of every layer, (median, top |x|,
+        flat index, signed) as (layer, batch[, kk]) tensors on the host. On CUDA they travel to the host
+        asynchronously and the function waits for them alone (an event), not for what was launched since:
+        the next batch's forward is already queued while this one's results are read."""
         self.flush()
-        if self.side is not None:
-            torch.cuda.current_stream().wait_stream(self.side)
-        out = [torch.cat(t).cpu() for t in zip(*self.kept)]
+        if not self.cuda:
+            out = [torch.cat(t) for t in zip(*self.kept)]
+        else:
+            stream = self.side or torch.cuda.current_stream()
+            with torch.cuda.stream(stream):
+                out = []
+                for t in zip(*self.kept):
+                    dev = torch.cat(t)
+                    out.append(torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True).copy_(dev, non_blocking=True))
+                done = torch.cuda.Event()
+                done.record(stream)
         if len(out[0]) != n_layers:
             raise RuntimeError(f"the scan saw {len(out[0])} block outputs of {n_layers}")
-        return out
+
+        def collect() -> list[Tensor]:
+            if self.cuda:
+                done.synchronize()
+            return out
+
+        return collect
 
 
 def _trunk(model: Any) -> Any:
@@ -280,7 +301,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
           progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
     """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
     (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
-    again with more candidates, so the result is exact.
+    again with more candidates, so the result is exact. A batch's results are read once the next batch is
+    launched, so that on CUDA the device never waits for the host between batches.
 
     With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
     in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
@@ -292,30 +314,37 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     trunk = _trunk(model) if bare else None
     x_device = next(model.parameters()).device
     bar = _progress(len(prompts), progress, "scanning")
-    for batch in _inputs.batches(prompts, batch_size=batch_size):
+
+    def launch(tokens: Tensor, kk: int) -> Callable[[], list[Tensor]]:
+        """One pass over a batch, its statistics kept in `kk` candidates per prompt and layer."""
+        nonlocal trunk
+        stash = _Stash(x_device, kk)
+        if trunk is not None:
+            try:
+                trunk(tokens, stash.keep)
+            except _bare.Unsupported:
+                trunk = None  # the bridge for the rest of the scan
+                stash = _Stash(x_device, kk)
+        if trunk is None:
+            run_with_hooks(model, tokens,  # non-finite values are reported below, per layer
+                           [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
+                           finite_check=False)
+        return stash.finish(n_layers)
+
+    def take(batch: _inputs.Batch, kk: int, collect: Callable[[], list[Tensor]]) -> None:
+        """A batch's statistics into the totals and hits; run again with more candidates if all passed."""
         size = batch.tokens.shape[1] * d_model
-        kk = min(size, max(_CANDIDATES, k))
         while True:
-            stash = _Stash(x_device, kk)
-            if trunk is not None:
-                try:
-                    trunk(batch.tokens, stash.keep)
-                except _bare.Unsupported:
-                    trunk = None  # the bridge for the rest of the scan
-                    stash = _Stash(x_device, kk)
-            if trunk is None:
-                run_with_hooks(model, batch.tokens,  # non-finite values are reported below, per layer
-                               [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
-                               finite_check=False)
-            med, topv, topi, signed = stash.finish(n_layers)  # (layer, batch[, kk])
+            med, topv, topi, signed = collect()  # (layer, batch[, kk])
             med, topv, signed = med.float(), topv.float(), signed.float()
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():
                 break
             kk = min(size, kk * 16)
-        nonfinite += (~torch.isfinite(topv)).sum((1, 2))
+            collect = launch(batch.tokens, kk)
+        nonfinite.add_((~torch.isfinite(topv)).sum((1, 2)))
         top_sum[:, : min(k, kk)] += topv[..., :k].double().sum(1)
-        med_sum += med.double().sum(1)
+        med_sum.add_(med.double().sum(1))
         l, b, j = mask.nonzero(as_tuple=True)
         if len(l):
             flat_idx = topi[l, b, j]
@@ -324,6 +353,16 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                 (flat_idx % d_model).double(), signed[l, b, j].double(), med[l, b].double(),
             ], 1))
         bar.update(len(batch.index))
+
+    pending = None  # the last batch launched: its results are read once the next one is launched
+    for batch in _inputs.batches(prompts, batch_size=batch_size):
+        kk = min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
+        job = (batch, kk, launch(batch.tokens, kk))
+        if pending is not None:
+            take(*pending)
+        pending = job
+    if pending is not None:
+        take(*pending)
     bar.close()
     rows = torch.cat(hits) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]

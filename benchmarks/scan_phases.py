@@ -1,0 +1,122 @@
+"""Where a scan's time goes on CUDA, beyond the bare forward: its knobs one at a time, and a profile.
+
+    python benchmarks/scan_phases.py --device cuda [--shape smollm2|1.1b] [--dtype bfloat16] [--out FILE]
+
+A randomly initialised LLaMA of smollm2-135m's shape (30 layers, d_model 576, 9 heads, 3 KV heads, d_mlp
+1536, vocabulary 49,152) or of bench.py's 1.1B shape (no wheel needed) scans 64 x 256 random tokens in
+batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as bench.py's "bare"), its
+trunk (`hf.base_model`, no hooks), the scan as shipped, and the scan with one knob changed (statistics by
+sort, no side stream, groups of 256 MB of layers instead of 32 MB); peak memory of the scan and of the bare
+forward; the host's own work (token strings); with --profile a torch.profiler table of one scan (self CPU
+and CUDA time per op). Prints JSON lines; with --out also writes the profiler tables there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import interleaved, peak_memory, random_tokens, timeit  # noqa: E402
+
+
+SHAPES = {  # LlamaConfig fields
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152),
+    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, vocab_size=32000),
+}
+
+
+def random_llama(shape: str, device: str, dtype: torch.dtype):
+    import transformers
+
+    from mi_massive.models import load_model
+    from mi_massive.testing import char_tokenizer
+
+    cfg = transformers.LlamaConfig(**SHAPES[shape], max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    hf.config._name_or_path = f"random-{shape}-shaped"
+    return load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--shape", choices=list(SHAPES), default="smollm2")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    from mi_massive import _inputs, detect
+    from mi_massive._bare import unwired
+
+    model = random_llama(args.shape, args.device, getattr(torch, args.dtype))
+    toks = random_tokens(args.prompts, args.seq, 200, model.tokenizer.bos_token_id)  # ids the char tokenizer has
+    dev = toks.to(args.device)
+
+    def trunk() -> None:
+        with unwired(model) as hf:
+            for i in range(0, len(dev), args.batch_size):
+                hf.base_model(dev[i : i + args.batch_size], use_cache=False)
+
+    def bare() -> None:
+        with unwired(model) as hf:
+            for i in range(0, len(dev), args.batch_size):
+                hf(dev[i : i + args.batch_size], use_cache=False)
+
+    def scan_with(**knobs):
+        def run() -> None:
+            saved = {k: getattr(detect, k) for k in knobs}
+            for k, v in knobs.items():
+                setattr(detect, k, v)
+            try:
+                detect.scan(model, toks, batch_size=args.batch_size, progress=False)
+            finally:
+                for k, v in saved.items():
+                    setattr(detect, k, v)
+        return run
+
+    fns = {"bare": bare, "trunk": trunk, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
+           "no_side_stream": scan_with(_CUDA_SIDE_STREAM=False), "group_256mb": scan_with(_GROUP_BYTES=256 << 20)}
+    t = interleaved(fns, args.device, repeat=args.repeat)
+    mem = {k: peak_memory(fns[k], args.device) for k in ("bare", "scan")}
+    host = timeit(lambda: [_inputs.str_tokens(model, r) for r in toks], "cpu", repeat=5)
+    rec = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(["scan_phases.py", *sys.argv[1:]]),
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+           "figure": f"scan phases (random LLaMA, {args.shape} shape)", "dtype": args.dtype, "device": args.device,
+           "tokens": toks.numel(), **{f"{k}_s": v for k, v in t.items()},
+           **{f"{k}_over_bare": v / t["bare"] for k, v in t.items() if k != "bare"},
+           "scan_over_trunk": t["scan"] / t["trunk"], "memory_ratio": mem["scan"] / mem["bare"],
+           "str_tokens_s": host}
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
+    if args.profile and args.device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fns["scan"]()
+            torch.cuda.synchronize()
+        tables = [prof.key_averages().table(sort_by=s, row_limit=25) for s in ("self_cpu_time_total",
+                                                                                  "self_cuda_time_total")]
+        print(tables[1][-6000:], flush=True)
+        if args.out:
+            Path(args.out).write_text("\n\n".join(tables))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
