@@ -301,8 +301,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
           progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
     """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
     (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
-    again with more candidates, so the result is exact. A batch's results are read once the next batch is
-    launched, so that on CUDA the device never waits for the host between batches.
+    again with more candidates, so the result is exact. On CUDA a batch's results are read once the next batch
+    is launched, so that the device never waits for the host between batches.
 
     With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
     in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
@@ -354,13 +354,17 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             ], 1))
         bar.update(len(batch.index))
 
-    pending = None  # the last batch launched: its results are read once the next one is launched
+    pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         kk = min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
-        job = (batch, kk, launch(batch.tokens, kk))
+        collect = launch(batch.tokens, kk)
         if pending is not None:
             take(*pending)
-        pending = job
+        pending = (batch, kk, collect)
+        if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next
+            take(*pending)  # forward fragment its heap (+140 MB of peak RSS in a smollm2 scan)
+            pending = None
+        del collect
     if pending is not None:
         take(*pending)
     bar.close()
