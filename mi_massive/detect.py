@@ -207,6 +207,8 @@ def _layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
     if flat.is_cuda and _CUDA_STATS == "triton" and _select.available():
         try:
             return _select.median_topk(flat, kk)
+        except torch.OutOfMemoryError:
+            raise  # the sort would need more
         except Exception as err:  # a Triton that cannot compile here: sort instead, say so once
             _CUDA_STATS = "sort"
             warnings.warn(f"the scan's Triton statistics failed ({type(err).__name__}: {err}); sorting instead "

@@ -108,3 +108,18 @@ def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
     (h, p), *others = got.values()
     assert set(h.dim) == {5} and all(h.equals(h2) for h2, _ in others)
     assert all(torch.equal(p.top, p2.top) and torch.equal(p.median, p2.median) for _, p2 in others)
+
+
+@cuda
+def test_a_failing_triton_falls_back_to_the_sort_once_with_a_warning(monkeypatch):
+    from mi_massive import _select, detect
+
+    def broken(flat, kk):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(_select, "median_topk", broken)
+    monkeypatch.setattr(detect, "_CUDA_STATS", "triton")
+    x = _rows(5000, 0).cuda()
+    with pytest.warns(RuntimeWarning, match="sorting instead"):
+        med, topv, _, _ = detect._layer_stats(x, 8)
+    assert detect._CUDA_STATS == "sort" and torch.equal(med, detect._sorted_stats(x.abs(), 8)[0])
