@@ -122,9 +122,10 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
     last pass, from the latest start on, holds every row and gives the logits.
     """
     layer, pos, dim = target
-    order = sorted(range(len(variants)), key=lambda i: _first_block(variants[i], layer))
+    first = [_first_block(v, layer) for v in variants]
+    order = sorted(range(len(variants)), key=first.__getitem__)
     variants = [variants[i] for i in order]  # each pass runs a prefix of these rows: its row indices are theirs
-    starts = [_first_block(v, layer) for v in variants]
+    starts = [first[i] for i in order]
     hooks: list[tuple[int, str, HookFn]] = []  # (block, hook name, hook)
     layers = sorted({v.layer for v in variants if v.neurons} | {w[0] for v in variants for w in v.weights})
     post: dict[tuple[int, int], Tensor] = {}  # (row, layer) -> that row's (ablated) MLP activation

@@ -158,7 +158,7 @@ def median_topk(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     cand_key = torch.full((rows, 2 * kk), -1, dtype=torch.int32, device=flat.device)
     cand_idx = torch.empty((rows, 2 * kk), dtype=torch.int64, device=flat.device)
     _collect_kernel[(rows, chunks)](flat, hist, med, cand_key, cand_idx, count, n, rows, rank0, rank1, kk,
-                                    ROUNDS=len(shifts), LAST=([width, *shifts])[-2] - shifts[-1], **common)
+                                    ROUNDS=len(shifts), LAST=[width, *shifts][-2] - shifts[-1], **common)
     _, j = cand_key.topk(kk, dim=1)  # (rows, kk), descending; empty slots (-1) come last
     topi = cand_idx.gather(1, j)
     signed = flat.gather(1, topi)

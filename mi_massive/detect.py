@@ -14,8 +14,8 @@ trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,14 +359,13 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
     for batch in _inputs.batches(prompts, batch_size=batch_size):
         kk = min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
+        if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next forward
+            take(batch, kk, launch(batch.tokens, kk))  # fragment its heap (+140 MB of peak RSS in a smollm2 scan)
+            continue
         collect = launch(batch.tokens, kk)
         if pending is not None:
             take(*pending)
         pending = (batch, kk, collect)
-        if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next
-            take(*pending)  # forward fragment its heap (+140 MB of peak RSS in a smollm2 scan)
-            pending = None
-        del collect
     if pending is not None:
         take(*pending)
     bar.close()

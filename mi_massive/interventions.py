@@ -34,8 +34,7 @@ from ._hooks import HookFn, hooked
 from ._results import Result
 from .arch import hook
 from .constancy import MassiveStats, massive_stats, truncated_prompts
-from .detect import massive_mask
-from .detect import HOOK_TEMPLATE
+from .detect import HOOK_TEMPLATE, massive_mask
 from .models import model_name
 
 MODES = ("zero", "mean", "value", "control")
