@@ -197,24 +197,37 @@ def bench_patching(model, prompt: str, device: str, *, batch_size: int = 64) -> 
             "naive_s": tn, "speedup_over_naive": tn / t}
 
 
-def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
-    """A randomly initialised LLaMA-style model of ~1.1B parameters with a planted massive activation."""
+LLAMA_SHAPES = {  # LlamaConfig fields of the randomly initialised models
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152),
+    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, vocab_size=32000),
+}
+
+
+def random_llama(shape: str, device: str, dtype: torch.dtype, *, name: str | None = None):
+    """A randomly initialised LLaMA of one of LLAMA_SHAPES (seed 0), booted as mi_massive's bridge."""
     import transformers
 
     from mi_massive.models import load_model
-    from mi_massive.testing import Plant, char_tokenizer, plant_massive_activation
+    from mi_massive.testing import char_tokenizer
 
-    cfg = transformers.LlamaConfig(
-        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
-    )
+    cfg = transformers.LlamaConfig(**LLAMA_SHAPES[shape], max_position_embeddings=2048, bos_token_id=1,
+                                   eos_token_id=2)
     torch.manual_seed(0)
-    plant_dtype = torch.float32 if dtype == torch.float16 else dtype  # plant where the value is representable
     with torch.device(device):
-        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=plant_dtype).eval()
-    hf.config._name_or_path = "random-llama-1.1b"
-    n_params = sum(p.numel() for p in hf.parameters())
-    model = load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=plant_dtype)  # load_model casts: keep the dtype
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    hf.config._name_or_path = name or f"random-{shape}-shaped"
+    return load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=dtype)  # load_model casts: keep the dtype
+
+
+def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
+    """A randomly initialised LLaMA-style model of ~1.1B parameters with a planted massive activation."""
+    from mi_massive.testing import Plant, plant_massive_activation
+
+    plant_dtype = torch.float32 if dtype == torch.float16 else dtype  # plant where the value is representable
+    model = random_llama("1.1b", device, plant_dtype, name="random-llama-1.1b")
+    n_params = sum(p.numel() for p in model.original_model.parameters())
     plant_massive_activation(model, Plant(layer=2, neuron=11, dim=1234, magnitude=magnitude))
     if dtype != plant_dtype:
         model.to(dtype)

@@ -24,35 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import interleaved, peak_memory, random_tokens, timeit  # noqa: E402
-
-
-SHAPES = {  # LlamaConfig fields
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152),
-    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                 num_key_value_heads=4, vocab_size=32000),
-}
-
-
-def random_llama(shape: str, device: str, dtype: torch.dtype):
-    import transformers
-
-    from mi_massive.models import load_model
-    from mi_massive.testing import char_tokenizer
-
-    cfg = transformers.LlamaConfig(**SHAPES[shape], max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
-    hf.config._name_or_path = f"random-{shape}-shaped"
-    return load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=dtype)
+from bench import LLAMA_SHAPES, interleaved, peak_memory, random_llama, random_tokens, timeit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--shape", choices=list(SHAPES), default="smollm2")
+    p.add_argument("--shape", choices=list(LLAMA_SHAPES), default="smollm2")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--profile", action="store_true")
