@@ -100,24 +100,17 @@ def selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     return (radix_median(a), *segmented_topk(a, kk))
 
 
-def _with_digit(bits: int, x: Tensor, kk: int) -> Stats:
-    """_select.median_topk with another digit width (fewer rounds and more bins, or the reverse)."""
-    saved = _select.DIGIT
-    _select.DIGIT = bits
-    try:
-        return _select.median_topk(x, kk)[:3]
-    finally:
-        _select.DIGIT = saved
-
-
-def _dense(x: Tensor, kk: int) -> Stats:
-    """_select.median_topk with a histogram in every chunk, however few entries it counts."""
-    saved = _select._SPARSE
-    _select._SPARSE = -1
-    try:
-        return _select.median_topk(x, kk)[:3]
-    finally:
-        _select._SPARSE = saved
+def _triton_with(knob: str, value: int) -> Callable[[Tensor, int], Stats]:
+    """_select.median_topk with one of its module settings changed for the call: DIGIT (bits a round: fewer
+    rounds and more bins, or the reverse) or _SPARSE (-1: a histogram in every chunk, however few it counts)."""
+    def run(x: Tensor, kk: int) -> Stats:
+        saved = getattr(_select, knob)
+        setattr(_select, knob, value)
+        try:
+            return _select.median_topk(x, kk)[:3]
+        finally:
+            setattr(_select, knob, saved)
+    return run
 
 
 def bisect_median(a: Tensor) -> Tensor:
@@ -151,10 +144,10 @@ VARIANTS: dict[str, Callable[[Tensor, int], Stats]] = {
     "seg+bisect": lambda a, kk: (bisect_median(a), *segmented_topk(a, kk)),
     "topk+radix": lambda a, kk: (radix_median(a), *a.topk(kk, dim=1)),
     "triton": lambda a, kk: _select.median_topk(a, kk)[:3],
-    "triton/5bit": lambda a, kk: _with_digit(5, a, kk),
-    "triton/6bit": lambda a, kk: _with_digit(6, a, kk),
-    "triton/11bit": lambda a, kk: _with_digit(11, a, kk),
-    "triton/dense": lambda a, kk: _dense(a, kk),
+    "triton/5bit": _triton_with("DIGIT", 5),
+    "triton/6bit": _triton_with("DIGIT", 6),
+    "triton/11bit": _triton_with("DIGIT", 11),
+    "triton/dense": _triton_with("_SPARSE", -1),
 }
 SIGNED = ("triton", "triton/5bit", "triton/6bit", "triton/11bit", "triton/dense")  # takes x itself: timed without the abs the others need
 NAN_MEDIAN = ("builtin", "seg+median")  # torch.median returns NaN for a row holding a NaN; sort does not
