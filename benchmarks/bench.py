@@ -103,9 +103,10 @@ def peak_memory(fn: Callable[[], object], device: str) -> float:
     return float(max(peak[0], _rss()) - base)
 
 
-def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0) -> torch.Tensor:
+def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0, low: int = 100) -> torch.Tensor:
+    """n x seq random ids in [low, min(vocab, 30000)), BOS first."""
     g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(100, min(vocab, 30000), (n, seq), generator=g)
+    toks = torch.randint(low, min(vocab, 30000), (n, seq), generator=g)
     toks[:, 0] = bos
     return toks
 
@@ -246,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
                    help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
-    p.add_argument("--side-stream", choices=["on", "off"], default=None,
-                   help="the scan's statistics on a second CUDA stream (mi_massive.detect._CUDA_SIDE_STREAM)")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
 
@@ -260,15 +259,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cuda_stats:
         detect._CUDA_STATS = args.cuda_stats
-    if args.side_stream is not None:
-        detect._CUDA_SIDE_STREAM = args.side_stream == "on"
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS, "side_stream": detect._CUDA_SIDE_STREAM,
+        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS,
+        "group_mb": detect._GROUP_BYTES >> 20,
     }
     records: list[dict] = []
 
@@ -297,16 +295,14 @@ def main(argv: list[str] | None = None) -> int:
 
             found = find_massive_activations(model, toks[:2])
             rec.update(n_params=n_params, planted_found=1234 in found.dims)
-            if args.device.startswith("cuda"):  # the side stream must not change a bit of the result
-                from mi_massive import detect
-
+            if args.device.startswith("cuda"):  # Triton's statistics and the sort's must agree to the bit
                 runs = []
-                for side in (True, False):
-                    detect._CUDA_SIDE_STREAM = side
+                for path in ("triton", "sort"):
+                    detect._CUDA_STATS = path
                     f, prof = detect.scan(model, toks[:8], batch_size=4, progress=False)
                     runs.append((f.to_dataframe(), prof.to_dataframe()))
-                detect._CUDA_SIDE_STREAM = meta["side_stream"]
-                rec["side_stream_same_result"] = all(a.equals(b) for a, b in zip(*runs))
+                detect._CUDA_STATS = meta["cuda_stats"]
+                rec["triton_same_result_as_sort"] = all(a.equals(b) for a, b in zip(*runs))
             emit(rec)
             del model
         model, _ = big_llama(args.device, torch.float16, magnitude=1e6)  # beyond float16's 65504

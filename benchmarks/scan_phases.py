@@ -5,10 +5,11 @@
 A randomly initialised LLaMA of smollm2-135m's shape (30 layers, d_model 576, 9 heads, 3 KV heads, d_mlp
 1536, vocabulary 49,152) or of bench.py's 1.1B shape (no wheel needed) scans 64 x 256 random tokens in
 batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as bench.py's "bare"), its
-trunk (`hf.base_model`, no hooks), the scan as shipped, and the scan with one knob changed (statistics by
-sort, no side stream, groups of 256 MB of layers instead of 32 MB); peak memory of the scan and of the bare
-forward; the host's own work (token strings); with --profile a torch.profiler table of one scan (self CPU
-and CUDA time per op). Prints JSON lines; with --out also writes the profiler tables there.
+trunk (`hf.base_model`, no hooks), the trunk's passes as the scan runs them with a no-op hook per layer, the
+scan as shipped, and the scan with one knob changed (statistics by sort, groups of 16 or 256 MB of layers
+instead of 64 MB); peak memory of the scan and of the bare forward; the host's own work (token strings); with
+--profile a torch.profiler table of one scan (self CPU and CUDA time per op), with --cprofile the host's time
+per Python function in one scan. Prints JSON lines; with --out also writes the profiler tables there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import LLAMA_SHAPES, interleaved, peak_memory, random_llama, random_tokens, timeit  # noqa: E402
+from bench import LLAMA_SHAPES, _sync, interleaved, peak_memory, random_llama, random_tokens, timeit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,19 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--shape", choices=list(LLAMA_SHAPES), default="smollm2")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cprofile", action="store_true", help="the host's time per Python function in one scan")
+    p.add_argument("--trace", default=None, help="write a gzipped Chrome trace of one scan and one bare pass here")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    from mi_massive import _inputs, detect
+    from mi_massive import _bare, _inputs, detect
     from mi_massive._bare import unwired
 
     model = random_llama(args.shape, args.device, getattr(torch, args.dtype))
-    toks = random_tokens(args.prompts, args.seq, 200, model.tokenizer.bos_token_id)  # ids the char tokenizer has
+    toks = random_tokens(args.prompts, args.seq, len(model.tokenizer), model.tokenizer.bos_token_id, low=3)  # ids
+    # the char tokenizer names (others cost the scan's token strings a per-id lookup, as no real model does)
     dev = toks.to(args.device)
 
     def trunk() -> None:
@@ -56,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         with unwired(model) as hf:
             for i in range(0, len(dev), args.batch_size):
                 hf(dev[i : i + args.batch_size], use_cache=False)
+
+    run_trunk = _bare.trunk_runner(model)
+
+    def trunk_hooks() -> None:  # the scan's passes with a no-op hook per decoder layer
+        for i in range(0, len(dev), args.batch_size):
+            run_trunk(dev[i : i + args.batch_size], lambda layer, x: None)
 
     def scan_with(**knobs):
         def run() -> None:
@@ -69,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                     setattr(detect, k, v)
         return run
 
-    fns = {"bare": bare, "trunk": trunk, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
-           "no_side_stream": scan_with(_CUDA_SIDE_STREAM=False), "group_256mb": scan_with(_GROUP_BYTES=256 << 20)}
+    fns = {"bare": bare, "trunk": trunk, "trunk_hooks": trunk_hooks, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
+           "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20)}
     t = interleaved(fns, args.device, repeat=args.repeat)
     mem = {k: peak_memory(fns[k], args.device) for k in ("bare", "scan")}
     host = timeit(lambda: [_inputs.str_tokens(model, r) for r in toks], "cpu", repeat=5)
@@ -82,6 +92,34 @@ def main(argv: list[str] | None = None) -> int:
            "scan_over_trunk": t["scan"] / t["trunk"], "memory_ratio": mem["scan"] / mem["bare"],
            "str_tokens_s": host}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
+    if args.cprofile:
+        import cProfile
+        import io
+        import pstats
+
+        for label in ("trunk_hooks", "scan"):
+            prof = cProfile.Profile()
+            prof.enable()
+            fns[label]()
+            _sync(args.device)
+            prof.disable()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+            print(f"== cProfile {label} ==\n" + text.getvalue()[-7000:], flush=True)
+    if args.trace and args.device.startswith("cuda"):
+        import gzip
+        import shutil
+
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for label in ("bare", "trunk_hooks", "scan"):
+                with torch.profiler.record_function(f"phase:{label}"):
+                    fns[label]()
+                    torch.cuda.synchronize()
+        prof.export_chrome_trace(args.trace + ".json")
+        with open(args.trace + ".json", "rb") as src, gzip.open(args.trace, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     if args.profile and args.device.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 

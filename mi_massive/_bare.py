@@ -14,6 +14,7 @@ is the bridge's `blocks.{layer}.hook_resid_post`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,47 +30,108 @@ class Unsupported(Exception):
 
 def _original(module: nn.Module | None) -> nn.Module | None:
     """The HF module a bridge component wraps; None for anything else."""
+    return module._modules.get("_original_component") if isinstance(module, _component_class()) else None
+
+
+@functools.cache
+def _component_class() -> type:
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-    if isinstance(module, GeneralizedComponent):
-        return module._modules.get("_original_component")
-    return None
+    return GeneralizedComponent
+
+
+class _Plan:
+    """Where the bridge components sit in its HF model: (parent, slot, bridge component, wrapped original) in
+    walking order, and the bridge's hook points. One walk of the model's tree; `apply` swaps the originals in
+    and `restore` puts the components back, with no walk; `valid` and `hooked` check the bridge again in
+    microseconds (a scan's passes share one plan, and the bare trunk keeps it between scans)."""
+
+    def __init__(self, model: Any) -> None:
+        from transformer_lens.hook_points import HookPoint
+
+        self.swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+        self.hook_points: list[nn.Module] = []
+        seen: set[tuple[int, bool]] = set()
+
+        def visit(module: nn.Module, in_hf: bool) -> None:
+            """Record the swaps in `module`'s slots where it is part of the HF model (in_hf), and look for hooks
+            on hook points in all of it."""
+            if (id(module), True) in seen or (id(module), in_hf) in seen:
+                return
+            seen.add((id(module), in_hf))
+            if isinstance(module, HookPoint) and (id(module), not in_hf) not in seen:
+                self.hook_points.append(module)
+            for name, child in module._modules.items():
+                original = _original(child)
+                if original is None:
+                    if child is not None:
+                        visit(child, in_hf)
+                    continue
+                if in_hf:
+                    self.swaps.append((module, name, child, original))
+                visit(original, in_hf)  # before the component's other modules, which may reach into it
+                for sub in child._modules.values():  # the component's hook points and sub-components
+                    if sub is not None and sub is not original:
+                        visit(sub, False)
+
+        visit(model.original_model, True)  # first: swaps run from the HF root down, as the old walk did
+        visit(model, False)  # the bridge's own modules (hook points outside the HF model)
+
+    def valid(self) -> bool:
+        """Whether every slot still holds the bridge component seen when the plan was made."""
+        return all(parent._modules.get(name) is child for parent, name, child, _ in self.swaps)
+
+    def hooked(self) -> bool:
+        """Whether a hook point holds a hook now (an intervention, which the bare model would skip)."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.hook_points)
+
+    def apply(self) -> None:
+        """The originals into their slots; raises Unsupported (changing nothing) if a slot no longer holds the
+        component seen when the plan was made."""
+        if not self.valid():
+            raise Unsupported("the bridge's modules changed since the pass was planned")
+        for parent, name, _, original in self.swaps:
+            parent._modules[name] = original
+
+    def restore(self) -> None:
+        for parent, name, child, _ in reversed(self.swaps):
+            parent._modules[name] = child
 
 
 @contextmanager
-def unwired(model: Any) -> Iterator[nn.Module]:
-    """`model.original_model` with every bridge component inside it swapped back for the module it wraps.
+def unwired(model: Any, plan: _Plan | None = None) -> Iterator[nn.Module]:
+    """`model.original_model` with every bridge component inside it swapped back for the module it wraps
+    (the swaps of `plan` where one is given, else of a fresh walk).
 
     Only `_modules` slots are swapped (in place, so their order is kept), and every one is put back in
     `finally`: the bridge is exactly as before, also after an exception in the body. The bridge's hook
     points do not fire in the body; weights are shared, so weight edits show in both.
     """
-    hf = model.original_model
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, slot, bridge component)
-
-    def put_back_originals(parent: nn.Module) -> None:
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            original = _original(child)
-            if original is not None:
-                parent._modules[name] = original
-                swapped.append((parent, name, child))
-            put_back_originals(original if original is not None else child)
-
+    plan = plan or _Plan(model)
+    plan.apply()
     try:
-        put_back_originals(hf)
-        yield hf
+        yield model.original_model
     finally:
-        for parent, name, child in reversed(swapped):
-            parent._modules[name] = child
+        plan.restore()
 
 
-def _hooks_attached(model: Any) -> bool:
-    """Whether any TransformerLens hook point holds a forward hook (an intervention the bare model would skip)."""
-    from transformer_lens.hook_points import HookPoint
+class _Trunk:
+    """What `trunk_runner` knows of a model once (its walk of the tree): the plan, the HF trunk (the base model,
+    no lm_head), its decoder layers in the bridge's block order, the trunk's keyword arguments."""
 
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if isinstance(m, HookPoint))
+    def __init__(self, model: Any) -> None:
+        n_layers = model.cfg.n_layers
+        layers = [_original(b) for b in getattr(model, "blocks", [])]  # read before unwiring: blocks is HF's list
+        if len(layers) != n_layers or any(layer is None for layer in layers):
+            raise Unsupported(f"{len(layers)} blocks wrapping HF layers, expected {n_layers}")
+        self.plan = _Plan(model)
+        with unwired(model, self.plan) as hf:
+            self.module = hf.base_model  # the CausalLM without its lm_head (hf itself where there is no head)
+            in_trunk = {id(m) for m in self.module.modules()}
+            if not all(id(layer) in in_trunk for layer in layers):
+                raise Unsupported("the bridge's blocks are not all decoder layers of the HF trunk")
+        self.layers = layers
+        self.kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.module.forward).parameters else {}
 
 
 def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]], None]:
@@ -80,22 +142,20 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
     Raises Unsupported (here, or in `run` once a layer's output is seen) wherever that equivalence is not
     certain: weights processed by the bridge, hooks attached to the bridge (an intervention is active),
     blocks that do not wrap the trunk's decoder layers one to one, a layer output that is not one
-    (batch, pos, d_model) tensor. The checks of the model run once here, not on every pass.
+    (batch, pos, d_model) tensor. The walk of the model's tree is made once and kept on the model (`_Trunk`);
+    each call checks, in microseconds, that the bridge still has those modules and no hook.
     """
     if getattr(model, "_weights_processed", False):
         raise Unsupported("the bridge processed its weights (its forward is not the HF model's)")
-    if _hooks_attached(model):
+    trunk = model.__dict__.get("_mi_massive_trunk")  # kept on the model: it dies with it
+    if trunk is None or not trunk.plan.valid():
+        trunk = _Trunk(model)
+        object.__setattr__(model, "_mi_massive_trunk", trunk)  # not a submodule: nn.Module's setattr would see
+        # the modules inside
+    if trunk.plan.hooked():
         raise Unsupported("hooks are attached to the bridge")
+    plan, layers, kwargs = trunk.plan, trunk.layers, trunk.kwargs
     n_layers, d_model, device = model.cfg.n_layers, model.cfg.d_model, model.cfg.device
-    layers = [_original(b) for b in getattr(model, "blocks", [])]  # read before unwiring: blocks is HF's list
-    if len(layers) != n_layers or any(layer is None for layer in layers):
-        raise Unsupported(f"{len(layers)} blocks wrapping HF layers, expected {n_layers}")
-    with unwired(model) as hf:
-        trunk = hf.base_model  # the CausalLM without its lm_head (hf itself where there is no head)
-        in_trunk = {id(m) for m in trunk.modules()}
-        if not all(id(layer) in in_trunk for layer in layers):
-            raise Unsupported("the bridge's blocks are not all decoder layers of the HF trunk")
-    kwargs = {"use_cache": False} if "use_cache" in inspect.signature(trunk.forward).parameters else {}
 
     def run(tokens: Tensor, on_layer: Callable[[int, Tensor], None]) -> None:
         shape = (*tokens.shape, d_model)
@@ -112,8 +172,8 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
 
         handles = [layer.register_forward_hook(hook_fn(i)) for i, layer in enumerate(layers)]
         try:
-            with unwired(model), torch.inference_mode():
-                trunk(input_ids=tokens.to(device), **kwargs)
+            with unwired(model, plan), torch.inference_mode():
+                trunk.module(input_ids=tokens.to(device), **kwargs)
         finally:
             for h in handles:
                 h.remove()

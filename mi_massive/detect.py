@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -177,12 +178,10 @@ _CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates 
 
 
 _SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
-_CUDA_SIDE_STREAM = False  # on CUDA, each group's statistics on a second stream, beside the next layers: it
-# helped per-layer sorts (1.1B bf16 1.50 -> 1.39x a bare forward), not grouped Triton statistics (1.19-1.24 off,
-# 1.35-1.36 on; benchmarks/raw/*s3_h200_scan_phases*)
 _GROUP_BYTES = 64 << 20  # on CUDA, block outputs gathered for one statistics call (`_Stash`): more saves launches
 # on small models but adds to the forward's peak memory (1.1B LLaMA bf16: 256 MB took it from 1.0 to 1.6x a bare
-# forward's, 64 MB to 1.15x)
+# forward's, 64 MB to 1.15x). (Statistics on a second stream, beside the next layers, measured slower with grouped
+# Triton statistics: 1.35-1.36 vs 1.19-1.24x a bare forward; benchmarks/raw/*s3_h200_scan_phases*.)
 _CUDA_STATS = "triton"  # "triton" (`_select`: radix select, where Triton runs) or "sort" (segmented sort); exact
 
 
@@ -225,43 +224,41 @@ def _layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
 class _Stash:
     """Where a scan's hooks leave each block output: on the CPU its statistics are taken at once; on CUDA the
     outputs of consecutive layers are copied into one buffer (at most `_GROUP_BYTES`) and their statistics
-    taken together, on a second stream where `_CUDA_SIDE_STREAM`: a handful of kernel launches per group of
-    layers instead of per layer, which is what a small model's scan is bound by (Python and launches)."""
+    taken together: a handful of kernel launches per group of layers instead of per layer, which is what a
+    small model's scan is bound by (Python and launches). The buffer is the scan's (`buffers`, by shape and
+    dtype) and serves every group and batch: all work is on one stream, so a group's copies are queued after
+    the statistics that read the previous group."""
 
-    def __init__(self, device: torch.device, kk: int) -> None:
-        self.cuda, self.kk = device.type == "cuda", kk
+    def __init__(self, device: torch.device, kk: int, buffers: dict) -> None:
+        self.cuda, self.kk, self.buffers = device.type == "cuda", kk, buffers
         self.kept: list = []  # per group of layers: (median, top |x|, flat index, signed), (layers, batch[, kk])
-        self.side = torch.cuda.Stream(device=device) if self.cuda and _CUDA_SIDE_STREAM else None
-        self.buf: Tensor | None = None
+        self.buf: Tensor | None = None  # (group, batch, pos, d_model)
+        self.slots: tuple[Tensor, ...] = ()  # its layer slots
         self.used = 0
 
     def keep(self, layer: int, x: Tensor) -> None:
-        flat = x.detach().flatten(1)  # (batch, pos * d_model)
         if not self.cuda:
-            self.kept.append(tuple(t[None] for t in _layer_stats(flat, self.kk)))
+            self.kept.append(tuple(t[None] for t in _layer_stats(x.flatten(1), self.kk)))
             return
-        if self.buf is None:
-            group = max(1, _GROUP_BYTES // (flat.numel() * flat.element_size()))
-            self.buf = torch.empty((group, *flat.shape), dtype=flat.dtype, device=flat.device)
-        self.buf[self.used].copy_(flat)
+        if not self.slots:
+            key = (tuple(x.shape), x.dtype, x.device)
+            if key not in self.buffers:
+                group = max(1, _GROUP_BYTES // (x.numel() * x.element_size()))
+                buf = torch.empty((group, *x.shape), dtype=x.dtype, device=x.device)
+                self.buffers[key] = buf, buf.unbind(0)
+            self.buf, self.slots = self.buffers[key]
+        self.slots[self.used].copy_(x)
         self.used += 1
-        if self.used == len(self.buf):
+        if self.used == len(self.slots):
             self.flush()
 
     def flush(self) -> None:
         """Statistics of the layers copied so far, as one (layers * batch) set of rows."""
         if not self.used:
             return
-        buf, used, self.buf, self.used = self.buf, self.used, None, 0
-        rows = buf[:used].flatten(0, 1)  # (layers * batch, n)
-        if self.side is None:
-            stats = _layer_stats(rows, self.kk)
-        else:
-            self.side.wait_stream(torch.cuda.current_stream(buf.device))  # the copies are complete
-            with torch.cuda.stream(self.side):
-                stats = _layer_stats(rows, self.kk)
-            buf.record_stream(self.side)  # not reused before the statistics have read it
-        self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in stats))
+        used, self.used = self.used, 0
+        rows = self.buf[:used].view(used * self.buf.shape[1], -1)  # (layers * batch, pos * d_model)
+        self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in _layer_stats(rows, self.kk)))
 
     def finish(self, n_layers: int) -> Callable[[], list[Tensor]]:
         """Once the pass is launched: a function returning the statistics of every layer, (median, top |x|,
@@ -272,14 +269,12 @@ class _Stash:
         if not self.cuda:
             out = [torch.cat(t) for t in zip(*self.kept)]
         else:
-            stream = self.side or torch.cuda.current_stream()
-            with torch.cuda.stream(stream):
-                out = []
-                for t in zip(*self.kept):
-                    dev = torch.cat(t)
-                    out.append(torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True).copy_(dev, non_blocking=True))
-                done = torch.cuda.Event()
-                done.record(stream)
+            out = []
+            for t in zip(*self.kept):
+                dev = torch.cat(t) if len(t) > 1 else t[0]
+                out.append(torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True).copy_(dev, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record()
         if len(out[0]) != n_layers:
             raise RuntimeError(f"the scan saw {len(out[0])} block outputs of {n_layers}")
 
@@ -309,24 +304,25 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
     in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
-    hits: list[Tensor] = []  # rows (prompt, layer, pos, dim, value, median)
-    top_sum = torch.zeros(n_layers, k, dtype=torch.float64)
-    med_sum = torch.zeros(n_layers, dtype=torch.float64)
-    nonfinite = torch.zeros(n_layers, dtype=torch.long)  # non-finite entries among the kept top |x|
+    hits: list[np.ndarray] = []  # rows (prompt, layer, pos, dim, value, median)
+    top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each ~10x
+    med_sum = np.zeros(n_layers)  # cheaper than torch's on a host that a small model's GPU scan is bound by
+    nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
     trunk = _trunk(model) if bare else None
     x_device = next(model.parameters()).device
     bar = _progress(len(prompts), progress, "scanning")
+    buffers: dict = {}  # the CUDA statistics' buffers of layer outputs (`_Stash`)
 
     def launch(tokens: Tensor, kk: int) -> Callable[[], list[Tensor]]:
         """One pass over a batch, its statistics kept in `kk` candidates per prompt and layer."""
         nonlocal trunk
-        stash = _Stash(x_device, kk)
+        stash = _Stash(x_device, kk, buffers)
         if trunk is not None:
             try:
                 trunk(tokens, stash.keep)
             except _bare.Unsupported:
                 trunk = None  # the bridge for the rest of the scan
-                stash = _Stash(x_device, kk)
+                stash = _Stash(x_device, kk, buffers)
         if trunk is None:
             run_with_hooks(model, tokens,  # non-finite values are reported below, per layer
                            [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
@@ -337,23 +333,21 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         """A batch's statistics into the totals and hits; run again with more candidates if all passed."""
         size = batch.tokens.shape[1] * d_model
         while True:
-            med, topv, topi, signed = collect()  # (layer, batch[, kk])
-            med, topv, signed = med.float(), topv.float(), signed.float()
+            med, topv, topi, signed = (t.float().numpy() if t.is_floating_point() else t.numpy()
+                                       for t in collect())  # (layer, batch[, kk])
             mask = (topv > threshold) & (topv >= ratio * med[..., None])
             if kk == size or not mask[..., -1].any():
                 break
             kk = min(size, kk * 16)
             collect = launch(batch.tokens, kk)
-        nonfinite.add_((~torch.isfinite(topv)).sum((1, 2)))
-        top_sum[:, : min(k, kk)] += topv[..., :k].double().sum(1)
-        med_sum.add_(med.double().sum(1))
-        l, b, j = mask.nonzero(as_tuple=True)
+        nonfinite[:] += (~np.isfinite(topv)).sum((1, 2))
+        top_sum[:, : min(k, kk)] += topv[..., :k].sum(1, dtype=np.float64)
+        med_sum[:] += med.sum(1, dtype=np.float64)
+        l, b, j = mask.nonzero()
         if len(l):
             flat_idx = topi[l, b, j]
-            hits.append(torch.stack([
-                torch.tensor(batch.index)[b].double(), l.double(), (flat_idx // d_model).double(),
-                (flat_idx % d_model).double(), signed[l, b, j].double(), med[l, b].double(),
-            ], 1))
+            hits.append(np.stack([np.asarray(batch.index)[b], l, flat_idx // d_model, flat_idx % d_model,
+                                  signed[l, b, j], med[l, b]], 1).astype(np.float64))
         bar.update(len(batch.index))
 
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
@@ -369,11 +363,11 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     if pending is not None:
         take(*pending)
     bar.close()
-    rows = torch.cat(hits) if hits else torch.zeros(0, 6, dtype=torch.float64)
+    rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
-    if nonfinite.any():
+    if nonfinite.any():  # (numpy here; a tensor in the result)
         check_weights(model)  # NaN/inf weights raise; otherwise the activations overflow the dtype
-        bad = [int(l) for l in nonfinite.nonzero().flatten()]
+        bad = [int(l) for l in nonfinite.nonzero()[0]]
         warnings.warn(
             f"non-finite residual entries in layers {bad[:8]}: the activations overflow "
             f"{model.cfg.dtype}. Massive values are reported as inf; load the model with dtype=torch.float32 "
@@ -383,10 +377,11 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     found = MassiveActivations(
         prompt=rows[:, 0].long(), layer=rows[:, 1].long(), pos=rows[:, 2].long(), dim=rows[:, 3].long(),
         value=rows[:, 4].float(), median=rows[:, 5].float(), str_tokens=str_toks, threshold=float(threshold),
-        ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=d_model, nonfinite=nonfinite,
+        ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=d_model, nonfinite=torch.from_numpy(nonfinite),
     )
     n = len(prompts)
-    profile = LayerProfile(top=(top_sum / n).float(), median=(med_sum / n).float(), n_prompts=n, model_name=name)
+    profile = LayerProfile(top=torch.from_numpy(top_sum / n).float(), median=torch.from_numpy(med_sum / n).float(),
+                           n_prompts=n, model_name=name)
     return found, profile
 
 

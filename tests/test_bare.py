@@ -1,6 +1,7 @@
 """The bare HF model behind the bridge: unwiring restores the bridge exactly, and a scan on the bare trunk
 finds what the bridge's hooks find, in every declared family and on smollm2."""
 
+import copy
 from contextlib import contextmanager
 
 import pytest
@@ -86,11 +87,12 @@ def assert_same_scan(a, b, *, rtol: float) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("rule", [dict(threshold=100.0, ratio=1000.0), dict(threshold=0.3, ratio=3.0)])
 def test_bare_scan_equals_bridge_scan(family, rule):
-    """Same hits and profile; values equal bit for bit except GPT-2, whose bridge attention rounds differently."""
+    """Same hits and profile; values equal bit for bit except GPT-2, whose bridge attention rounds differently
+    (relative 2.9e-5 on an H200)."""
     model = model_of(family)
     bare, bridge = _scans(model, PROMPTS, **rule)
     assert len(bare[0]) > 0
-    assert_same_scan(bare, bridge, rtol=1e-5 if family == "gpt2" else 0.0)
+    assert_same_scan(bare, bridge, rtol=1e-4 if family == "gpt2" else 0.0)
 
 
 def test_bare_scan_exact_rerun_when_every_candidate_passes():
@@ -137,6 +139,25 @@ def test_trunk_refuses_a_layer_output_that_is_not_the_residual():
     finally:
         handle.remove()
     assert wiring(model) == before and sum(len(m._forward_hooks) for m in model.original_model.modules()) == n_hooks
+
+
+def test_the_trunk_is_planned_once_and_checked_on_every_call():
+    """The walk of the tree is kept on the model; a hook added since, or a changed module, is still seen."""
+    model = model_of("llama")
+    _bare.trunk_runner(model)
+    kept = model.__dict__["_mi_massive_trunk"]
+    _bare.trunk_runner(model)
+    assert model.__dict__["_mi_massive_trunk"] is kept
+    with hooked(model, [(arch.hook.resid_post(1), lambda x, hook: None)], require_fired=False):
+        with pytest.raises(_bare.Unsupported, match="hooks are attached"):
+            _bare.trunk_runner(model)
+    parent, name, component, _ = kept.plan.swaps[-1]
+    parent._modules[name] = copy.deepcopy(component)  # a module replaced: planned again, from the new tree
+    try:
+        _bare.trunk_runner(model)
+        assert model.__dict__["_mi_massive_trunk"] is not kept
+    finally:
+        parent._modules[name] = component
 
 
 def test_trunk_refuses_a_bridge_with_hooks_or_processed_weights():
