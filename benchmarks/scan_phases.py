@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(0, len(dev), args.batch_size):
                 hf(dev[i : i + args.batch_size], use_cache=False)
 
+    def bare_inference_mode() -> None:  # as bare, in torch.inference_mode() (as the scan's passes run)
+        with unwired(model) as hf, torch.inference_mode():
+            for i in range(0, len(dev), args.batch_size):
+                hf(dev[i : i + args.batch_size], use_cache=False)
+
     run_trunk = _bare.trunk_runner(model)
 
     def trunk_hooks() -> None:  # the scan's passes with a no-op hook per decoder layer
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     setattr(detect, k, v)
         return run
 
-    fns = {"bare": bare, "trunk": trunk, "trunk_hooks": trunk_hooks, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
+    fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
            "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20)}
     t = interleaved(fns, args.device, repeat=args.repeat)
     mem = {k: peak_memory(fns[k], args.device) for k in ("bare", "scan")}
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
            "figure": f"scan phases (random LLaMA, {args.shape} shape)", "dtype": args.dtype, "device": args.device,
            "tokens": toks.numel(), **{f"{k}_s": v for k, v in t.items()},
            **{f"{k}_over_bare": v / t["bare"] for k, v in t.items() if k != "bare"},
-           "scan_over_trunk": t["scan"] / t["trunk"], "memory_ratio": mem["scan"] / mem["bare"],
+           "scan_over_trunk": t["scan"] / t["trunk"], "scan_over_bare_inference_mode": t["scan"] / t["bare_inference_mode"],
+           "memory_ratio": mem["scan"] / mem["bare"],
            "str_tokens_s": host}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
     if args.cprofile:
