@@ -7,7 +7,7 @@ A randomly initialised LLaMA of smollm2-135m's shape (30 layers, d_model 576, 9 
 batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as bench.py's "bare"), its
 trunk (`hf.base_model`, no hooks), the trunk's passes as the scan runs them with a no-op hook per layer, the
 scan as shipped, and the scan with one knob changed (statistics by sort, groups of 16 or 256 MB of layers
-instead of 64 MB); peak memory of the scan and of the bare forward; the host's own work (token strings); with
+instead of 64 MB, 8192 or 16384 entries a Triton program instead of 4096); peak memory of the scan and of the bare forward; the host's own work (token strings); with
 --profile a torch.profiler table of one scan (self CPU and CUDA time per op), with --cprofile the host's time
 per Python function in one scan. Prints JSON lines; with --out also writes the profiler tables there.
 """
@@ -73,19 +73,25 @@ def main(argv: list[str] | None = None) -> int:
             run_trunk(dev[i : i + args.batch_size], lambda layer, x: None)
 
     def scan_with(**knobs):
+        """The scan with module settings changed for the call: detect's, or _select's as select__NAME."""
+        from mi_massive import _select
+
+        where = {k: (_select, k[len("select__"):]) if k.startswith("select__") else (detect, k) for k in knobs}
+
         def run() -> None:
-            saved = {k: getattr(detect, k) for k in knobs}
+            saved = {k: getattr(*where[k]) for k in knobs}
             for k, v in knobs.items():
-                setattr(detect, k, v)
+                setattr(*where[k], v)
             try:
                 detect.scan(model, toks, batch_size=args.batch_size, progress=False)
             finally:
                 for k, v in saved.items():
-                    setattr(detect, k, v)
+                    setattr(*where[k], v)
         return run
 
     fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
-           "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20)}
+           "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20),
+           "block_8k": scan_with(select___BLOCK=8192), "block_16k_16w": scan_with(select___BLOCK=16384, select___WARPS=16)}
     t = interleaved(fns, args.device, repeat=args.repeat)
     mem = {k: peak_memory(fns[k], args.device) for k in ("bare", "scan")}
     host = timeit(lambda: [_inputs.str_tokens(model, r) for r in toks], "cpu", repeat=5)

@@ -29,6 +29,7 @@ Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each 
                 timed on x itself. On the CPU only with TRITON_INTERPRET=1 (for checking, not timing)
   triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
   triton/dense  the same with a histogram in every chunk (no per-entry atomics for sparse chunks)
+  triton/block2k, triton/block8k, triton/block8k/16w, triton/block16k   other entries a program (and warps)
 """
 
 from __future__ import annotations
@@ -100,16 +101,19 @@ def selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     return (radix_median(a), *segmented_topk(a, kk))
 
 
-def _triton_with(knob: str, value: int) -> Callable[[Tensor, int], Stats]:
-    """_select.median_topk with one of its module settings changed for the call: DIGIT (bits a round: fewer
-    rounds and more bins, or the reverse) or _SPARSE (-1: a histogram in every chunk, however few it counts)."""
+def _triton_with(**knobs: int) -> Callable[[Tensor, int], Stats]:
+    """_select.median_topk with some of its module settings changed for the call: DIGIT (bits a round: fewer
+    rounds and more bins, or the reverse), _SPARSE (-1: a histogram in every chunk, however few it counts),
+    _BLOCK (entries a program), _WARPS."""
     def run(x: Tensor, kk: int) -> Stats:
-        saved = getattr(_select, knob)
-        setattr(_select, knob, value)
+        saved = {k: getattr(_select, k) for k in knobs}
+        for k, v in knobs.items():
+            setattr(_select, k, v)
         try:
             return _select.median_topk(x, kk)[:3]
         finally:
-            setattr(_select, knob, saved)
+            for k, v in saved.items():
+                setattr(_select, k, v)
     return run
 
 
@@ -144,12 +148,16 @@ VARIANTS: dict[str, Callable[[Tensor, int], Stats]] = {
     "seg+bisect": lambda a, kk: (bisect_median(a), *segmented_topk(a, kk)),
     "topk+radix": lambda a, kk: (radix_median(a), *a.topk(kk, dim=1)),
     "triton": lambda a, kk: _select.median_topk(a, kk)[:3],
-    "triton/5bit": _triton_with("DIGIT", 5),
-    "triton/6bit": _triton_with("DIGIT", 6),
-    "triton/11bit": _triton_with("DIGIT", 11),
-    "triton/dense": _triton_with("_SPARSE", -1),
+    "triton/5bit": _triton_with(DIGIT=5),
+    "triton/6bit": _triton_with(DIGIT=6),
+    "triton/11bit": _triton_with(DIGIT=11),
+    "triton/dense": _triton_with(_SPARSE=-1),
+    "triton/block2k": _triton_with(_BLOCK=2048, _WARPS=4),
+    "triton/block8k": _triton_with(_BLOCK=8192),
+    "triton/block8k/16w": _triton_with(_BLOCK=8192, _WARPS=16),
+    "triton/block16k": _triton_with(_BLOCK=16384, _WARPS=16),
 }
-SIGNED = ("triton", "triton/5bit", "triton/6bit", "triton/11bit", "triton/dense")  # takes x itself: timed without the abs the others need
+SIGNED = tuple(k for k in VARIANTS if k.startswith("triton"))  # takes x itself: timed without the abs the others need
 NAN_MEDIAN = ("builtin", "seg+median")  # torch.median returns NaN for a row holding a NaN; sort does not
 
 

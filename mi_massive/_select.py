@@ -30,9 +30,11 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 DIGIT = 8  # bits per round: Triton's histogram costs about entries x bins, so few bins and more rounds
-_BLOCK = 4096  # entries per program
+_BLOCK = 4096  # entries per program (fp32)
 _SPARSE = 256  # a chunk with at most this many entries to count adds them one by one
 _WARPS = 8
+_BLOCK_16, _WARPS_16 = 2048, 4  # bf16/fp16: 0.69-0.74x the time of 4096 entries with 8 warps on an H200 (scan
+# groups of 48 x 524,288 and 208 x 147,456); 8192 took 0.95-1.04x, 16384 3.3x (benchmarks/raw/*s4*blocks*)
 
 
 def available() -> bool:
@@ -147,8 +149,9 @@ def median_topk(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     width = 15 if is16 else 31  # key bits: |x| has no sign bit
     shifts = _shifts(width)
     rank0, rank1 = (n - 1) // 2, n - kk  # ascending ranks: lower median, kk-th largest
-    chunks, bins = triton.cdiv(n, _BLOCK), 1 << DIGIT
-    common = dict(DIGIT=DIGIT, BINS=bins, BLOCK=_BLOCK, IS16=is16, num_warps=_WARPS)
+    block, warps = (_BLOCK_16, _WARPS_16) if is16 else (_BLOCK, _WARPS)
+    chunks, bins = triton.cdiv(n, block), 1 << DIGIT
+    common = dict(DIGIT=DIGIT, BINS=bins, BLOCK=block, IS16=is16, num_warps=warps)
     work = torch.zeros(len(shifts) * rows * 2 * bins + rows * 2, dtype=torch.int32, device=flat.device)
     hist, count = work[: -rows * 2], work[-rows * 2 :]
     for r, (high, shift) in enumerate(zip([width, *shifts], shifts)):
