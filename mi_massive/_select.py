@@ -13,7 +13,7 @@ is spent between rounds. A last pass writes the median and collects the entries 
 and as many entries equal to it as fit; a top-k over those 2k candidates orders them.
 
 fp32 takes 4 rounds (31 bits), bf16 and fp16 take 2 (15 bits). Nothing leaves the device; nothing syncs.
-On an H200 it takes 0.33-0.39 of the sort's time on a scan's statistics call (benchmarks/stats_micro.py).
+On an H200 it takes 0.28-0.49 of the sort's time on a scan's statistics call (benchmarks/stats_micro.py).
 `available()` says whether Triton can run here; `median_topk` is the entry point; tests/test_select.py
 checks it against the sort in Triton's interpreter (CPU) and compiled (CUDA).
 """
