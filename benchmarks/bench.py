@@ -111,7 +111,8 @@ def random_tokens(n: int, seq: int, vocab: int, bos: int, seed: int = 0, low: in
     return toks
 
 
-def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label: str, hf_default=None) -> dict:
+def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label: str, hf_default=None,
+               repeat: int = 3) -> dict:
     """find_massive_activations + layer_profile (one pass) vs bare HF forwards over the same tokens.
 
     "bare" is the plain HF CausalLM (logits included) of the same model with the bridge's components swapped
@@ -142,7 +143,7 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
            "scan": lambda: scan(model, toks, batch_size=batch_size, progress=False)}
     if hf_default is not None:
         fns["hf_default"] = lambda: batched(lambda t: hf_default(t, use_cache=False))
-    t = interleaved(fns, device)
+    t = interleaved(fns, device, repeat=repeat)
     reps = 1 if device.startswith("cuda") else 3  # sampled RSS on the CPU varies run to run: the median of 3
     mem = {k: statistics.median(peak_memory(f, device) for _ in range(reps)) for k, f in fns.items()}
     n_tok = toks.numel()
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: scan load origin patch")
+    p.add_argument("--repeat", type=int, default=3, help="alternating timed runs per scan figure (median)")
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
@@ -282,14 +284,14 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model("smollm2-135m", device=args.device, dtype=dtype)
             hf = AutoModelForCausalLM.from_pretrained(embedded_path("smollm2-135m"), dtype=dtype).to(args.device).eval()
             toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
-            emit(bench_scan(model, toks, args.device, batch_size=args.batch_size, hf_default=hf,
+            emit(bench_scan(model, toks, args.device, batch_size=args.batch_size, hf_default=hf, repeat=args.repeat,
                             label=f"smollm2-135m {str(dtype).split('.')[-1]}"))
             del model, hf
     if args.gpu:
         for dtype in dtypes:
             model, n_params = big_llama(args.device, dtype)
             toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id)
-            rec = bench_scan(model, toks, args.device, batch_size=args.batch_size,
+            rec = bench_scan(model, toks, args.device, batch_size=args.batch_size, repeat=args.repeat,
                              label=f"random-llama-1.1b {str(dtype).split('.')[-1]}")
             from mi_massive import find_massive_activations
 
