@@ -202,16 +202,10 @@ def _sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
 def _layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per row of `flat` (rows, n), in its dtype;
     stays on the device (no sync; the caller converts on the host)."""
-    global _CUDA_STATS
     if flat.is_cuda and _CUDA_STATS == "triton" and _select.available():
-        try:
-            return _select.median_topk(flat, kk)
-        except torch.OutOfMemoryError:
-            raise  # the sort would need more
-        except Exception as err:  # a Triton that cannot compile here: sort instead, say so once
-            _CUDA_STATS = "sort"
-            warnings.warn(f"the scan's Triton statistics failed ({type(err).__name__}: {err}); sorting instead "
-                          "(same results, slower)", RuntimeWarning, stacklevel=2)
+        stats = _triton_stats(flat, kk)
+        if stats is not None:
+            return stats
     a = flat.abs()
     if a.is_cuda:  # sorting in chunks of rows beats CUDA's one-block-per-row median and top-k on long rows
         med, topv, topi = _sorted_stats(a, kk)
@@ -219,6 +213,21 @@ def _layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
         med = a.median(dim=1).values
         topv, topi = a.topk(kk, dim=1)  # (batch, kk), sorted
     return med, topv, topi, flat.gather(1, topi)
+
+
+def _triton_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """`_select.median_topk`, or None (and the sort for the rest of the session, said once) where Triton fails
+    here; running out of memory is raised, since the sort would need more."""
+    global _CUDA_STATS
+    try:
+        return _select.median_topk(flat, kk)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # a Triton that cannot compile here
+        _CUDA_STATS = "sort"
+        warnings.warn(f"the scan's Triton statistics failed ({type(err).__name__}: {err}); sorting instead "
+                      "(same results, slower)", RuntimeWarning, stacklevel=3)
+        return None
 
 
 class _Stash:

@@ -123,3 +123,25 @@ def test_a_failing_triton_falls_back_to_the_sort_once_with_a_warning(monkeypatch
     with pytest.warns(RuntimeWarning, match="sorting instead"):
         med, topv, _, _ = detect._layer_stats(x, 8)
     assert detect._CUDA_STATS == "sort" and torch.equal(med, detect._sorted_stats(x.abs(), 8)[0])
+
+
+def test_triton_failures_fall_back_once_but_out_of_memory_is_raised(monkeypatch):
+    """The decision itself, on any machine: a Triton that fails warns once and hands the scan to the sort; running
+    out of memory is raised (the sort would need more), and the setting stays."""
+    from mi_massive import _select, detect
+
+    def failing(err):
+        def run(flat, kk):
+            raise err
+        return run
+
+    x = _rows(300, 0)
+    monkeypatch.setattr(detect, "_CUDA_STATS", "triton")
+    monkeypatch.setattr(_select, "median_topk", failing(torch.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(torch.OutOfMemoryError):
+        detect._triton_stats(x, 8)
+    assert detect._CUDA_STATS == "triton"
+    monkeypatch.setattr(_select, "median_topk", failing(RuntimeError("no compiler here")))
+    with pytest.warns(RuntimeWarning, match="failed \\(RuntimeError: no compiler here\\); sorting instead"):
+        assert detect._triton_stats(x, 8) is None
+    assert detect._CUDA_STATS == "sort"
