@@ -141,6 +141,17 @@ def test_trunk_refuses_a_layer_output_that_is_not_the_residual():
     assert wiring(model) == before and sum(len(m._forward_hooks) for m in model.original_model.modules()) == n_hooks
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_plan_sees_every_hook_point_of_the_bridge(family):
+    """What the bare trunk checks for hooks is every HookPoint the bridge holds, once each."""
+    from transformer_lens.hook_points import HookPoint
+
+    model = model_of(family)
+    plan = _bare._Plan(model)
+    every = {id(m) for m in model.modules() if isinstance(m, HookPoint)}
+    assert sorted(map(id, plan.hook_points)) == sorted(every) and not plan.hooked()
+
+
 def test_the_trunk_is_planned_once_and_checked_on_every_call():
     """The walk of the tree is kept on the model; a hook added since, or a changed module, is still seen."""
     model = model_of("llama")
