@@ -7,8 +7,8 @@ A randomly initialised LLaMA of smollm2-135m's shape (30 layers, d_model 576, 9 
 batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as bench.py's "bare"), its
 trunk (`hf.base_model`, no hooks), the trunk's passes as the scan runs them with a no-op hook per layer, the
 scan as shipped, and the scan with one knob changed (statistics by sort, groups of 16 or 256 MB of layers
-instead of 64 MB, 8192 or 16384 entries a Triton program instead of 4096); peak memory of the scan and of the bare forward; the host's own work (token strings); with
---profile a torch.profiler table of one scan (self CPU and CUDA time per op), with --cprofile the host's time
+instead of 64 MB, Triton programs of 2048 entries and 4 warps or of 4096 and 8 for every dtype); peak memory
+of the scan and of the bare forward; the host's own work (token strings); with --profile a torch.profiler table of one scan (self CPU and CUDA time per op), with --cprofile the host's time
 per Python function in one scan. Prints JSON lines; with --out also writes the profiler tables there.
 """
 
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--cprofile", action="store_true", help="the host's time per Python function in one scan")
-    p.add_argument("--trace", default=None, help="write a gzipped Chrome trace of one scan and one bare pass here")
+    p.add_argument("--trace", default=None,
+                   help="write here a gzipped Chrome trace of one bare, one trunk_hooks and one scan")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
@@ -89,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
                     setattr(*where[k], v)
         return run
 
-    fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks, "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
+    fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks,
+           "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
            "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20),
-           "block_8k": scan_with(select___BLOCK=8192), "block_16k_16w": scan_with(select___BLOCK=16384, select___WARPS=16)}
+           "block_2k_4w": scan_with(select___BLOCK=2048, select___WARPS=4, select___BLOCK_16=2048,
+                                    select___WARPS_16=4),
+           "block_4k_8w": scan_with(select___BLOCK=4096, select___WARPS=8, select___BLOCK_16=4096,
+                                    select___WARPS_16=8)}
     t = interleaved(fns, args.device, repeat=args.repeat)
     mem = {k: peak_memory(fns[k], args.device) for k in ("bare", "scan")}
     host = timeit(lambda: [_inputs.str_tokens(model, r) for r in toks], "cpu", repeat=5)
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
            "figure": f"scan phases (random LLaMA, {args.shape} shape)", "dtype": args.dtype, "device": args.device,
            "tokens": toks.numel(), **{f"{k}_s": v for k, v in t.items()},
            **{f"{k}_over_bare": v / t["bare"] for k, v in t.items() if k != "bare"},
-           "scan_over_trunk": t["scan"] / t["trunk"], "scan_over_bare_inference_mode": t["scan"] / t["bare_inference_mode"],
+           "scan_over_trunk": t["scan"] / t["trunk"],
+           "scan_over_bare_inference_mode": t["scan"] / t["bare_inference_mode"],
            "memory_ratio": mem["scan"] / mem["bare"],
            "str_tokens_s": host}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
