@@ -8,8 +8,9 @@ batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as b
 trunk (`hf.base_model`, no hooks), the trunk's passes as the scan runs them with a no-op hook per layer, the
 scan as shipped, and the scan with one knob changed (statistics by sort, groups of 16 or 256 MB of layers
 instead of 64 MB, Triton programs of 2048 entries and 4 warps or of 4096 and 8 for every dtype); peak memory
-of the scan and of the bare forward; the host's own work (token strings); with --profile a torch.profiler table of one scan (self CPU and CUDA time per op), with --cprofile the host's time
-per Python function in one scan. Prints JSON lines; with --out also writes the profiler tables there.
+of the scan and of the bare forward; the host's own work (token strings). With --profile a torch.profiler
+table of one scan (self CPU and CUDA time per op), with --cprofile the host's time per Python function in one
+scan, with --trace a Chrome trace. Prints JSON lines; with --out also writes the profiler tables there.
 """
 
 from __future__ import annotations
