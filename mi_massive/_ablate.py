@@ -6,10 +6,10 @@ subtracts act[..., neuron] * W_out[neuron, dim] from that row's MLP output at `d
 own output (before any post-MLP norm such as Gemma's ln2_post), which equals running with the weight zeroed.
 Every row equals the clean run before its first ablated block, so it joins there from the clean residual
 (`_resume.resumed`) and the earlier blocks are not run again for it: rows that start earlier than the others
-(a search weight in an early block) run alone in a short pass up to where the others join them. The iterative super-weight search is
-sequential (each step needs the trace of the previous one), but a step only runs the blocks from the first
-zeroed weight to the target (`probe`), with weights edited only inside `zeroed_weights`, which restores every
-entry in `finally`; its rows are then measured in the batched pass with the others.
+(a search weight in an early block) run alone in a short pass up to where the others join them. The iterative
+super-weight search is sequential (each step needs the trace of the previous one), but a step only runs the
+blocks from the first zeroed weight to the target (`probe`), with weights edited only inside `zeroed_weights`,
+which restores every entry in `finally`; its rows are then measured in the batched pass with the others.
 Hooks run through `_hooks.run_with_hooks` (they must fire and always come off).
 """
 

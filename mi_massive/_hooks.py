@@ -14,7 +14,7 @@ HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 def check_eval(model: Any) -> None:
     """Analyses need a deterministic model: raise if any module is in training mode (dropout would be on)."""
-    stack, seen = [model], {id(model)}  # what model.modules() walks, without its name bookkeeping (0.44 ms for
+    stack, seen = [model], {id(model)}  # what model.modules() walks, without its name bookkeeping (0.54 ms for
     push = stack.append  # smollm2's bridge of 2,000 modules, against 1.17 ms by modules())
     while stack:
         m = stack.pop()

@@ -3,7 +3,8 @@
 Batched causal runs (trace_origin's ablations, path patching's receivers) differ from the clean run only from
 some block on, and every block before it computes what the clean run computed. `resumed(model, start, resid)`
 makes blocks 0..start-1 compute nothing, block start-1 returning `resid` (the clean
-`blocks.{start}.hook_resid_pre`, repeated to the batch), so a pass costs only the blocks from `start` on, the final norm and the unembedding.
+`blocks.{start}.hook_resid_pre`, repeated to the batch), so a pass costs only the blocks from `start` on, the
+final norm and the unembedding.
 The model's own forward still runs end to end (embedding, masks, rotary tables, final norm, lm_head,
 soft-capping), so whatever a family does outside its blocks stays exact.
 

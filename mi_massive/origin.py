@@ -157,21 +157,24 @@ def _pick_target(acts: Acts, n_layers: int, layer: int | None, pos: int | None, 
     return layer, p, d
 
 
-def _writer(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
-    """The sign of x[layer, pos, dim], the block that writes it and that block's neurons' parts."""
+def _unit(model: Any, dim: int) -> Tensor:
+    """The read-out vector of residual dimension `dim` (float64)."""
     v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     v[dim] = 1.0
+    return v
+
+
+def _writer(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
+    """The sign of x[layer, pos, dim], the block that writes it and that block's neurons' parts."""
     sign = 1.0 if float(acts[hook.resid_post(layer)][pos, dim]) >= 0 else -1.0
     writer = attr.writer_block(model, acts, pos=pos, dim=dim, upto=layer, sign=sign)
-    per_neuron, _ = attr.neuron_contributions(model, acts, v, layer=writer, pos=pos)
+    per_neuron, _ = attr.neuron_contributions(model, acts, _unit(model, dim), layer=writer, pos=pos)
     return sign, writer, per_neuron
 
 
 def _trace(model: Any, acts: Acts, layer: int, pos: int, dim: int):
     """Components of x[layer, pos, dim], the writing block and its neurons' parts."""
-    v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
-    v[dim] = 1.0
-    comps = attr.components(model, acts, v, pos=pos, upto=layer)
+    comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=layer)
     sign, writer, per_neuron = _writer(model, acts, layer, pos, dim)
     return float(acts[hook.resid_post(layer)][pos, dim]), sign, comps, writer, per_neuron
 
