@@ -53,20 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     # the char tokenizer names (others cost the scan's token strings a per-id lookup, as no real model does)
     dev = toks.to(args.device)
 
-    def trunk() -> None:
-        with unwired(model) as hf:
-            for i in range(0, len(dev), args.batch_size):
-                hf.base_model(dev[i : i + args.batch_size], use_cache=False)
+    def batched(forward, inference_mode: bool = False):
+        """Passes of the unwired HF model over the tokens in batches: forward(hf, tokens)."""
+        def run() -> None:
+            with unwired(model) as hf, torch.inference_mode(inference_mode):
+                for i in range(0, len(dev), args.batch_size):
+                    forward(hf, dev[i : i + args.batch_size])
+        return run
 
-    def bare() -> None:
-        with unwired(model) as hf:
-            for i in range(0, len(dev), args.batch_size):
-                hf(dev[i : i + args.batch_size], use_cache=False)
-
-    def bare_inference_mode() -> None:  # as bare, in torch.inference_mode() (as the scan's passes run)
-        with unwired(model) as hf, torch.inference_mode():
-            for i in range(0, len(dev), args.batch_size):
-                hf(dev[i : i + args.batch_size], use_cache=False)
+    trunk = batched(lambda hf, t: hf.base_model(t, use_cache=False))
+    bare = batched(lambda hf, t: hf(t, use_cache=False))
+    bare_inference_mode = batched(lambda hf, t: hf(t, use_cache=False), True)  # as the scan's passes run
 
     run_trunk = _bare.trunk_runner(model)
 
