@@ -160,7 +160,25 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
     if hf_default is not None:
         rec.update(hf_default_s=t["hf_default"], hf_default_attn=hf_default.config._attn_implementation,
                    scan_over_hf_default=t["scan"] / t["hf_default"])
+    if device.startswith("cuda"):
+        rec.update(_graphs_record(model, toks, batch_size))
     return rec
+
+
+def _graphs_record(model, toks: torch.Tensor, batch_size: int) -> dict:
+    """What the scan's CUDA graphs did (`mi_massive._graphs`): the timings kept for the batch shape, and whether a
+    scan without graphs finds exactly the same (run last, so the timed scans were not affected)."""
+    from mi_massive import _bare, detect
+
+    timings = {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()}
+    shipped, runs = detect._CUDA_GRAPHS, []
+    for graphs in (False, True):
+        detect._CUDA_GRAPHS = graphs
+        f, prof = detect.scan(model, toks, batch_size=batch_size, progress=False)
+        runs.append((f.to_dataframe(), prof.to_dataframe()))
+    detect._CUDA_GRAPHS = shipped
+    return {"cuda_graphs": shipped, "graph_timings": timings,
+            "graphs_same_result_as_eager": all(a.equals(b) for a, b in zip(*runs))}
 
 
 def bench_second_load(name: str) -> dict:
@@ -249,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
                    help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
+    p.add_argument("--cuda-graphs", choices=["on", "off"], default=None,
+                   help="replay CUDA graphs of the scan's passes where they pay (mi_massive.detect._CUDA_GRAPHS)")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
 
@@ -261,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cuda_stats:
         detect._CUDA_STATS = args.cuda_stats
+    if args.cuda_graphs:
+        detect._CUDA_GRAPHS = args.cuda_graphs == "on"
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS,
+        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS, "cuda_graphs": detect._CUDA_GRAPHS,
         "group_mb": detect._GROUP_BYTES >> 20,
     }
     records: list[dict] = []

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks,
-           "scan": scan_with(), "sort": scan_with(_CUDA_STATS="sort"),
+           "scan": scan_with(), "no_graphs": scan_with(_CUDA_GRAPHS=False), "sort": scan_with(_CUDA_STATS="sort"),
            "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20),
            "block_2k_4w": scan_with(select___BLOCK=2048, select___WARPS=4, select___BLOCK_16=2048,
                                     select___WARPS_16=4),
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
            "scan_over_trunk": t["scan"] / t["trunk"],
            "scan_over_bare_inference_mode": t["scan"] / t["bare_inference_mode"],
            "memory_ratio": mem["scan"] / mem["bare"],
+           "graph_timings": {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()},
            "str_tokens_s": host}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
     if args.cprofile:

@@ -132,12 +132,25 @@ class _Trunk:
                 raise Unsupported("the bridge's blocks are not all decoder layers of the HF trunk")
         self.layers = layers
         self.kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.module.forward).parameters else {}
+        self.timings: dict = {}  # what a scan's passes cost on CUDA, by batch shape (`_graphs.Timing`)
+        self.streams: dict = {}  # device -> the CUDA stream a scan's passes run on (`_graphs`)
 
 
-def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]], None]:
-    """`run(tokens, on_layer)`: one forward pass of the bare HF trunk (no lm_head, no KV cache) calling
-    `on_layer(layer, x)` with each decoder layer's output x, shape (batch, pos, d_model), which is the bridge's
-    `blocks.{layer}.hook_resid_post`.
+def kept_trunk(model: Any) -> _Trunk | None:
+    """The `_Trunk` that `trunk_runner` keeps on the model, if any."""
+    return model.__dict__.get("_mi_massive_trunk")
+
+
+def trunk_runner(model: Any) -> Callable[..., None]:
+    """`run(tokens, on_layer, masks=None)`: one forward pass of the bare HF trunk (no lm_head, no KV cache)
+    calling `on_layer(layer, x)` with each decoder layer's output x, shape (batch, pos, d_model), which is the
+    bridge's `blocks.{layer}.hook_resid_post`.
+
+    `masks`, for CUDA graphs (`_graphs`): an empty dict is filled with the attention mask each decoder layer is
+    given; a filled one is given to the layers in place of what the model builds. transformers builds masks with
+    host-to-device copies, which a capture cannot hold, and they depend on the batch's shape alone. Where every
+    layer was given None (GPT-2's blocks, say) nothing is handed over; where only some were, or a mask is not
+    4D, the pass raises MaskError.
 
     Raises Unsupported (here, or in `run` once a layer's output is seen) wherever that equivalence is not
     certain: weights processed by the bridge, hooks attached to the bridge (an intervention is active),
@@ -147,7 +160,7 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
     """
     if getattr(model, "_weights_processed", False):
         raise Unsupported("the bridge processed its weights (its forward is not the HF model's)")
-    trunk = model.__dict__.get("_mi_massive_trunk")  # kept on the model: it dies with it
+    trunk = kept_trunk(model)  # kept on the model: it dies with it
     if trunk is None or not trunk.plan.valid():
         trunk = _Trunk(model)
         object.__setattr__(model, "_mi_massive_trunk", trunk)  # not a submodule: nn.Module's setattr would see
@@ -157,7 +170,7 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
     plan, layers, kwargs = trunk.plan, trunk.layers, trunk.kwargs
     n_layers, d_model, device = model.cfg.n_layers, model.cfg.d_model, model.cfg.device
 
-    def run(tokens: Tensor, on_layer: Callable[[int, Tensor], None]) -> None:
+    def run(tokens: Tensor, on_layer: Callable[[int, Tensor], None], masks: dict | None = None) -> None:
         shape = (*tokens.shape, d_model)
         fired = [0] * n_layers
 
@@ -171,9 +184,17 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
             return fn
 
         handles = [layer.register_forward_hook(hook_fn(i)) for i, layer in enumerate(layers)]
+        call = kwargs
+        if masks is not None and not masks:
+            handles += [layer.register_forward_pre_hook(_take_mask(masks, i), with_kwargs=True)
+                        for i, layer in enumerate(layers)]
+        elif masks is not None and any(m is not None for m in masks.values()):
+            call = {**kwargs, "attention_mask": _given_mask(masks, 0)}  # 4D: the model's mask creation returns it
+            handles += [layer.register_forward_pre_hook(_give_mask(masks, i), with_kwargs=True)
+                        for i, layer in enumerate(layers)]
         try:
             with unwired(model, plan), torch.inference_mode():
-                trunk.module(input_ids=tokens.to(device), **kwargs)
+                trunk.module(input_ids=tokens.to(device), **call)
         finally:
             for h in handles:
                 h.remove()
@@ -181,3 +202,30 @@ def trunk_runner(model: Any) -> Callable[[Tensor, Callable[[int, Tensor], None]]
             raise Unsupported(f"decoder layers ran {fired} times in one pass, expected once each")
 
     return run
+
+
+class MaskError(RuntimeError):
+    """A decoder layer's attention mask cannot be handed to it (a CUDA graph's capture is then not made)."""
+
+
+def _take_mask(masks: dict, layer: int) -> Callable:
+    def fn(module: nn.Module, args: Any, kwargs: dict) -> None:
+        masks[layer] = kwargs.get("attention_mask")  # None where the layer gets it otherwise, or gets none
+
+    return fn
+
+
+def _given_mask(masks: dict, layer: int) -> Tensor:
+    mask = masks.get(layer)
+    if not isinstance(mask, Tensor) or mask.dim() != 4:
+        raise MaskError(f"decoder layer {layer} got no 4D attention_mask keyword in the recorded pass")
+    return mask
+
+
+def _give_mask(masks: dict, layer: int) -> Callable:
+    def fn(module: nn.Module, args: Any, kwargs: dict) -> tuple[Any, dict]:
+        if "attention_mask" not in kwargs:
+            raise MaskError(f"decoder layer {layer} is not given an attention_mask keyword")
+        return args, {**kwargs, "attention_mask": _given_mask(masks, layer)}
+
+    return fn

@@ -13,6 +13,7 @@ trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _bare, _inputs, _select
+from . import _bare, _graphs, _inputs, _select
 from ._hooks import check_weights, run_with_hooks
 from ._results import Result
 from .arch import hook
@@ -182,6 +183,7 @@ _GROUP_BYTES = 64 << 20  # on CUDA, block outputs gathered for one statistics ca
 # on small models but adds to the forward's peak memory (1.1B LLaMA bf16: 256 MB took it from 1.0 to 1.6x a bare
 # forward's, 64 MB to 1.15x). (Statistics on a second stream, beside the next layers, measured slower with grouped
 # Triton statistics: 1.35-1.36 vs 1.19-1.24x a bare forward; benchmarks/raw/*s3_h200_scan_phases*.)
+_CUDA_GRAPHS = True  # on CUDA, replay CUDA graphs of the passes where the kept timings say it pays (`_graphs`)
 _CUDA_STATS = "triton"  # "triton" (`_select`: radix select, where Triton runs) or "sort" (segmented sort); exact
 
 
@@ -269,30 +271,31 @@ class _Stash:
         rows = self.buf[:used].view(used * self.buf.shape[1], -1)  # (layers * batch, pos * d_model)
         self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in _layer_stats(rows, self.kk)))
 
-    def finish(self, n_layers: int) -> Callable[[], list[Tensor]]:
-        """Once the pass is launched: a function returning the statistics of every layer, (median, top |x|,
-        flat index, signed) as (layer, batch[, kk]) tensors on the host. On CUDA they travel to the host
-        asynchronously and the function waits for them alone (an event), not for what was launched since:
-        the next batch's forward is already queued while this one's results are read."""
+    def results(self, n_layers: int) -> list[Tensor]:
+        """Once the pass is launched: the statistics of every layer, (median, top |x|, flat index, signed) as
+        (layer, batch[, kk]) tensors on the pass's device."""
         self.flush()
-        if not self.cuda:
-            out = [torch.cat(t) for t in zip(*self.kept)]
-        else:
-            out = []
-            for t in zip(*self.kept):
-                dev = torch.cat(t) if len(t) > 1 else t[0]
-                out.append(torch.empty(dev.shape, dtype=dev.dtype, pin_memory=True).copy_(dev, non_blocking=True))
-            done = torch.cuda.Event()
-            done.record()
+        out = [torch.cat(t) if len(t) > 1 else t[0] for t in zip(*self.kept)]
         if len(out[0]) != n_layers:
             raise RuntimeError(f"the scan saw {len(out[0])} block outputs of {n_layers}")
+        return out
 
-        def collect() -> list[Tensor]:
-            if self.cuda:
-                done.synchronize()
-            return out
 
-        return collect
+def _to_host(out: list[Tensor]) -> Callable[[], list[Tensor]]:
+    """A function returning the tensors `out` on the host. From CUDA they travel asynchronously and the function
+    waits for them alone (an event), not for what was launched since: the next batch's pass is already queued
+    while this one's results are read."""
+    if not out[0].is_cuda:
+        return lambda: out
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out]
+    done = torch.cuda.Event()
+    done.record()
+
+    def collect() -> list[Tensor]:
+        done.synchronize()
+        return host
+
+    return collect
 
 
 def _trunk(model: Any) -> Any:
@@ -318,25 +321,31 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     med_sum = np.zeros(n_layers)  # cheaper than torch's on a host that a small model's GPU scan is bound by
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
     trunk = _trunk(model) if bare else None
-    x_device = next(model.parameters()).device
+    x_device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     bar = _progress(len(prompts), progress, "scanning")
     buffers: dict = {}  # the CUDA statistics' buffers of layer outputs (`_Stash`)
+
+    def stats_pass(tokens: Tensor, kk: int, masks: dict | None = None) -> list[Tensor]:
+        """One pass of the bare trunk over a batch; its statistics on the device (`masks`: `_bare.trunk_runner`)."""
+        stash = _Stash(x_device, kk, buffers)
+        trunk(tokens, stash.keep, masks)
+        return stash.results(n_layers)
 
     def launch(tokens: Tensor, kk: int) -> Callable[[], list[Tensor]]:
         """One pass over a batch, its statistics kept in `kk` candidates per prompt and layer."""
         nonlocal trunk
-        stash = _Stash(x_device, kk, buffers)
         if trunk is not None:
             try:
-                trunk(tokens, stash.keep)
+                if passes is None:
+                    return _to_host(stats_pass(tokens, kk))
+                return _to_host(passes.run(shape_key(tokens, kk), tokens, lambda t, masks: stats_pass(t, kk, masks)))
             except _bare.Unsupported:
                 trunk = None  # the bridge for the rest of the scan
-                stash = _Stash(x_device, kk, buffers)
-        if trunk is None:
-            run_with_hooks(model, tokens,  # non-finite values are reported below, per layer
-                           [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
-                           finite_check=False)
-        return stash.finish(n_layers)
+        stash = _Stash(x_device, kk, buffers)
+        run_with_hooks(model, tokens,  # non-finite values are reported below, per layer
+                       [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
+                       finite_check=False)
+        return _to_host(stash.results(n_layers))
 
     def take(batch: _inputs.Batch, kk: int, collect: Callable[[], list[Tensor]]) -> None:
         """A batch's statistics into the totals and hits; run again with more candidates if all passed."""
@@ -359,18 +368,43 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                                   signed[l, b, j], med[l, b]], 1).astype(np.float64))
         bar.update(len(batch.index))
 
+    def first_kk(batch: _inputs.Batch) -> int:
+        return min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
+
+    def shape_key(tokens: Tensor, kk: int) -> tuple:
+        """What a pass's CUDA graph and timings depend on."""
+        return tuple(tokens.shape), kk, dtype
+
+    passes, stream = None, None
+    if x_device.type == "cuda" and trunk is not None:
+        kept = _bare.kept_trunk(model)
+        if x_device not in kept.streams:
+            kept.streams[x_device] = torch.cuda.Stream(x_device)  # capture needs a side stream
+        stream = kept.streams[x_device]
+        stream.wait_stream(torch.cuda.current_stream(x_device))  # (what was queued before: weight edits, say)
+        if _CUDA_GRAPHS:
+            left: dict = {}
+            for batch in _inputs.batches(prompts, batch_size=batch_size):
+                key = shape_key(batch.tokens, first_kk(batch))
+                left[key] = left.get(key, 0) + 1
+            passes = _graphs.Passes(x_device, left, kept.timings)
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
-    for batch in _inputs.batches(prompts, batch_size=batch_size):
-        kk = min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
-        if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next forward
-            take(batch, kk, launch(batch.tokens, kk))  # fragment its heap (+140 MB of peak RSS in a smollm2 scan)
-            continue
-        collect = launch(batch.tokens, kk)
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        for batch in _inputs.batches(prompts, batch_size=batch_size):
+            kk = first_kk(batch)
+            if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next forward
+                take(batch, kk, launch(batch.tokens, kk))  # fragment its heap (+140 MB of peak RSS in a smollm2 scan)
+                continue
+            collect = launch(batch.tokens, kk)
+            if pending is not None:
+                take(*pending)
+            pending = (batch, kk, collect)
         if pending is not None:
             take(*pending)
-        pending = (batch, kk, collect)
-    if pending is not None:
-        take(*pending)
+        if passes is not None:
+            passes.close()
+    if stream is not None:
+        torch.cuda.current_stream(x_device).wait_stream(stream)
     bar.close()
     rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]

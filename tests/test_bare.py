@@ -120,7 +120,7 @@ def test_unsupported_trunk_falls_back_to_the_bridge(monkeypatch):
     model = model_of("qwen2")
     clean = detect.find_massive_activations(model, PROMPTS).to_dataframe()
 
-    def refuse(tokens, on_layer):
+    def refuse(tokens, on_layer, masks=None):
         raise _bare.Unsupported("test")
 
     monkeypatch.setattr(_bare, "trunk_runner", lambda model: refuse)  # refused on the first pass
@@ -189,3 +189,30 @@ def test_bare_scan_equals_bridge_scan_on_smollm2(smollm2, prompts):
     bare, bridge = _scans(smollm2, prompts, threshold=100.0, ratio=1000.0)
     assert 507 in bare[0].dims
     assert_same_scan(bare, bridge, rtol=0.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recorded_masks_given_back_give_the_same_pass(family):
+    """What a CUDA graph's capture relies on (`_graphs`): the masks a pass records, handed to the layers in
+    place of what the model builds, give the same outputs; other masks change them (so they are used)."""
+    model = model_of(family)
+    run = _bare.trunk_runner(model)
+    toks = torch.stack([_inputs.tokenize(model, "hello world, this is a test")[0]] * 2)
+
+    def outputs(masks=None) -> list:
+        got = []
+        run(toks, lambda layer, x: got.append(x.clone()), masks)
+        return got
+
+    masks: dict = {}
+    plain = outputs(masks)
+    assert sorted(masks) == list(range(model.cfg.n_layers))
+    assert all(torch.equal(a, b) for a, b in zip(plain, outputs(dict(masks))))
+    if all(m is None for m in masks.values()):  # blocks given no mask keyword (GPT-2): nothing to hand over
+        assert family == "gpt2"
+        return
+    assert all(m.dim() == 4 and m.shape[0] == 2 and m.shape[-1] == toks.shape[1] for m in masks.values())
+    open_mask = {i: torch.zeros_like(m) for i, m in masks.items()}  # every position sees every other
+    assert not torch.equal(outputs(open_mask)[-1], plain[-1])
+    with pytest.raises(_bare.MaskError, match="no 4D attention_mask"):
+        outputs({**masks, 0: None})
