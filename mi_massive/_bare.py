@@ -133,6 +133,7 @@ class _Trunk:
         self.layers = layers
         self.kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.module.forward).parameters else {}
         self.timings: dict = {}  # what a scan's passes cost on CUDA, by batch shape (`_graphs.Timing`)
+        self.masks: dict = {}  # attention masks recorded by a scan's pass, by batch shape (`_graphs.Passes`)
         self.streams: dict = {}  # device -> the CUDA stream a scan's passes run on (`_graphs`)
 
 

@@ -16,7 +16,7 @@ addresses of the weights, which may be replaced between scans. The timings live 
 A capture must not copy from the host: transformers builds attention masks that way. So the first eager
 pass of each shape in a scan records the mask each decoder layer is given, and the capture hands those to the
 layers instead (`_bare.trunk_runner`'s `masks`). A shape is captured only after one eager batch of it in the
-same scan.
+same scan, or kept from an earlier one (up to KEEP_BYTES).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+KEEP_BYTES = 32 << 20  # recorded inputs (masks) of captured shapes kept between scans, up to this many in all
 EAGER_FIRST = 2  # eager batches of a shape timed before its first capture (the first one compiles kernels)
 MIN_LEFT = 2  # batches of an untimed shape left (this one included) for a capture that learns the replay's time
 
@@ -97,17 +98,20 @@ class Passes:
     """A scan's passes on CUDA. `run(key, tokens, fn)` gives fn's device outputs for one batch, from an eager
     call or from a replay of that key's capture, whichever `Timing` says is faster. fn(tokens, inputs) must
     depend on nothing else that changes between batches. `inputs` is a dict: the first eager call of a key
-    fills it with what a capture cannot compute itself (the attention masks, `_bare.trunk_runner`); the capture
-    reads it. Later eager calls get None. So a key is captured only after one eager batch in the same scan.
-    `left` counts the batches of each key the scan will run. `timings` (key -> Timing) outlive the scan.
-    `close()` once every output has been read: it keeps the replays' times and drops the graphs."""
+    fills it with what a capture cannot compute itself (the attention masks, `_bare.trunk_runner`), where
+    MIN_LEFT or more batches of it are left; the capture reads it. Other eager calls get None. `left` counts the
+    batches of each key the scan will run. `timings` (key -> Timing) and `kept` (key -> recorded inputs of
+    captured keys, KEEP_BYTES in all) outlive the scan: a key with kept inputs can be captured at its first
+    batch. `close()` once every output has been read: it keeps the replays' times and the recorded inputs, and
+    drops the graphs."""
 
     graph_class = Graph  # (tests replace it: no CUDA there)
 
-    def __init__(self, device: torch.device, left: dict[Hashable, int], timings: dict[Hashable, Timing]) -> None:
-        self.device, self.left, self.timings = device, dict(left), timings
+    def __init__(self, device: torch.device, left: dict[Hashable, int], timings: dict[Hashable, Timing],
+                 kept: dict[Hashable, dict]) -> None:
+        self.device, self.left, self.timings, self.kept = device, dict(left), timings, kept
         self.graphs: dict[Hashable, Graph] = {}
-        self.inputs: dict[Hashable, dict] = {}  # what the first eager pass of each key recorded
+        self.inputs: dict[Hashable, dict] = dict(kept)  # what the first eager pass of each key recorded
 
     def run(self, key: Hashable, tokens: Tensor, fn: Callable[[Tensor, dict | None], list[Tensor]]) -> list[Tensor]:
         left = self.left.get(key, 0)
@@ -124,7 +128,7 @@ class Passes:
                 timing.failed = f"{type(err).__name__}: {err}"
             timing.capture = time.perf_counter() - t
         if graph is None:
-            record = self.inputs.setdefault(key, {}) if inputs is None else None
+            record = self.inputs.setdefault(key, {}) if inputs is None and left >= MIN_LEFT else None
             t = time.perf_counter()
             out = fn(tokens, record)
             took = time.perf_counter() - t
@@ -140,4 +144,16 @@ class Passes:
                 best = min(times)
                 replay = self.timings[key].replay
                 self.timings[key].replay = best if replay is None else min(replay, best)
-        self.graphs.clear()
+        captured, self.graphs = list(self.graphs), {}
+        total = sum(_nbytes(inputs) for inputs in self.kept.values())
+        for key in captured:
+            size = _nbytes(self.inputs[key])
+            if key not in self.kept and total + size <= KEEP_BYTES:
+                self.kept[key], total = self.inputs[key], total + size
+
+
+def _nbytes(inputs: dict) -> int:
+    """Device bytes of the tensors in `inputs` (each storage once: layers share masks)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in inputs.values() if isinstance(t, Tensor)}
+    return sum(storages.values())

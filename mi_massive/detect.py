@@ -322,6 +322,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
     trunk = _trunk(model) if bare else None
     x_device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    attn = getattr(getattr(model, "original_model", None), "config", None)
+    attn = getattr(attn, "_attn_implementation", None)  # (the masks a pass records depend on it)
     bar = _progress(len(prompts), progress, "scanning")
     buffers: dict = {}  # the CUDA statistics' buffers of layer outputs (`_Stash`)
 
@@ -372,8 +374,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         return min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
 
     def shape_key(tokens: Tensor, kk: int) -> tuple:
-        """What a pass's CUDA graph and timings depend on."""
-        return tuple(tokens.shape), kk, dtype
+        """What a pass's CUDA graph, timings and masks depend on."""
+        return tuple(tokens.shape), kk, dtype, x_device, attn
 
     passes, stream = None, None
     if x_device.type == "cuda" and trunk is not None:
@@ -387,7 +389,7 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             for batch in _inputs.batches(prompts, batch_size=batch_size):
                 key = shape_key(batch.tokens, first_kk(batch))
                 left[key] = left.get(key, 0) + 1
-            passes = _graphs.Passes(x_device, left, kept.timings)
+            passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         for batch in _inputs.batches(prompts, batch_size=batch_size):

@@ -38,7 +38,7 @@ def fake(monkeypatch):
     return FakeGraph
 
 
-def scan(timings, n_batches, *, key="k", eager_s=0.01):
+def scan(timings, n_batches, *, key="k", eager_s=0.01, kept=None):
     """n_batches passes of one key; returns how many ran eagerly. The pass's output is its input doubled."""
     eager = []
 
@@ -49,7 +49,7 @@ def scan(timings, n_batches, *, key="k", eager_s=0.01):
         time.sleep(eager_s)
         return [x * 2]
 
-    passes = _graphs.Passes(torch.device("cpu"), {key: n_batches}, timings)
+    passes = _graphs.Passes(torch.device("cpu"), {key: n_batches}, timings, {} if kept is None else kept)
     for i in range(n_batches):
         x = torch.full((2,), float(i))
         assert torch.equal(passes.run(key, x, fn)[0], x * 2)
@@ -72,12 +72,33 @@ def test_timed_shape_is_captured_after_one_eager_batch_where_replays_pay(fake):
     assert scan(timings, 4) == 1 and len(fake.made) == 1 and fake.made[0].n == 3  # the eager batch records masks
 
 
-def test_no_capture_where_replays_do_not_pay(fake):
-    timings = {}
-    fake.replay_s = 0.05  # slower than an eager batch (a model bound by the GPU, say)
-    scan(timings, 4)
+def test_kept_inputs_let_a_timed_shape_be_captured_at_its_first_batch(fake):
+    timings, kept = {}, {}
+    scan(timings, 4, kept=kept)
+    assert kept == {"k": {"mask": "recorded"}}
     fake.made = []
-    assert scan(timings, 4) == 4 and not fake.made
+    assert scan(timings, 4, kept=kept) == 0 and fake.made[0].n == 4
+
+
+def test_recorded_inputs_are_kept_for_captured_shapes_within_a_budget(fake, monkeypatch):
+    monkeypatch.setattr(_graphs, "KEEP_BYTES", 100)
+    timings, kept = {}, {}
+    mask = {"k": torch.zeros(26)[:5], "j": torch.zeros(20), "i": torch.zeros(6)}  # storages of 104, 80, 24 bytes
+
+    def fn(x, inputs):
+        if inputs is not None:
+            inputs.update(a=mask[key], b=mask[key][None])  # one storage, twice
+        return [x]
+
+    for key in ("k", "j", "i"):
+        for _ in range(2):  # the first scan of a key learns, the second captures
+            passes = _graphs.Passes(torch.device("cpu"), {key: 4, "once": 1}, timings, kept)
+            for k in (key,) * 4 + ("once",):
+                passes.run(k, torch.zeros(1), fn)
+            passes.close()
+            timings[key].eager = 1.0  # make replays pay
+    assert sorted(kept) == ["j"]  # k: over the budget alone; i: over it beside j; once: never captured
+    assert "once" not in passes.inputs  # a lone batch records nothing
 
 
 def test_few_batches_are_not_captured(fake):
