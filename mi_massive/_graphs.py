@@ -40,7 +40,7 @@ class Timing:
     eager: float | None = None  # host time of an eager batch (the least seen)
     eager_runs: int = 0
     replay: float | None = None  # GPU time of a replay (the least seen)
-    capture: float | None = None  # host time of a capture (the last seen)
+    capture: float | None = None  # host time of a capture (the least seen: one that compiled a kernel is no guide)
     failed: str | None = None  # why a capture failed here (an op it cannot hold): eager for good
 
     def capture_pays(self, left: int) -> bool:
@@ -126,7 +126,8 @@ class Passes:
                 raise
             except RuntimeError as err:  # an op the capture cannot hold (a sync on the host, say)
                 timing.failed = f"{type(err).__name__}: {err}"
-            timing.capture = time.perf_counter() - t
+            took = time.perf_counter() - t
+            timing.capture = took if timing.capture is None else min(timing.capture, took)
         if graph is None:
             record = self.inputs.setdefault(key, {}) if inputs is None and left >= MIN_LEFT else None
             t = time.perf_counter()
