@@ -7,6 +7,7 @@ with hooks written position by position, so the two share no indexing code.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -202,7 +203,9 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
 
     Batched: variants are taken in order of their first receiver's block and cut into passes of `batch_size`
     rows; each pass resumes at the first receiver block among its rows from the clean residual `resid[block-1]`
-    (every row equals the clean run before its receivers). A variant that only patches queries at position 0
+    (every row equals the clean run before its receivers). On the CPU, where rows cost their arithmetic, a pass
+    holds the variants of one first block only (smollm2, one prompt: 20 passes, ~19% less arithmetic than 2);
+    on a GPU, where rows of one pass run side by side, passes are as full as `batch_size` allows. A variant that only patches queries at position 0
     of a causal model is not run: the first position's query meets only its own key, whose softmax weight is
     exactly 1 whatever the query, so its metric is exactly the clean one (`clean`, per prompt). The naive loop
     runs every variant as whole passes."""
@@ -220,8 +223,11 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
     skip = {i for i, v in enumerate(variants) if inert and v and all(path == "q" for path, _, _ in v)}
     out[sorted(skip)] = clean
     order = sorted((i for i in range(len(variants)) if i not in skip), key=lambda i: -first[i])  # later first
-    for i in range(0, len(order), chunk):
-        part = order[i : i + chunk]
+    if next(model.parameters()).device.type == "cpu":  # rows cost their arithmetic: none runs a block before its
+        groups = [list(g) for _, g in itertools.groupby(order, key=lambda i: first[i])]  # receiver's
+    else:  # rows of one pass run side by side: as few passes as batch_size allows
+        groups = [order]
+    for part in (g[i : i + chunk] for g in groups for i in range(0, len(g), chunk)):
         start = min([first[j] for j in part] + [model.cfg.n_layers - 1])  # the direct path's hook is the last block's
         rows = tokens.repeat(len(part), 1)  # row k * n + b is variant part[k] on prompt b
         hooks = _patch_hooks(model, [variants[j] for j in part], n, positions, corrupted)
