@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
-                   help="the scan's CUDA statistics path (mi_massive.detect._CUDA_STATS); default: as shipped")
+                   help="the scan's CUDA statistics path (mi_massive._stats.CUDA_STATS); default: as shipped")
     p.add_argument("--cuda-graphs", choices=["on", "off"], default=None,
                    help="replay CUDA graphs of the scan's passes where they pay (mi_massive.detect._CUDA_GRAPHS)")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
@@ -277,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     from mi_massive import load_model
     from mi_massive.models import EMBEDDED, embedded_path
 
-    from mi_massive import detect
+    from mi_massive import _stats, detect
 
     if args.cuda_stats:
-        detect._CUDA_STATS = args.cuda_stats
+        _stats.CUDA_STATS = args.cuda_stats
     if args.cuda_graphs:
         detect._CUDA_GRAPHS = args.cuda_graphs == "on"
     torch.set_grad_enabled(False)
@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "cuda_stats": detect._CUDA_STATS, "cuda_graphs": detect._CUDA_GRAPHS,
-        "group_mb": detect._GROUP_BYTES >> 20,
+        "torch": torch.__version__, "cuda_stats": _stats.CUDA_STATS, "cuda_graphs": detect._CUDA_GRAPHS,
+        "group_mb": _stats.GROUP_BYTES >> 20,
     }
     records: list[dict] = []
 
@@ -322,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.device.startswith("cuda"):  # Triton's statistics and the sort's must agree to the bit
                 runs = []
                 for path in ("triton", "sort"):
-                    detect._CUDA_STATS = path
+                    _stats.CUDA_STATS = path
                     f, prof = detect.scan(model, toks[:8], batch_size=4, progress=False)
                     runs.append((f.to_dataframe(), prof.to_dataframe()))
-                detect._CUDA_STATS = meta["cuda_stats"]
+                _stats.CUDA_STATS = meta["cuda_stats"]
                 rec["triton_same_result_as_sort"] = all(a.equals(b) for a, b in zip(*runs))
             emit(rec)
             del model

@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             run_trunk(dev[i : i + args.batch_size], lambda layer, x: None)
 
     def scan_with(**knobs):
-        """The scan with module settings changed for the call: detect's, or _select's as select__NAME."""
-        from mi_massive import _select
+        """The scan with module settings changed for the call: detect's (_CUDA_GRAPHS), _stats' (CUDA_STATS,
+        GROUP_BYTES) or _select's as select__NAME."""
+        from mi_massive import _select, _stats
 
-        where = {k: (_select, k[len("select__"):]) if k.startswith("select__") else (detect, k) for k in knobs}
+        where = {k: (_select, k[len("select__"):]) if k.startswith("select__") else (detect, k) if k.startswith("_")
+                 else (_stats, k) for k in knobs}
 
         def run() -> None:
             saved = {k: getattr(*where[k]) for k in knobs}
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks,
-           "scan": scan_with(), "no_graphs": scan_with(_CUDA_GRAPHS=False), "sort": scan_with(_CUDA_STATS="sort"),
-           "group_16mb": scan_with(_GROUP_BYTES=16 << 20), "group_256mb": scan_with(_GROUP_BYTES=256 << 20),
+           "scan": scan_with(), "no_graphs": scan_with(_CUDA_GRAPHS=False), "sort": scan_with(CUDA_STATS="sort"),
+           "group_16mb": scan_with(GROUP_BYTES=16 << 20), "group_256mb": scan_with(GROUP_BYTES=256 << 20),
            "block_2k_4w": scan_with(select___BLOCK=2048, select___WARPS=4, select___BLOCK_16=2048,
                                     select___WARPS_16=4),
            "block_4k_8w": scan_with(select___BLOCK=4096, select___WARPS=8, select___BLOCK_16=4096,

@@ -1,7 +1,7 @@
 """Exact per-row median |x| and top-kk |x| (values and flat indices): implementations timed against each other.
 
 The scan keeps, for every layer and prompt, the median |x| over (pos * d_model) entries and the kk largest
-|x| with their indices (`detect._layer_stats`). On CUDA that is `_select.median_topk` (Triton) where Triton
+|x| with their indices (`_stats.layer_stats`). On CUDA that is `_select.median_topk` (Triton) where Triton
 runs, else a segmented sort; this times exact alternatives on the shapes of a scan's statistics call (on
 CUDA the scan takes the block outputs of up to 256 MB of layers at once, so rows = layers x batch) and
 checks each against the sort before timing it.
@@ -10,7 +10,7 @@ checks each against the sort before timing it.
     python benchmarks/stats_micro.py --device cpu --shapes 16x147456 --repeat 5
 
 Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each checked against "sort":
-  sort          detect._sorted_stats, the CUDA path without Triton: sort chunks of rows, read the lower
+  sort          _stats.sorted_stats, the CUDA path without Triton: sort chunks of rows, read the lower
                 median and the top kk
   builtin       torch.median + torch.topk on whole rows (the CPU path)
   seg+median    two-stage top-kk (top kk of each 4096-entry segment, then of the winners) + torch.median
@@ -24,7 +24,7 @@ Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each 
   seg+bisect    two-stage top-kk + a median by bisection on the bit patterns: 31 (fp32) or 15 (16-bit)
                 per-row counts, reductions only (no atomics, no sort)
   topk+radix    torch.topk on whole rows + the radix-select median
-  triton        mi_massive._select.median_topk (detect._CUDA_STATS = "triton", the default where Triton runs):
+  triton        mi_massive._select.median_topk (_stats.CUDA_STATS = "triton", the default where Triton runs):
                 radix select in Triton kernels, 8-bit digits, straight from the signed x (no |x| tensor);
                 timed on x itself. On the CPU only with TRITON_INTERPRET=1 (for checking, not timing)
   triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peak_memory, timeit  # noqa: E402  (this folder)
 from mi_massive import _select  # noqa: E402
-from mi_massive.detect import _sorted_stats  # noqa: E402
+from mi_massive._stats import sorted_stats  # noqa: E402
 
 Stats = tuple[Tensor, Tensor, Tensor]  # median (rows,), top values (rows, kk), their flat indices (rows, kk)
 SEGMENT = 4096  # entries per segment of the two-stage top-k
@@ -97,7 +97,7 @@ def radix_median(a: Tensor, digit_bits: int = 8, copies: int = HIST_COPIES) -> T
 
 
 def selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """What `_sorted_stats` returns, by selection in torch ops instead of a sort."""
+    """What `sorted_stats` returns, by selection in torch ops instead of a sort."""
     return (radix_median(a), *segmented_topk(a, kk))
 
 
@@ -138,7 +138,7 @@ def kth_median(a: Tensor) -> Tensor:
 
 
 VARIANTS: dict[str, Callable[[Tensor, int], Stats]] = {
-    "sort": _sorted_stats,
+    "sort": sorted_stats,
     "builtin": lambda a, kk: (a.median(dim=1).values, *a.topk(kk, dim=1)),
     "seg+median": lambda a, kk: (a.median(dim=1).values, *segmented_topk(a, kk)),
     "seg+kthvalue": lambda a, kk: (kth_median(a), *segmented_topk(a, kk)),
@@ -188,7 +188,7 @@ def edge_cases(device: str, names: list[str]) -> None:
         x[1, 9] = float("-inf")
         x[2] = 1.0
         for a in (x.to(device, dtype).abs(), x[:, :100].to(device, dtype).abs()):
-            ref = _sorted_stats(a, 64)
+            ref = sorted_stats(a, 64)
             for name in names:
                 if name not in NAN_MEDIAN:
                     check(f"{name} edge {dtype}", VARIANTS[name](a, 64), ref, a)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype_name in args.dtypes:
             x = residual_like(rows, n, getattr(torch, dtype_name), args.device)
             a = x.abs()
-            ref = _sorted_stats(a, args.kk)
+            ref = sorted_stats(a, args.kk)
             base = None
             for name in dict.fromkeys(["sort", *args.variants]):  # sort first: the others are ratios to it
                 fn = VARIANTS[name]

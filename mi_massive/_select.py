@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-try:  # Triton ships with PyTorch's CUDA builds; without it the scan sorts (detect._sorted_stats)
+try:  # Triton ships with PyTorch's CUDA builds; without it the scan sorts (_stats.sorted_stats)
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install

@@ -30,7 +30,7 @@ def _rows(n: int, seed: int) -> torch.Tensor:
 
 
 def check_all(device: str, sizes=(7, 2049, 4095, 4097, 9001)) -> int:  # around bf16's and fp32's blocks
-    """Every dtype, row length (within one program's block, across blocks) and kk against `_sorted_stats`,
+    """Every dtype, row length (within one program's block, across blocks) and kk against `_stats.sorted_stats`,
     with chunks counted by histograms, by atomics or (as shipped) each as it suits."""
     from mi_massive import _select
 
@@ -46,7 +46,7 @@ def check_all(device: str, sizes=(7, 2049, 4095, 4097, 9001)) -> int:  # around 
 
 def _check_dtype(device: str, dtype: torch.dtype, sizes) -> int:
     from mi_massive import _select
-    from mi_massive.detect import _sorted_stats
+    from mi_massive._stats import sorted_stats
 
     cases = 0
     for n in sizes:
@@ -54,7 +54,7 @@ def _check_dtype(device: str, dtype: torch.dtype, sizes) -> int:
         a = x.abs()
         for kk in sorted({1, min(7, n), min(64, n), n}):
             med, topv, topi, signed = _select.median_topk(x, kk)
-            rmed, rtopv, _ = _sorted_stats(a, kk)
+            rmed, rtopv, _ = sorted_stats(a, kk)
             same = dict(rtol=0, atol=0, equal_nan=True)
             assert torch.allclose(med, rmed, **same), (dtype, n, kk, "median")
             assert torch.allclose(topv, rtopv, **same), (dtype, n, kk, "top values")
@@ -94,7 +94,7 @@ def test_triton_statistics_equal_the_sort_on_cuda():
 @cuda
 def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
     pytest.importorskip("triton")
-    from mi_massive import detect, find_massive_activations, layer_profile
+    from mi_massive import _stats, find_massive_activations, layer_profile
     from mi_massive.testing import tiny_model
 
     model = tiny_model("llama")  # on CUDA: TransformerLens's default device where there is one
@@ -102,8 +102,8 @@ def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
     prompts = ["hello world, this is a test", "abc", "massive activations sit at the first token"]
     got = {}
     for path, group in (("triton", 1 << 28), ("sort", 1 << 28), ("triton", 1)):  # all layers at once, or one by one
-        monkeypatch.setattr(detect, "_CUDA_STATS", path)
-        monkeypatch.setattr(detect, "_GROUP_BYTES", group)
+        monkeypatch.setattr(_stats, "CUDA_STATS", path)
+        monkeypatch.setattr(_stats, "GROUP_BYTES", group)
         got[path, group] = (find_massive_activations(model, prompts).to_dataframe(), layer_profile(model, prompts))
     (h, p), *others = got.values()
     assert set(h.dim) == {5} and all(h.equals(h2) for h2, _ in others)
@@ -112,23 +112,23 @@ def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
 
 @cuda
 def test_a_failing_triton_falls_back_to_the_sort_once_with_a_warning(monkeypatch):
-    from mi_massive import _select, detect
+    from mi_massive import _select, _stats
 
     def broken(flat, kk):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(_select, "median_topk", broken)
-    monkeypatch.setattr(detect, "_CUDA_STATS", "triton")
+    monkeypatch.setattr(_stats, "CUDA_STATS", "triton")
     x = _rows(5000, 0).cuda()
     with pytest.warns(RuntimeWarning, match="sorting instead"):
-        med, topv, _, _ = detect._layer_stats(x, 8)
-    assert detect._CUDA_STATS == "sort" and torch.equal(med, detect._sorted_stats(x.abs(), 8)[0])
+        med, topv, _, _ = _stats.layer_stats(x, 8)
+    assert _stats.CUDA_STATS == "sort" and torch.equal(med, _stats.sorted_stats(x.abs(), 8)[0])
 
 
 def test_triton_failures_fall_back_once_but_out_of_memory_is_raised(monkeypatch):
     """The decision itself, on any machine: a Triton that fails warns once and hands the scan to the sort; running
     out of memory is raised (the sort would need more), and the setting stays."""
-    from mi_massive import _select, detect
+    from mi_massive import _select, _stats
 
     def failing(err):
         def run(flat, kk):
@@ -136,12 +136,12 @@ def test_triton_failures_fall_back_once_but_out_of_memory_is_raised(monkeypatch)
         return run
 
     x = _rows(300, 0)
-    monkeypatch.setattr(detect, "_CUDA_STATS", "triton")
+    monkeypatch.setattr(_stats, "CUDA_STATS", "triton")
     monkeypatch.setattr(_select, "median_topk", failing(torch.OutOfMemoryError("CUDA out of memory")))
     with pytest.raises(torch.OutOfMemoryError):
-        detect._triton_stats(x, 8)
-    assert detect._CUDA_STATS == "triton"
+        _stats.triton_stats(x, 8)
+    assert _stats.CUDA_STATS == "triton"
     monkeypatch.setattr(_select, "median_topk", failing(RuntimeError("no compiler here")))
     with pytest.warns(RuntimeWarning, match="failed \\(RuntimeError: no compiler here\\); sorting instead"):
-        assert detect._triton_stats(x, 8) is None
-    assert detect._CUDA_STATS == "sort"
+        assert _stats.triton_stats(x, 8) is None
+    assert _stats.CUDA_STATS == "sort"
