@@ -15,8 +15,8 @@ addresses of the weights, which may be replaced between scans. The timings live 
 
 A capture must not copy from the host: transformers builds attention masks that way. So the first eager
 pass of each shape in a scan records the mask each decoder layer is given, and the capture hands those to the
-layers instead (`_bare.trunk_runner`'s `masks`). A shape is captured only after one eager batch of it in the
-same scan, or kept from an earlier one (up to KEEP_BYTES).
+layers instead (`_bare.trunk_runner`'s `masks`). So a shape is captured only after one eager batch of it in the
+same scan, unless an earlier scan captured it and its masks were kept (KEEP_BYTES in all).
 """
 
 from __future__ import annotations

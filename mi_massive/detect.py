@@ -197,7 +197,9 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     is launched, so that the device never waits for the host between batches.
 
     With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
-    in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise."""
+    in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise. On CUDA the trunk's passes run
+    on a side stream kept with the trunk, and, where the timings kept there say it pays, as replays of one CUDA
+    graph per batch shape (`_graphs`; the same kernels on the same inputs, so the same results)."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[np.ndarray] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each ~10x
