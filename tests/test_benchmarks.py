@@ -27,6 +27,12 @@ def test_patching_script_on_the_tiny_model():
     assert "receivers" in out and "max |diff|" in out
 
 
+def test_attribution_script_on_the_tiny_model():
+    rec = json.loads(_run(str(BENCH / "attribution_vs_exact.py"), "tiny", "hello world, this is a test").splitlines()[-1])
+    assert rec["receivers"] > 0 and rec["exact_forward_equivalents"] > 0 and rec["attribution_forward_equivalents"] > 0
+    assert -1 <= rec["v_spearman"] <= 1 and 0 <= rec["top5_overlap"] <= 5
+
+
 @pytest.mark.real
 def test_bench_scan_and_origin_records(smollm2, tmp_path):
     out = tmp_path / "records.jsonl"
