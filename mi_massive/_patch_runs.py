@@ -206,9 +206,9 @@ def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], 
     (every row equals the clean run before its receivers). On the CPU, where rows cost their arithmetic, a pass
     holds the variants of one first block only (smollm2, one prompt: 19 passes instead of 2, 14% less time); on
     a GPU, where rows of one pass run side by side, passes are as full as `batch_size` allows. A variant that
-    only patches queries at position 0 of a causal model is not run: the first position's query meets only its own key, whose softmax weight is
-    exactly 1 whatever the query, so its metric is exactly the clean one (`clean`, per prompt). The naive loop
-    runs every variant as whole passes."""
+    only patches queries at position 0 of a causal model is not run: the first position's query meets only its
+    own key, whose softmax weight is exactly 1 whatever the query, so its metric is exactly the clean one
+    (`clean`, per prompt). The naive loop runs every variant as whole passes."""
     n = len(tokens)
     out = torch.empty(len(variants), n)
     if method == "naive":  # one pass per variant and prompt
