@@ -24,6 +24,9 @@ from mi_massive._hooks import hooked
 from mi_massive._patch_runs import clean_and_corrupted, hook_name, metric_rows
 
 
+PROMPT = "Summer is warm. Winter is cold. The quick brown fox jumps over the lazy dog."  # bench.py's
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -32,7 +35,7 @@ def _timed(fn) -> float:
 
 def main(argv: list[str]) -> None:
     name = argv[0] if argv else "smollm2-135m"
-    prompt = argv[1] if len(argv) > 1 else "Summer is warm. Winter is cold. The quick brown fox jumps over the lazy dog."
+    prompt = argv[1] if len(argv) > 1 else PROMPT
     torch.set_grad_enabled(False)
     if name == "tiny":
         from mi_massive.testing import tiny_model
@@ -74,7 +77,8 @@ def main(argv: list[str]) -> None:
         est.append(sum(float(((corrupted[i] - clean[i]) * delta.grad[i]).sum()) for i in at))
     df = exact.to_dataframe().assign(estimate=est)
     rec = {"figure": "attribution patching vs exact path patching", "model": name, "receivers": len(df),
-           "forward_s": fwd, "exact_forward_equivalents": t_exact / fwd, "attribution_forward_equivalents": t_attr / fwd,
+           "forward_s": fwd, "exact_forward_equivalents": t_exact / fwd,
+           "attribution_forward_equivalents": t_attr / fwd,
            "total_effect": exact.total_effect}
     for path in ("k", "v"):
         d = df[df.path == path]

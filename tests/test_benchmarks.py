@@ -28,7 +28,8 @@ def test_patching_script_on_the_tiny_model():
 
 
 def test_attribution_script_on_the_tiny_model():
-    rec = json.loads(_run(str(BENCH / "attribution_vs_exact.py"), "tiny", "hello world, this is a test").splitlines()[-1])
+    out = _run(str(BENCH / "attribution_vs_exact.py"), "tiny", "hello world, this is a test")
+    rec = json.loads(out.splitlines()[-1])
     assert rec["receivers"] > 0 and rec["exact_forward_equivalents"] > 0 and rec["attribution_forward_equivalents"] > 0
     assert -1 <= rec["v_spearman"] <= 1 and 0 <= rec["top5_overlap"] <= 5
 
