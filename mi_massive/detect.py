@@ -277,22 +277,24 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                 left[key] = left.get(key, 0) + 1
             passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        for batch in _inputs.batches(prompts, batch_size=batch_size):
-            kk = first_kk(batch)
-            if x_device.type != "cuda":  # nothing to overlap on the CPU, and results kept through the next forward
-                take(batch, kk, launch(batch.tokens, kk))  # fragment its heap (+140 MB of peak RSS in a smollm2 scan)
-                continue
-            collect = launch(batch.tokens, kk)
+    try:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for batch in _inputs.batches(prompts, batch_size=batch_size):
+                kk = first_kk(batch)
+                if x_device.type != "cuda":  # nothing to overlap on the CPU; results kept through the next
+                    take(batch, kk, launch(batch.tokens, kk))  # forward would fragment its heap (+140 MB of peak
+                    continue  # RSS in a smollm2 scan)
+                collect = launch(batch.tokens, kk)
+                if pending is not None:
+                    take(*pending)
+                pending = (batch, kk, collect)
             if pending is not None:
                 take(*pending)
-            pending = (batch, kk, collect)
-        if pending is not None:
-            take(*pending)
-        if passes is not None:
-            passes.close()
-    if stream is not None:
-        torch.cuda.current_stream(x_device).wait_stream(stream)
+            if passes is not None:
+                passes.close()
+    finally:  # the caller's stream waits for the scan's work, also after an error
+        if stream is not None:
+            torch.cuda.current_stream(x_device).wait_stream(stream)
     bar.close()
     rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
