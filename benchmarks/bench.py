@@ -171,14 +171,25 @@ def _graphs_record(model, toks: torch.Tensor, batch_size: int) -> dict:
     from mi_massive import _bare, detect
 
     timings = {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()}
-    shipped, runs = detect._CUDA_GRAPHS, []
-    for graphs in (False, True):
-        detect._CUDA_GRAPHS = graphs
-        f, prof = detect.scan(model, toks, batch_size=batch_size, progress=False)
-        runs.append((f.to_dataframe(), prof.to_dataframe()))
-    detect._CUDA_GRAPHS = shipped
-    return {"cuda_graphs": shipped, "graph_timings": timings,
-            "graphs_same_result_as_eager": all(a.equals(b) for a, b in zip(*runs))}
+    same = scans_agree(model, toks, batch_size, detect, "_CUDA_GRAPHS", (False, True))
+    return {"cuda_graphs": detect._CUDA_GRAPHS, "graph_timings": timings, "graphs_same_result_as_eager": same}
+
+
+def scans_agree(model, toks: torch.Tensor, batch_size: int, module, setting: str, values) -> bool:
+    """Whether scans with `module.setting` at each of `values` find the same hits and layer profile, row for row
+    (the setting is put back afterwards)."""
+    from mi_massive import detect
+
+    shipped, runs = getattr(module, setting), []
+    try:
+        for value in values:
+            setattr(module, setting, value)
+            found, profile = detect.scan(model, toks, batch_size=batch_size, progress=False)
+            runs.append((found.to_dataframe(), profile.to_dataframe()))
+    finally:
+        setattr(module, setting, shipped)
+    (found0, profile0), *others = runs
+    return all(found.equals(found0) and profile.equals(profile0) for found, profile in others)
 
 
 def bench_second_load(name: str) -> dict:
@@ -320,13 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             found = find_massive_activations(model, toks[:2])
             rec.update(n_params=n_params, planted_found=1234 in found.dims)
             if args.device.startswith("cuda"):  # Triton's statistics and the sort's must agree to the bit
-                runs = []
-                for path in ("triton", "sort"):
-                    _stats.CUDA_STATS = path
-                    f, prof = detect.scan(model, toks[:8], batch_size=4, progress=False)
-                    runs.append((f.to_dataframe(), prof.to_dataframe()))
-                _stats.CUDA_STATS = meta["cuda_stats"]
-                rec["triton_same_result_as_sort"] = all(a.equals(b) for a, b in zip(*runs))
+                rec["triton_same_result_as_sort"] = scans_agree(model, toks[:8], 4, _stats, "CUDA_STATS",
+                                                                ("triton", "sort"))
             emit(rec)
             del model
         model, _ = big_llama(args.device, torch.float16, magnitude=1e6)  # beyond float16's 65504

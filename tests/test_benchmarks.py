@@ -3,9 +3,11 @@
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -25,6 +27,24 @@ def test_stats_micro_checks_every_variant_before_timing_it():
 def test_patching_script_on_the_tiny_model():
     out = _run(str(BENCH / "patching.py"))
     assert "receivers" in out and "max |diff|" in out
+
+
+def test_scans_agree_compares_every_setting_and_puts_it_back(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench
+
+    from mi_massive import _stats, detect
+    from mi_massive.testing import tiny_model
+
+    model = tiny_model("llama")
+    toks = torch.randint(3, 50, (4, 12), generator=torch.Generator().manual_seed(0))
+    toks[:, 0] = model.tokenizer.bos_token_id
+    assert bench.scans_agree(model, toks, 2, _stats, "CUDA_STATS", ("triton", "sort"))  # exact either way
+    assert _stats.CUDA_STATS == "triton"
+    knob, scan = types.SimpleNamespace(cut=0), detect.scan  # a setting that changes what a scan sees
+    monkeypatch.setattr(detect, "scan", lambda model, toks, **kw: scan(model, toks[:, : 12 - knob.cut], **kw))
+    assert bench.scans_agree(model, toks, 2, knob, "cut", (0, 0))
+    assert not bench.scans_agree(model, toks, 2, knob, "cut", (0, 0, 4)) and knob.cut == 0
 
 
 def test_attribution_script_on_the_tiny_model():
