@@ -126,14 +126,12 @@ class Passes:
                 raise
             except RuntimeError as err:  # an op the capture cannot hold (a sync on the host, say)
                 timing.failed = f"{type(err).__name__}: {err}"
-            took = time.perf_counter() - t
-            timing.capture = took if timing.capture is None else min(timing.capture, took)
+            timing.capture = _least(timing.capture, time.perf_counter() - t)
         if graph is None:
             record = self.inputs.setdefault(key, {}) if inputs is None and left >= MIN_LEFT else None
             t = time.perf_counter()
             out = fn(tokens, record)
-            took = time.perf_counter() - t
-            timing.eager = took if timing.eager is None else min(timing.eager, took)
+            timing.eager = _least(timing.eager, time.perf_counter() - t)
             timing.eager_runs += 1
             return out
         return graph(tokens)
@@ -142,15 +140,17 @@ class Passes:
         for key, graph in self.graphs.items():
             times = graph.times()
             if times:
-                best = min(times)
-                replay = self.timings[key].replay
-                self.timings[key].replay = best if replay is None else min(replay, best)
+                self.timings[key].replay = _least(self.timings[key].replay, min(times))
         captured, self.graphs = list(self.graphs), {}
         total = sum(_nbytes(inputs) for inputs in self.kept.values())
         for key in captured:
             size = _nbytes(self.inputs[key])
             if key not in self.kept and total + size <= KEEP_BYTES:
                 self.kept[key], total = self.inputs[key], total + size
+
+
+def _least(seen: float | None, new: float) -> float:
+    return new if seen is None else min(seen, new)
 
 
 def _nbytes(inputs: dict) -> int:

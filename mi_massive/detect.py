@@ -13,6 +13,7 @@ trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import warnings
@@ -270,16 +271,14 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             kept.streams[x_device] = torch.cuda.Stream(x_device)  # capture needs a side stream
         stream = kept.streams[x_device]
         stream.wait_stream(torch.cuda.current_stream(x_device))  # (what was queued before: weight edits, say)
-        if _CUDA_GRAPHS:
-            left: dict = {}
-            for batch in _inputs.batches(prompts, batch_size=batch_size):
-                key = shape_key(batch.tokens, first_kk(batch))
-                left[key] = left.get(key, 0) + 1
-            passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
+    batches = list(_inputs.batches(prompts, batch_size=batch_size))
+    if stream is not None and _CUDA_GRAPHS:
+        left = collections.Counter(shape_key(batch.tokens, first_kk(batch)) for batch in batches)
+        passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
     pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
     try:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for batch in _inputs.batches(prompts, batch_size=batch_size):
+            for batch in batches:
                 kk = first_kk(batch)
                 if x_device.type != "cuda":  # nothing to overlap on the CPU; results kept through the next
                     take(batch, kk, launch(batch.tokens, kk))  # forward would fragment its heap (+140 MB of peak
