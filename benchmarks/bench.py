@@ -10,6 +10,7 @@ Prints one line per figure and appends a JSON record to --out (default: benchmar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -175,19 +176,29 @@ def _graphs_record(model, toks: torch.Tensor, batch_size: int) -> dict:
     return {"cuda_graphs": detect._CUDA_GRAPHS, "graph_timings": timings, "graphs_same_result_as_eager": same}
 
 
+@contextlib.contextmanager
+def settings(changes: list[tuple[object, str, object]]):
+    """Module settings (module, name, value) changed for the body of the `with`, and put back after it."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in changes]
+    for module, name, value in changes:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
+
+
 def scans_agree(model, toks: torch.Tensor, batch_size: int, module, setting: str, values) -> bool:
     """Whether scans with `module.setting` at each of `values` find the same hits and layer profile, row for row
     (the setting is put back afterwards)."""
     from mi_massive import detect
 
-    shipped, runs = getattr(module, setting), []
-    try:
-        for value in values:
-            setattr(module, setting, value)
+    runs = []
+    for value in values:
+        with settings([(module, setting, value)]):
             found, profile = detect.scan(model, toks, batch_size=batch_size, progress=False)
-            runs.append((found.to_dataframe(), profile.to_dataframe()))
-    finally:
-        setattr(module, setting, shipped)
+        runs.append((found.to_dataframe(), profile.to_dataframe()))
     (found0, profile0), *others = runs
     return all(found.equals(found0) and profile.equals(profile0) for found, profile in others)
 

@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import LLAMA_SHAPES, _sync, interleaved, peak_memory, random_llama, random_tokens, timeit  # noqa: E402
+from bench import (LLAMA_SHAPES, _sync, interleaved, peak_memory, random_llama, random_tokens,  # noqa: E402
+                   settings, timeit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,14 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                  else (_stats, k) for k in knobs}
 
         def run() -> None:
-            saved = {k: getattr(*where[k]) for k in knobs}
-            for k, v in knobs.items():
-                setattr(*where[k], v)
-            try:
+            with settings([(*where[k], v) for k, v in knobs.items()]):
                 detect.scan(model, toks, batch_size=args.batch_size, progress=False)
-            finally:
-                for k, v in saved.items():
-                    setattr(*where[k], v)
         return run
 
     fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks,
