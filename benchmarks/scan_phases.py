@@ -7,7 +7,8 @@ A randomly initialised LLaMA of smollm2-135m's shape (30 layers, d_model 576, 9 
 batches of 16. Timed in alternation: the bare HF CausalLM (logits included, as bench.py's "bare"), its
 trunk (`hf.base_model`, no hooks), the trunk's passes as the scan runs them with a no-op hook per layer, the
 scan as shipped, and the scan with one knob changed (statistics by sort, groups of 16 or 256 MB of layers
-instead of 64 MB, Triton programs of 2048 entries and 4 warps or of 4096 and 8 for every dtype); peak memory
+instead of 64 MB, Triton programs of 2048 entries and 4 warps or of 4096 and 8 for every dtype, the digits found
+so far derived in every Triton program instead of resolved between rounds); peak memory
 of the scan and of the bare forward; the host's own work (token strings). With --profile a torch.profiler
 table of one scan (self CPU and CUDA time per op), with --cprofile the host's time per Python function in one
 scan, with --trace a Chrome trace. Prints JSON lines; with --out also writes the profiler tables there.
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
            "group_16mb": scan_with(GROUP_BYTES=16 << 20), "group_256mb": scan_with(GROUP_BYTES=256 << 20),
            "block_2k_4w": scan_with(select___BLOCK=2048, select___WARPS=4, select___BLOCK_16=2048,
                                     select___WARPS_16=4),
+           "derive": scan_with(select___RESOLVE=False),
            "block_4k_8w": scan_with(select___BLOCK=4096, select___WARPS=8, select___BLOCK_16=4096,
                                     select___WARPS_16=8)}
     t = interleaved(fns, args.device, repeat=args.repeat)

@@ -27,8 +27,11 @@ Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each 
   triton        mi_massive._select.median_topk (_stats.CUDA_STATS = "triton", the default where Triton runs):
                 radix select in Triton kernels, 8-bit digits, straight from the signed x (no |x| tensor);
                 timed on x itself. On the CPU only with TRITON_INTERPRET=1 (for checking, not timing)
-  triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
+  triton/4bit, triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
   triton/dense  the same with a histogram in every chunk (no per-entry atomics for sparse chunks)
+  triton/sparse1k   the same with per-entry atomics in chunks of up to 1024 matching entries (256 shipped)
+  triton/derive the same with the digits found so far derived in every program from the histograms (no launch
+                between rounds) instead of resolved once per row between rounds
   triton/block2k, triton/block8k, triton/block8k/16w, triton/block16k   other entries a program (and warps)
 """
 
@@ -148,10 +151,13 @@ VARIANTS: dict[str, Callable[[Tensor, int], Stats]] = {
     "seg+bisect": lambda a, kk: (bisect_median(a), *segmented_topk(a, kk)),
     "topk+radix": lambda a, kk: (radix_median(a), *a.topk(kk, dim=1)),
     "triton": lambda a, kk: _select.median_topk(a, kk)[:3],
+    "triton/4bit": _triton_with(DIGIT=4),
     "triton/5bit": _triton_with(DIGIT=5),
     "triton/6bit": _triton_with(DIGIT=6),
     "triton/11bit": _triton_with(DIGIT=11),
     "triton/dense": _triton_with(_SPARSE=-1),
+    "triton/sparse1k": _triton_with(_SPARSE=1024),
+    "triton/derive": _triton_with(_RESOLVE=False),
     "triton/block2k": _triton_with(_BLOCK=2048, _WARPS=4),
     "triton/block8k": _triton_with(_BLOCK=8192),
     "triton/block8k/16w": _triton_with(_BLOCK=8192, _WARPS=16),
@@ -194,6 +200,24 @@ def edge_cases(device: str, names: list[str]) -> None:
                     check(f"{name} edge {dtype}", VARIANTS[name](a, 64), ref, a)
 
 
+def kernel_times(run: Callable[[], object], repeat: int) -> dict[str, float]:
+    """Device time per kernel (ms a call, the mean over `repeat` calls), in launch order, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            run()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    per_call = max(1, len(events) // repeat)  # kernels of one call, in launch order (rounds share a kernel name)
+    times: dict[str, float] = {}
+    for i, e in enumerate(events):
+        key = f"{i % per_call}:{e.name[:50]}"
+        times[key] = times.get(key, 0.0) + e.device_time / 1e3 / repeat
+    return {k: round(v, 4) for k, v in times.items()}
+
+
 def _runs_triton() -> bool:
     """Triton's kernels run where CUDA is, or anywhere in its interpreter."""
     return _select.available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
@@ -208,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in SIGNED or _runs_triton()])
     p.add_argument("--kk", type=int, default=64)
     p.add_argument("--repeat", type=int, default=None, help="timed runs per variant (default 50 on CUDA, 5 on CPU)")
+    p.add_argument("--kernels", action="store_true", help="also each variant's device time per kernel (torch.profiler)")
     args = p.parse_args(argv)
     repeat = args.repeat or (50 if args.device.startswith("cuda") else 5)
     torch.set_grad_enabled(False)
@@ -229,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 sec = timeit(run, args.device, repeat=repeat)
                 peak = peak_memory(run, args.device) if args.device.startswith("cuda") else 0.0
                 base = base or sec
+                extra = {"kernels_ms": kernel_times(run, repeat)} if args.kernels else {}
                 print(json.dumps({**meta, "shape": shape, "dtype": dtype_name, "variant": name, "exact": True,
                                   "ms": round(sec * 1e3, 4), "over_sort": round(sec / base, 3),
-                                  "peak_mb": round(peak / 2**20, 2)}), flush=True)
+                                  "peak_mb": round(peak / 2**20, 2), **extra}), flush=True)
     return 0
 
 

@@ -8,12 +8,15 @@ k-th largest), the exact bit pattern at that rank, DIGIT bits per round: each ro
 the next digit of the entries whose higher bits match what is known so far, per chunk of a row, added into
 the row's histogram by atomics. Triton's histogram costs about entries x bins whatever the mask, so a
 chunk holding few matching entries (most chunks after the first two rounds) adds them one atomic each
-instead. Every program re-derives the digits found so far from the earlier rounds' histograms, so no launch
-is spent between rounds. A last pass writes the median and collects the entries above the k-th largest,
-and as many entries equal to it as fit; a top-k over those 2k candidates orders them.
+instead. Between rounds one program per row resolves the digits found so far from the histograms
+(`_RESOLVE`); deriving them in every program of the next round instead saves those launches but costs more on
+the device: on an H200, fp32 0.89 against 1.27 ms, bf16 0.54 against 0.59 ms for 64 x 524,288 entries (the
+1.1B LLaMA's group of layers). A last pass writes the median and collects the entries above the k-th
+largest, and as many entries equal to it as fit; a top-k over those 2k candidates orders them.
 
 fp32 takes 4 rounds (31 bits), bf16 and fp16 take 2 (15 bits). Nothing leaves the device; nothing syncs.
-On an H200 it takes 0.28-0.49 of the sort's time on a scan's statistics call (benchmarks/stats_micro.py).
+On an H200 it takes 0.25-0.29 of the sort's time on a scan's statistics call of 64 x 524,288 or 208 x 147,456
+entries (benchmarks/stats_micro.py; more on short rows, where launches dominate).
 `available()` says whether Triton can run here; `median_topk` is the entry point; tests/test_select.py
 checks it against the sort in Triton's interpreter (CPU) and compiled (CUDA).
 """
@@ -33,6 +36,8 @@ DIGIT = 8  # bits per round: Triton's histogram costs about entries x bins, so f
 _BLOCK = 4096  # entries per program (fp32)
 _SPARSE = 256  # a chunk with at most this many entries to count adds them one by one
 _WARPS = 8
+_RESOLVE = True  # the digits found so far resolved once per row between rounds (a launch of `rows` programs)
+# instead of in every program of the next round
 _BLOCK_16, _WARPS_16 = 2048, 4  # bf16/fp16: 0.69-0.74x the time of 4096 entries with 8 warps on an H200 (scan
 # groups of 48 x 524,288 and 208 x 147,456); 8192 took 0.95-1.04x, 16384 3.3x (benchmarks/raw/*s4*blocks*)
 
@@ -84,9 +89,28 @@ if triton is not None:
         return prefix, rank
 
     @triton.jit
-    def _hist_kernel(x_ptr, hist_ptr, n, rows, rank0, rank1, ROUND: tl.constexpr, HIGH: tl.constexpr,
+    def _prefix(hist_ptr, found_ptr, rows, row, t, rank, ROUNDS: tl.constexpr, DIGIT: tl.constexpr,
+                LAST: tl.constexpr, BINS: tl.constexpr, RESOLVED: tl.constexpr):
+        """The bits of target t's key found in the first ROUNDS rounds: read where `_resolve_kernel` left them,
+        or derived here from the histograms."""
+        if RESOLVED:
+            return tl.load(found_ptr + ((ROUNDS - 1) * rows + row) * 2 + t)
+        prefix, _ = _found(hist_ptr, rows, row, t, rank, ROUNDS, DIGIT, LAST, BINS)
+        return prefix
+
+    @triton.jit
+    def _resolve_kernel(hist_ptr, found_ptr, rows, rank0, rank1, ROUNDS: tl.constexpr, DIGIT: tl.constexpr,
+                        LAST: tl.constexpr, BINS: tl.constexpr):
+        """found[ROUNDS - 1, row, t]: the bits of each target's key found in the first ROUNDS rounds."""
+        row = tl.program_id(0)
+        for t in tl.static_range(2):
+            prefix, _ = _found(hist_ptr, rows, row, t, rank0 if t == 0 else rank1, ROUNDS, DIGIT, LAST, BINS)
+            tl.store(found_ptr + ((ROUNDS - 1) * rows + row) * 2 + t, prefix)
+
+    @triton.jit
+    def _hist_kernel(x_ptr, hist_ptr, found_ptr, n, rows, rank0, rank1, ROUND: tl.constexpr, HIGH: tl.constexpr,
                      SHIFT: tl.constexpr, DIGIT: tl.constexpr, BINS: tl.constexpr, SPARSE: tl.constexpr,
-                     BLOCK: tl.constexpr, IS16: tl.constexpr):
+                     BLOCK: tl.constexpr, IS16: tl.constexpr, RESOLVED: tl.constexpr):
         """Round ROUND: histogram of bits [SHIFT, HIGH) of the entries whose higher bits match each target's.
         A chunk holding at most SPARSE such entries adds them one by one (an atomic each) instead of building
         a histogram, which costs about BLOCK x BINS whatever the mask: after the first rounds most chunks
@@ -101,7 +125,8 @@ if triton is not None:
             tl.atomic_add(out + bins, h, mask=h > 0, sem="relaxed")
         else:
             for t in tl.static_range(2):
-                prefix, _ = _found(hist_ptr, rows, row, t, rank0 if t == 0 else rank1, ROUND, DIGIT, DIGIT, BINS)
+                prefix = _prefix(hist_ptr, found_ptr, rows, row, t, rank0 if t == 0 else rank1, ROUND, DIGIT, DIGIT,
+                                 BINS, RESOLVED)
                 ok = m & ((key >> HIGH) == prefix)  # the bits above HIGH, as found
                 count = tl.sum(ok.to(tl.int32), 0)
                 if count > SPARSE:
@@ -111,14 +136,14 @@ if triton is not None:
                     tl.atomic_add(out + t * BINS + digit, 1, mask=ok, sem="relaxed")
 
     @triton.jit
-    def _collect_kernel(x_ptr, hist_ptr, med_ptr, cand_key_ptr, cand_idx_ptr, count_ptr, n, rows, rank0, rank1, kk,
-                        ROUNDS: tl.constexpr, DIGIT: tl.constexpr, LAST: tl.constexpr, BINS: tl.constexpr,
-                        BLOCK: tl.constexpr, IS16: tl.constexpr):
+    def _collect_kernel(x_ptr, hist_ptr, found_ptr, med_ptr, cand_key_ptr, cand_idx_ptr, count_ptr, n, rows, rank0,
+                        rank1, kk, ROUNDS: tl.constexpr, DIGIT: tl.constexpr, LAST: tl.constexpr, BINS: tl.constexpr,
+                        BLOCK: tl.constexpr, IS16: tl.constexpr, RESOLVED: tl.constexpr):
         """The median's value, and the candidates of the top kk: every entry above the kk-th largest key, and
         up to kk entries equal to it (slots taken by atomic counters; candidate keys start at -1)."""
         row, chunk = tl.program_id(0), tl.program_id(1)
-        med, _ = _found(hist_ptr, rows, row, 0, rank0, ROUNDS, DIGIT, LAST, BINS)
-        kth, _ = _found(hist_ptr, rows, row, 1, rank1, ROUNDS, DIGIT, LAST, BINS)
+        med = _prefix(hist_ptr, found_ptr, rows, row, 0, rank0, ROUNDS, DIGIT, LAST, BINS, RESOLVED)
+        kth = _prefix(hist_ptr, found_ptr, rows, row, 1, rank1, ROUNDS, DIGIT, LAST, BINS, RESOLVED)
         if chunk == 0:
             if IS16:
                 tl.store(med_ptr + row, med.to(tl.int16).to(med_ptr.dtype.element_ty, bitcast=True))
@@ -152,16 +177,20 @@ def median_topk(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     block, warps = (_BLOCK_16, _WARPS_16) if is16 else (_BLOCK, _WARPS)
     chunks, bins = triton.cdiv(n, block), 1 << DIGIT
     common = dict(DIGIT=DIGIT, BINS=bins, BLOCK=block, IS16=is16, num_warps=warps)
-    work = torch.zeros(len(shifts) * rows * 2 * bins + rows * 2, dtype=torch.int32, device=flat.device)
-    hist, count = work[: -rows * 2], work[-rows * 2 :]
+    rounds, resolved = len(shifts), _RESOLVE
+    work = torch.zeros(rounds * rows * 2 * (bins + 1) + rows * 2, dtype=torch.int32, device=flat.device)
+    hist, found, count = work.split([rounds * rows * 2 * bins, rounds * rows * 2, rows * 2])
     for r, (high, shift) in enumerate(zip([width, *shifts], shifts)):
-        _hist_kernel[(rows, chunks)](flat, hist, n, rows, rank0, rank1, ROUND=r, HIGH=high, SHIFT=shift,
-                                     SPARSE=_SPARSE, **common)
+        _hist_kernel[(rows, chunks)](flat, hist, found, n, rows, rank0, rank1, ROUND=r, HIGH=high, SHIFT=shift,
+                                     SPARSE=_SPARSE, RESOLVED=resolved, **common)
+        if resolved:
+            _resolve_kernel[(rows,)](hist, found, rows, rank0, rank1, ROUNDS=r + 1, DIGIT=DIGIT, LAST=high - shift,
+                                     BINS=bins, num_warps=1)
     med = torch.empty(rows, dtype=flat.dtype, device=flat.device)
     cand_key = torch.full((rows, 2 * kk), -1, dtype=torch.int32, device=flat.device)
     cand_idx = torch.empty((rows, 2 * kk), dtype=torch.int64, device=flat.device)
-    _collect_kernel[(rows, chunks)](flat, hist, med, cand_key, cand_idx, count, n, rows, rank0, rank1, kk,
-                                    ROUNDS=len(shifts), LAST=[width, *shifts][-2] - shifts[-1], **common)
+    _collect_kernel[(rows, chunks)](flat, hist, found, med, cand_key, cand_idx, count, n, rows, rank0, rank1, kk,
+                                    ROUNDS=rounds, LAST=[width, *shifts][-2] - shifts[-1], RESOLVED=resolved, **common)
     _, j = cand_key.topk(kk, dim=1)  # (rows, kk), descending; empty slots (-1) come last
     topi = cand_idx.gather(1, j)
     signed = flat.gather(1, topi)

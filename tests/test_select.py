@@ -31,16 +31,20 @@ def _rows(n: int, seed: int) -> torch.Tensor:
 
 def check_all(device: str, sizes=(7, 2049, 4095, 4097, 9001)) -> int:  # around bf16's and fp32's blocks
     """Every dtype, row length (within one program's block, across blocks) and kk against `_stats.sorted_stats`,
-    with chunks counted by histograms, by atomics or (as shipped) each as it suits."""
+    with chunks counted by histograms, by atomics or (as shipped) each as it suits, and the digits found so far
+    resolved between rounds (as shipped) or in every program."""
     from mi_massive import _select
 
-    cases, shipped = 0, _select._SPARSE
-    for dtype, sparse in ((torch.float32, -1), (torch.bfloat16, 1 << 20), (torch.float16, shipped)):
-        _select._SPARSE = sparse  # every chunk counted by a histogram; every one by atomics; the mix
+    cases, shipped = 0, (_select._SPARSE, _select._RESOLVE)
+    for dtype, sparse, resolve in ((torch.float32, -1, True), (torch.bfloat16, 1 << 20, False),
+                                   (torch.float16, shipped[0], shipped[1])):
+        # every chunk counted by a histogram; every one by atomics; the mix. The digits found so far resolved
+        # between rounds, or derived in every program
+        _select._SPARSE, _select._RESOLVE = sparse, resolve
         try:
             cases += _check_dtype(device, dtype, sizes)
         finally:
-            _select._SPARSE = shipped
+            _select._SPARSE, _select._RESOLVE = shipped
     return cases
 
 
