@@ -15,7 +15,9 @@ addresses of the weights, which may be replaced between scans. The timings live 
 
 A capture must not copy from the host: transformers builds attention masks that way. So the first eager
 pass of each shape in a scan records the mask each decoder layer is given, and the capture hands those to the
-layers instead (`_bare.trunk_runner`'s `masks`). So a shape is captured only after one eager batch of it in the
+layers instead (`_bare.trunk_runner`'s `masks`). Later eager passes of that shape are given them too: building
+them makes the host wait for the device twice a pass (a host-to-device copy and a check for packed
+sequences), which stalls the queue between batches. So a shape is captured only after one eager batch of it in the
 same scan, unless an earlier scan captured it and its masks were kept (KEEP_BYTES in all).
 """
 
@@ -99,7 +101,9 @@ class Passes:
     call or from a replay of that key's capture, whichever `Timing` says is faster. fn(tokens, inputs) must
     depend on nothing else that changes between batches. `inputs` is a dict: the first eager call of a key
     fills it with what a capture cannot compute itself (the attention masks, `_bare.trunk_runner`), where
-    MIN_LEFT or more batches of it are left; the capture reads it. Other eager calls get None. `left` counts the
+    MIN_LEFT or more batches of it are left; the capture and later eager calls read it (so transformers does not
+    build the masks again, which makes the host wait for the device twice a pass); eager calls of a key with
+    nothing recorded get None. `left` counts the
     batches of each key the scan will run. `timings` (key -> Timing) and `kept` (key -> recorded inputs of
     captured keys, KEEP_BYTES in all) outlive the scan: a key with kept inputs can be captured at its first
     batch. `close()` once every output has been read: it keeps the replays' times and the recorded inputs, and
@@ -127,10 +131,10 @@ class Passes:
             except RuntimeError as err:  # an op the capture cannot hold (a sync on the host, say)
                 timing.failed = f"{type(err).__name__}: {err}"
             timing.capture = _least(timing.capture, time.perf_counter() - t)
-        if graph is None:
-            record = self.inputs.setdefault(key, {}) if inputs is None and left >= MIN_LEFT else None
+        if graph is None:  # the first eager call records the inputs; later ones are given them
+            given = self.inputs.setdefault(key, {}) if inputs is None and left >= MIN_LEFT else inputs
             t = time.perf_counter()
-            out = fn(tokens, record)
+            out = fn(tokens, given)
             timing.eager = _least(timing.eager, time.perf_counter() - t)
             timing.eager_runs += 1
             return out

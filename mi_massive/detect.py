@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -237,7 +238,10 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         return _stats.to_host(stash.results(n_layers))
 
     def take(batch: _inputs.Batch, kk: int, collect: Callable[[], list[Tensor]]) -> None:
-        """A batch's statistics into the totals and hits; run again with more candidates if all passed."""
+        """A batch's statistics into the totals and hits; run again with more candidates if all passed. Its
+        token strings first: on CUDA the device is still busy with this batch or the next."""
+        for i, row in zip(batch.index, batch.tokens):
+            str_toks[i] = _inputs.str_tokens(model, row)
         size = batch.tokens.shape[1] * d_model
         while True:
             med, topv, topi, signed = (t.float().numpy() if t.is_floating_point() else t.numpy()
@@ -272,6 +276,9 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         stream = kept.streams[x_device]
         stream.wait_stream(torch.cuda.current_stream(x_device))  # (what was queued before: weight edits, say)
     batches = list(_inputs.batches(prompts, batch_size=batch_size))
+    if x_device.type == "cuda":  # pinned, a batch's tokens travel without the host waiting for the device to
+        batches = [dataclasses.replace(b, tokens=b.tokens.pin_memory()) for b in batches]  # finish the last batch
+    str_toks: list[tuple[str, ...]] = [()] * len(prompts)
     if stream is not None and _CUDA_GRAPHS:
         left = collections.Counter(shape_key(batch.tokens, first_kk(batch)) for batch in batches)
         passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
@@ -305,10 +312,9 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             f"{model.cfg.dtype}. Massive values are reported as inf; load the model with dtype=torch.float32 "
             "(or bfloat16) to measure them.", RuntimeWarning, stacklevel=3,
         )
-    str_toks = tuple(_inputs.str_tokens(model, t) for t in prompts)
     found = MassiveActivations(
         prompt=rows[:, 0].long(), layer=rows[:, 1].long(), pos=rows[:, 2].long(), dim=rows[:, 3].long(),
-        value=rows[:, 4].float(), median=rows[:, 5].float(), str_tokens=str_toks, threshold=float(threshold),
+        value=rows[:, 4].float(), median=rows[:, 5].float(), str_tokens=tuple(str_toks), threshold=float(threshold),
         ratio=float(ratio), model_name=name, n_layers=n_layers, d_model=d_model, nonfinite=torch.from_numpy(nonfinite),
     )
     n = len(prompts)

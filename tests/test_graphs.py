@@ -101,6 +101,23 @@ def test_recorded_inputs_are_kept_for_captured_shapes_within_a_budget(fake, monk
     assert "once" not in passes.inputs  # a lone batch records nothing
 
 
+def test_later_eager_passes_are_given_the_recorded_inputs(fake):
+    """So transformers does not build the masks again: that makes the host wait for the device twice a pass."""
+    given = []
+
+    def fn(x, inputs):
+        given.append(None if inputs is None else dict(inputs))
+        if inputs is not None and not inputs:
+            inputs["mask"] = "recorded"
+        return [x]
+
+    passes = _graphs.Passes(torch.device("cpu"), {"k": 3, "once": 1}, {}, {})
+    for key in ("k", "k", "k", "once"):  # too few batches of k to capture: every one runs eagerly
+        passes.run(key, torch.zeros(1), fn)
+    assert not fake.made
+    assert given == [{}, {"mask": "recorded"}, {"mask": "recorded"}, None]  # once: nothing recorded, nothing given
+
+
 def test_few_batches_are_not_captured(fake):
     timings = {}
     assert scan(timings, 2) == 2 and not fake.made  # nothing left to capture after the 2 eager batches
