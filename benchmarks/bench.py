@@ -236,7 +236,28 @@ def bench_patching(model, prompt: str, device: str, *, batch_size: int = 64) -> 
     tn = timeit(lambda: path_patch(model, prompt, method="naive"), device, repeat=1)
     return {"figure": "path patching, all heads and paths", "forward_s": fwd, "patch_s": t,
             "forward_equivalents": t / fwd, "rows": result.forward_rows, "calls": result.forward_calls,
+            **arithmetic_floor(model, result, toks.shape[1], device, fwd),
             "naive_s": tn, "speedup_over_naive": tn / t}
+
+
+def arithmetic_floor(model, result, n_tokens: int, device: str, forward_s: float) -> dict:
+    """The multiply-adds path patching did (`block_rows` decoder blocks and `logit_rows` unembeddings, summed over
+    prompt-rows), in forwards of one prompt (`arithmetic_forwards`: the time on a machine that runs rows one after
+    another at a single forward's speed), and the least time they can take here: at the speed of one large matrix
+    product of the model's dtype on this device ([rows x tokens, d_model] @ [d_model, d_mlp], timed now), in
+    forward-equivalents (`gemm_floor_forward_equivalents`). A block's multiply-adds per token: its weight matrices,
+    plus 2 x n_tokens x d_model in attention scores and their weighted sum; the unembedding's: d_model x d_vocab."""
+    cfg = model.cfg
+    block = sum(p.numel() for p in model.blocks[0].parameters() if p.ndim >= 2) + 2 * n_tokens * cfg.d_model
+    unembed = cfg.d_model * cfg.d_vocab
+    macs = n_tokens * (result.block_rows * block + result.logit_rows * unembed)
+    dtype = next(model.parameters()).dtype
+    a = torch.randn(max(1, result.logit_rows) * n_tokens, cfg.d_model, device=device, dtype=dtype)
+    b = torch.randn(cfg.d_model, cfg.d_mlp, device=device, dtype=dtype)
+    gemm_s = timeit(lambda: [a @ b for _ in range(10)], device, repeat=5) / 10  # (ten: a GPU's launches)
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1] / gemm_s
+    return {"arithmetic_forwards": macs / (n_tokens * (cfg.n_layers * block + unembed)), "gemm_flops": flops,
+            "gemm_floor_forward_equivalents": 2 * macs / flops / forward_s}
 
 
 LLAMA_SHAPES = {  # LlamaConfig fields of the randomly initialised models

@@ -181,17 +181,20 @@ def _naive_hook(model: Any, receiver: Receiver, positions: list[int], corrupted:
 def metric_rows(metric: Metric, logits: Tensor, tokens: Tensor) -> Tensor:
     """The metric of each row (batch,) on CPU."""
     tokens = tokens.to(logits.device)
-    if metric == "loss":
-        logp = logits[:, :-1].float().log_softmax(-1)  # (batch, pos - 1, d_vocab)
-        return -logp.gather(-1, tokens[:, 1:, None])[..., 0].mean(1).cpu()
+    if metric == "loss":  # -log_softmax at the next token, without a (batch, pos - 1, d_vocab) log_softmax (on 2
+        logits = logits[:, :-1].float()  # CPU cores 0.15 against 0.23 s for smollm2's 116 patched rows)
+        return (logits.logsumexp(-1) - logits.gather(-1, tokens[:, 1:, None])[..., 0]).mean(1).cpu()
     return torch.tensor([float(metric(logits[r : r + 1], tokens[r : r + 1])) for r in range(len(tokens))])
 
 
 def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int], *, start: int = 0,
              resid: Tensor | None = None) -> Tensor:
-    """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it."""
+    """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it. `counter`:
+    passes, prompt-rows, decoder blocks run summed over rows, rows unembedded."""
     counter[0] += 1
     counter[1] += len(tokens)
+    counter[2] += len(tokens) * (model.cfg.n_layers - start)
+    counter[3] += len(tokens)
     with resumed(model, start, resid):
         return metric_rows(metric, run_with_hooks(model, tokens, hooks), tokens)
 

@@ -76,6 +76,9 @@ class PathPatching(Result):
     method: str
     forward_calls: int  # model calls made (detection, clean, corrupted, patched)
     forward_rows: int  # prompt-rows run through the model: single-prompt forward-equivalents
+    block_rows: int  # decoder blocks run, summed over prompt-rows (a whole pass of one prompt counts n_layers):
+    # with logit_rows, the arithmetic done, which on a CPU sets the time (rows resume after their sender)
+    logit_rows: int  # prompt-rows unembedded (all but detection's)
 
     @property
     def effect(self) -> Float[Tensor, "receiver"]:
@@ -238,11 +241,11 @@ def path_patch(
     str_toks = tuple(_inputs.str_tokens(model, t) for t in prompts)
     batches = list(_inputs.batches(prompts, batch_size=batch_size))
     cfg = model.cfg
-    counter = [0, 0]  # model calls, prompt-rows
+    counter = [0, 0, 0, 0]  # model calls, prompt-rows, decoder blocks run summed over rows, rows unembedded
     if massive is None and len(batches) > 1:  # every batch needs the same receivers: find all sites first
         massive, _ = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
                            progress=False)
-        counter = [len(batches), len(prompts)]
+        counter = [len(batches), len(prompts), len(prompts) * cfg.n_layers, 0]  # (the scan stops at the last block)
     elif massive is not None and tuple(massive.str_tokens) != str_toks:
         raise ValueError(f"massive= was found on other prompts ({len(massive.str_tokens)} prompt(s)); "
                          "run find_massive_activations on the same inputs")
@@ -265,6 +268,8 @@ def path_patch(
             threshold=threshold, ratio=ratio)
         counter[0] += 1
         counter[1] += 2 * len(idx)
+        counter[2] += 2 * len(idx) * cfg.n_layers
+        counter[3] += 2 * len(idx)
         if plan is None:  # the only batch: its sites are all the sites
             sites = pair.sites
             plan = _plan(model, sites, sender, paths, layers, rule)
@@ -288,7 +293,7 @@ def path_patch(
         metric_name="loss" if metric == "loss" else getattr(metric, "__name__", "metric"),
         positions=tuple(tuple(p) for p in plan.positions), str_tokens=str_toks, model_name=model_name(model),
         n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=plan.n_kv, hook_names=tuple(templates[p] for p in paths),
-        method=method, forward_calls=counter[0], forward_rows=counter[1],
+        method=method, forward_calls=counter[0], forward_rows=counter[1], block_rows=counter[2], logit_rows=counter[3],
     )
 
 

@@ -247,3 +247,6 @@ def test_patched_rows_skip_the_blocks_before_their_receivers(tiny_llama):
     assert min(l for l, _ in patched) == sender + 1
     starts = [l for i, (l, _) in enumerate(patched) if i == 0 or l <= patched[i - 1][0]]  # first block of each pass
     assert starts == sorted(starts, reverse=True) and starts[0] == n - 1 and len(starts) == pp.forward_calls - 1
+    assert pp.block_rows == sum(rows for _, rows in ran)  # the arithmetic accounted is the arithmetic done
+    firsts = [rows for i, (l, rows) in enumerate(patched) if i == 0 or l <= patched[i - 1][0]]  # rows of each pass
+    assert pp.logit_rows == pp.forward_rows == ran[0][1] + sum(firsts)
