@@ -165,6 +165,8 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, dtyp
         arch = getattr(hf_model.config, "architectures", None)
         raise ValueError(f"the TransformerLens bridge cannot load {name!r} (architecture {arch}): {exc}") from exc
     bridge.enable_compatibility_mode(no_processing=True)
+    bridge.cfg.dtype = next(hf_model.parameters()).dtype  # the bridge's config says float32 whatever the weights
+    # are; overflow warnings name it
     # no device: TransformerLens's choice (CUDA where there is one), which the bridge already put in cfg.device
     # without moving the weights of a model passed in; the weights go where the inputs will
     want, have = torch.device(device or bridge.cfg.device or "cpu"), next(bridge.parameters()).device

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mi_massive import LayerProfile, MassiveActivations, find_massive_activations, layer_profile
+from mi_massive import LayerProfile, MassiveActivations, find_massive_activations, layer_profile, load_model
 from mi_massive.detect import scan
 
 
@@ -120,6 +120,19 @@ def test_gemma3_massive_at_bos(gemma3, prompts):
     peak = sites[sites.pos == 0].peak.abs().max()
     assert peak > 50_000
     assert acts.nonfinite.sum() == 0
+
+
+@pytest.mark.real
+def test_gemma3_float16_overflow_is_reported_not_silent(prompts):
+    """Gemma's massive values (~1e5) exceed float16's range (65504): the scan reports them as inf, counts the
+    non-finite entries per layer and warns, naming the dtype the model was loaded in."""
+    gemma16 = load_model("gemma3-270m", dtype=torch.float16)
+    assert gemma16.cfg.dtype == torch.float16 == next(gemma16.parameters()).dtype
+    with pytest.warns(RuntimeWarning, match="overflow torch.float16"):
+        acts = find_massive_activations(gemma16, prompts[:2])
+    assert acts.nonfinite.sum() > 0
+    sites = acts.sites()
+    assert torch.isinf(torch.tensor(sites[sites.pos == 0].peak.abs().max()))  # reported, as inf, at BOS
 
 
 def test_exact_when_more_entries_pass_than_candidates_kept(tiny_llama):
