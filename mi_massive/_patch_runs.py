@@ -187,14 +187,19 @@ def metric_rows(metric: Metric, logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.tensor([float(metric(logits[r : r + 1], tokens[r : r + 1])) for r in range(len(tokens))])
 
 
+def count(counter: list[int], rows: int, blocks: int, *, unembedded: bool = True) -> None:
+    """One pass of `rows` prompt-rows through `blocks` decoder blocks into `counter`: passes, prompt-rows,
+    decoder blocks run summed over rows, rows unembedded (the arithmetic done, which on a CPU sets the time)."""
+    counter[0] += 1
+    counter[1] += rows
+    counter[2] += rows * blocks
+    counter[3] += rows if unembedded else 0
+
+
 def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int], *, start: int = 0,
              resid: Tensor | None = None) -> Tensor:
-    """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it. `counter`:
-    passes, prompt-rows, decoder blocks run summed over rows, rows unembedded."""
-    counter[0] += 1
-    counter[1] += len(tokens)
-    counter[2] += len(tokens) * (model.cfg.n_layers - start)
-    counter[3] += len(tokens)
+    """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it (`count`ed)."""
+    count(counter, len(tokens), model.cfg.n_layers - start)
     with resumed(model, start, resid):
         return metric_rows(metric, run_with_hooks(model, tokens, hooks), tokens)
 

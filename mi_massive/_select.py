@@ -10,8 +10,8 @@ the row's histogram by atomics. Triton's histogram costs about entries x bins wh
 chunk holding few matching entries (most chunks after the first two rounds) adds them one atomic each
 instead. Between rounds one program per row resolves the digits found so far from the histograms
 (`_RESOLVE`); deriving them in every program of the next round instead saves those launches but costs more on
-the device: on an H200, fp32 0.89 against 1.27 ms, bf16 0.54 against 0.59 ms for 64 x 524,288 entries (the
-1.1B LLaMA's group of layers). A last pass writes the median and collects the entries above the k-th
+the device: on an H200 a call on 64 x 524,288 entries (the 1.1B LLaMA's group of layers) takes 0.89 against
+1.27 ms in fp32, 0.54 against 0.59 ms in bf16. A last pass writes the median and collects the entries above the k-th
 largest, and as many entries equal to it as fit; a top-k over those 2k candidates orders them.
 
 fp32 takes 4 rounds (31 bits), bf16 and fp16 take 2 (15 bits). Nothing leaves the device; nothing syncs.

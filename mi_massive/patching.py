@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _inputs
-from ._patch_runs import Corruption, Metric, Receiver, clean_and_corrupted, hook_name, patched_metrics
+from ._patch_runs import Corruption, Metric, Receiver, clean_and_corrupted, count, hook_name, patched_metrics
 from ._results import Result
 from .arch import hook
 from .models import model_name
@@ -245,7 +245,8 @@ def path_patch(
     if massive is None and len(batches) > 1:  # every batch needs the same receivers: find all sites first
         massive, _ = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
                            progress=False)
-        counter = [len(batches), len(prompts), len(prompts) * cfg.n_layers, 0]  # (the scan stops at the last block)
+        for batch in batches:  # (the scan stops at the last block)
+            count(counter, len(batch.index), cfg.n_layers, unembedded=False)
     elif massive is not None and tuple(massive.str_tokens) != str_toks:
         raise ValueError(f"massive= was found on other prompts ({len(massive.str_tokens)} prompt(s)); "
                          "run find_massive_activations on the same inputs")
@@ -266,10 +267,7 @@ def path_patch(
             model, batch.tokens, sender, corruption, metric, names, sites=None if sites is None else [sites[i] for i in idx],
             resid_layer=sender[1] if sender[0] != "massive" else plan.first if plan else None,
             threshold=threshold, ratio=ratio)
-        counter[0] += 1
-        counter[1] += 2 * len(idx)
-        counter[2] += 2 * len(idx) * cfg.n_layers
-        counter[3] += 2 * len(idx)
+        count(counter, 2 * len(idx), cfg.n_layers)
         if plan is None:  # the only batch: its sites are all the sites
             sites = pair.sites
             plan = _plan(model, sites, sender, paths, layers, rule)
