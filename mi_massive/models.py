@@ -203,7 +203,12 @@ def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
 
     hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    hf_id = json.loads((Path(source) / "mi_massive.json").read_text())["hf_id"] if (Path(source) / "mi_massive.json").exists() else getattr(hf_model.config, "_name_or_path", source) or source
+    meta = Path(source) / "mi_massive.json"
+    if meta.exists():  # an embedded model's cache: its tokenizer came from a GGUF (maybe converted by an older
+        check_gguf_tokenizer(tokenizer, name)  # transformers)
+        hf_id = json.loads(meta.read_text())["hf_id"]
+    else:
+        hf_id = getattr(hf_model.config, "_name_or_path", source) or source
     return _boot(hf_model, tokenizer, hf_id, device=device, dtype=dtype, name=name)
 
 
