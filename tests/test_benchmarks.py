@@ -67,3 +67,20 @@ def test_bench_scan_and_origin_records(smollm2, tmp_path):
     assert recs["trace_origin with causal check"]["forward_equivalents"] > 1
     phases = json.loads(_run(str(BENCH / "origin_phases.py"), "--repeat", "1").splitlines()[-1])
     assert phases["capture_fe"] > 0.5 and phases["run_variants_fe"] > 0 and phases["probe_fe"] > 0
+
+
+def test_arithmetic_floor_of_path_patching(monkeypatch, tiny_llama):
+    """bench.py's arithmetic of path patching: the naive loop runs every row through the whole model, so its
+    arithmetic is exactly its prompt-rows in forwards; batched rows resume after the sender, so less."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench
+
+    from mi_massive import path_patch
+
+    n_tokens = tiny_llama.to_tokens("hello world").shape[1]
+    naive = path_patch(tiny_llama, "hello world", method="naive")
+    rec = bench.arithmetic_floor(tiny_llama, naive, n_tokens, "cpu", forward_s=1.0)
+    assert rec["arithmetic_forwards"] == pytest.approx(naive.forward_rows)
+    assert rec["gemm_flops"] > 0 and rec["gemm_floor_forward_equivalents"] > 0
+    batched = path_patch(tiny_llama, "hello world")
+    assert bench.arithmetic_floor(tiny_llama, batched, n_tokens, "cpu", 1.0)["arithmetic_forwards"] < batched.forward_rows
