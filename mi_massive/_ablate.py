@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._hooks import HookFn, capture, host_float64, run_with_hooks
+from ._loss import next_token_nll
 from ._resume import resumed
 from .arch import hook, spec
 
@@ -88,13 +89,12 @@ class Variant:
 def row_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Tensor) -> Float[Tensor, "batch"]:
     """Each row's mean next-token loss (float32), as `model(tokens, return_type="loss")` gives for one row.
 
-    One row's log-probabilities at a time: those of the whole batch would be fresh memory the size of the
+    One row at a time (`_loss.next_token_nll`): the whole batch's would take fresh memory the size of the
     logits (tens of MB, a page fault per 4 KiB on the CPU); a row's are the same numbers.
     """
     n = len(tokens) - 1  # positions with a next token: the logits may stop there (at the last token they do not)
-    target = tokens[1:].to(logits.device)[:, None]  # (n, 1)
-    picked = torch.stack([row[:n].float().log_softmax(-1).gather(-1, target)[:, 0] for row in logits])
-    return -picked.mean(-1).cpu()
+    nll = torch.stack([next_token_nll(row[None, :n], tokens[1:])[0] for row in logits])  # (batch, n)
+    return nll.mean(-1).cpu()
 
 
 def clean_resid(acts: Acts, start: int) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ._hooks import run_with_hooks
+from ._loss import next_token_nll
 from ._resume import resumed
 from .arch import hook
 
@@ -181,9 +182,8 @@ def _naive_hook(model: Any, receiver: Receiver, positions: list[int], corrupted:
 def metric_rows(metric: Metric, logits: Tensor, tokens: Tensor) -> Tensor:
     """The metric of each row (batch,) on CPU."""
     tokens = tokens.to(logits.device)
-    if metric == "loss":  # -log_softmax at the next token, without a (batch, pos - 1, d_vocab) log_softmax (on 2
-        logits = logits[:, :-1].float()  # CPU cores 0.15 against 0.23 s for smollm2's 116 patched rows)
-        return (logits.logsumexp(-1) - logits.gather(-1, tokens[:, 1:, None])[..., 0]).mean(1).cpu()
+    if metric == "loss":
+        return next_token_nll(logits[:, :-1], tokens[:, 1:]).mean(1).cpu()
     return torch.tensor([float(metric(logits[r : r + 1], tokens[r : r + 1])) for r in range(len(tokens))])
 
 

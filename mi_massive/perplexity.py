@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _inputs
 from ._hooks import check_finite
+from ._loss import next_token_nll
 from ._results import Result
 from .constancy import massive_stats
 from .corpus import load_corpus
@@ -125,8 +126,7 @@ def perplexity(
         for start in range(0, len(chunks), batch_size):
             batch = chunks[start : start + batch_size].to(model.cfg.device)
             logits = model(batch, return_type="logits")  # (batch, pos, d_vocab)
-            logp = logits[:, :-1].float().log_softmax(-1)
-            loss = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # (batch, pos - 1)
+            loss = next_token_nll(logits[:, :-1], batch[:, 1:])  # (batch, pos - 1)
             nll.append(loss.double().mean(1).cpu())
             bar.update(len(batch))
     bar.close()
