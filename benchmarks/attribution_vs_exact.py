@@ -15,7 +15,6 @@ import json
 import sys
 import time
 
-import pandas as pd
 import torch
 
 from mi_massive import find_massive_activations, load_model, path_patch

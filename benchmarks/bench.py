@@ -169,11 +169,18 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
 def _graphs_record(model, toks: torch.Tensor, batch_size: int) -> dict:
     """What the scan's CUDA graphs did (`mi_massive._graphs`): the timings kept for the batch shape, and whether a
     scan without graphs finds exactly the same (run last, so the timed scans were not affected)."""
-    from mi_massive import _bare, detect
+    from mi_massive import detect
 
-    timings = {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()}
+    timings = graph_timings(model)
     same = scans_agree(model, toks, batch_size, detect, "_CUDA_GRAPHS", (False, True))
     return {"cuda_graphs": detect._CUDA_GRAPHS, "graph_timings": timings, "graphs_same_result_as_eager": same}
+
+
+def graph_timings(model) -> dict:
+    """The `_graphs.Timing` kept with the model's trunk, by batch shape (a JSON-able record)."""
+    from mi_massive import _bare
+
+    return {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()}
 
 
 @contextlib.contextmanager

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import (LLAMA_SHAPES, _sync, interleaved, peak_memory, random_llama, random_tokens,  # noqa: E402
-                   settings, timeit)
+from bench import (LLAMA_SHAPES, _sync, graph_timings, interleaved, peak_memory, random_llama,  # noqa: E402
+                   random_tokens, settings, timeit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
            "scan_over_trunk": t["scan"] / t["trunk"],
            "scan_over_bare_inference_mode": t["scan"] / t["bare_inference_mode"],
            "memory_ratio": mem["scan"] / mem["bare"],
-           "graph_timings": {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()},
+           "graph_timings": graph_timings(model),
            "str_tokens_s": host}
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
     if args.cprofile:

@@ -50,7 +50,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import peak_memory, timeit  # noqa: E402  (this folder)
+from bench import peak_memory, settings, timeit  # noqa: E402  (this folder)
 from mi_massive import _select  # noqa: E402
 from mi_massive._stats import sorted_stats  # noqa: E402
 
@@ -107,16 +107,10 @@ def selected_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
 def _triton_with(**knobs: int) -> Callable[[Tensor, int], Stats]:
     """_select.median_topk with some of its module settings changed for the call: DIGIT (bits a round: fewer
     rounds and more bins, or the reverse), _SPARSE (-1: a histogram in every chunk, however few it counts),
-    _BLOCK (entries a program), _WARPS."""
+    _BLOCK (entries a program), _WARPS, _RESOLVE."""
     def run(x: Tensor, kk: int) -> Stats:
-        saved = {k: getattr(_select, k) for k in knobs}
-        for k, v in knobs.items():
-            setattr(_select, k, v)
-        try:
+        with settings([(_select, k, v) for k, v in knobs.items()]):
             return _select.median_topk(x, kk)[:3]
-        finally:
-            for k, v in saved.items():
-                setattr(_select, k, v)
     return run
 
 

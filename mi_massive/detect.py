@@ -225,9 +225,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
         nonlocal trunk
         if trunk is not None:
             try:
-                if passes is None:
-                    return _stats.to_host(stats_pass(tokens, kk))
-                out = passes.run(shape_key(tokens, kk), tokens, lambda t, masks: stats_pass(t, kk, masks))
+                out = stats_pass(tokens, kk) if passes is None else passes.run(
+                    shape_key(tokens, kk), tokens, lambda t, masks: stats_pass(t, kk, masks))
                 return _stats.to_host(out)
             except _bare.Unsupported:
                 trunk = None  # the bridge for the rest of the scan
