@@ -166,7 +166,7 @@ def fetch_embedded(name: str, *, force: bool = False) -> Path:
     return path
 
 
-def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, dtype: torch.dtype, name: str):
+def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name: str):
     from transformer_lens.model_bridge import TransformerBridge
 
     from .arch import spec_for_hf_config
@@ -209,7 +209,7 @@ def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
         hf_id = json.loads(meta.read_text())["hf_id"]
     else:
         hf_id = getattr(hf_model.config, "_name_or_path", source) or source
-    return _boot(hf_model, tokenizer, hf_id, device=device, dtype=dtype, name=name)
+    return _boot(hf_model, tokenizer, hf_id, device=device, name=name)
 
 
 def load_model(
@@ -245,7 +245,7 @@ def load_model(
             except Exception as exc:
                 raise ValueError("pass tokenizer=... with a loaded transformers model (none could be found)") from exc
         hf_id = name.config._name_or_path or type(name).__name__
-        return _boot(name.to(dtype), tokenizer, hf_id, device=device, dtype=dtype, name=hf_id)
+        return _boot(name.to(dtype), tokenizer, hf_id, device=device, name=hf_id)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, a transformers model or a bridge, not {name!r}")
     if name in EMBEDDED:
