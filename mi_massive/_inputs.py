@@ -15,6 +15,12 @@ from torch import Tensor
 from ._hooks import check_eval
 
 Inputs = str | Sequence[str] | Tensor
+DEFAULT_PROMPTS = (  # what the CLI and the report scan when given no prompt
+    "Summer is warm. Winter is cold.",
+    "The quick brown fox jumps over the lazy dog.",
+    "In 1905, Albert Einstein published four papers that changed physics.",
+    "Massive activations act as fixed but important bias terms in large language models.",
+)
 
 
 @dataclass(frozen=True)

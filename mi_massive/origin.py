@@ -18,7 +18,6 @@ is then not linear in its neurons, and an ablation changes that scale (the causa
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -301,41 +300,3 @@ def trace_origin(
     return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
                   neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,
                   search=search, **base)
-
-
-def _trace_cli(args: argparse.Namespace) -> int:
-    from .cli import load_from_args
-
-    model = load_from_args(args)
-    origin = trace_origin(model, args.prompt, layer=args.layer, pos=args.pos, dim=args.dim, top_k=args.top_k,
-                          ablate=False if args.no_ablate else args.ablate)
-    fmt = lambda v: f"{v:.4g}"  # noqa: E731
-    print(origin)
-    if origin.found:
-        print("\nper block (value after the block):")
-        print(origin.by_layer().to_string(index=False, float_format=fmt))
-        print(f"\ntop neurons of block {origin.writer_layer}:")
-        print(origin.neurons.to_string(index=False, float_format=fmt))
-        print(f"\nsuper weight: {origin.super_weight}")
-        print(f"\nwhat makes neuron {origin.super_weight.col} fire (largest parts):")
-        up = origin.upstream
-        print(up.reindex(up.pre.abs().sort_values(ascending=False).index).head(8).to_string(index=False, float_format=fmt))
-        if len(origin.causal):
-            print("\ncausal check:")
-            print(origin.causal.to_string(index=False, float_format=fmt))
-    return 0
-
-
-def add_trace_command(sub) -> None:
-    from .cli import add_model_argument
-
-    p = sub.add_parser("trace", help="trace which block, neurons and weight write a massive activation")
-    add_model_argument(p)
-    p.add_argument("--prompt", default="Summer is warm. Winter is cold.", help="the prompt to trace")
-    p.add_argument("--layer", type=int, help="block output to trace (default: first layer of the largest massive value)")
-    p.add_argument("--pos", type=int, help="token position (default: that of the largest massive value)")
-    p.add_argument("--dim", type=int, help="residual dimension (default: that of the largest massive value)")
-    p.add_argument("--top-k", type=int, default=5, help="neurons to report and ablate (default 5)")
-    p.add_argument("--ablate", default="zero", choices=["zero", "mean", "both"], help="neuron ablation (default zero)")
-    p.add_argument("--no-ablate", action="store_true", help="skip the causal check (one forward pass)")
-    p.set_defaults(func=_trace_cli)

@@ -334,35 +334,3 @@ def _plan(model: Any, sites: list[list[tuple[int, int, int]]], sender: tuple, pa
         joint["all"] = list(recv)
     return _Plan(positions, sorted({d for s in sites for _, _, d in s}), first, sender_layer, recv, joint,
                  [[r] for r in recv] + list(joint.values()), sorted({hook_name(model, p, l) for p, l, _ in recv}), n_kv)
-
-
-# --- command line -------------------------------------------------------------------------------------------------
-
-def _patch_cli(args: Any) -> int:
-    from .cli import load_from_args, prompts_from_args
-
-    model = load_from_args(args)
-    corruption = "zero" if args.corruption == "zero" else float(args.corruption)
-    pp = path_patch(model, prompts_from_args(args), corruption=corruption, receivers=args.paths, layers=args.layers,
-                    batch_size=args.batch_size)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(pp)
-        print(pp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        df = pp.to_dataframe()
-        print(f"\ntop {args.top} receivers by |effect|:")
-        print(df.loc[df.effect.abs().sort_values(ascending=False).index[: args.top]].to_string(index=False))
-    return 0
-
-
-def add_patch_command(sub: Any) -> None:
-    from .cli import add_model_argument, add_prompt_arguments
-
-    p = sub.add_parser("patch", help="path-patch the massive activation into K, V, Q of later heads and the logits")
-    add_model_argument(p)
-    add_prompt_arguments(p)
-    p.add_argument("--corruption", default="zero", help="'zero' or a number to set the massive entries to")
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS, help="receiver paths (default: all)")
-    p.add_argument("--layers", nargs="+", type=int, default=None, help="receiver layers (default: all later blocks)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (default 32)")
-    p.add_argument("--top", type=int, default=10, help="receivers to list (default 10)")
-    p.set_defaults(func=_patch_cli)

@@ -11,7 +11,6 @@ chunks and the same predictions. Log-softmax runs in float32 (the paper's "inf" 
 
 from __future__ import annotations
 
-import argparse
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -212,33 +211,3 @@ def bias_term_table(
         rebuilt_dims=tuple(sorted(rebuilt)), seq_len=seq_len, n_chunks=len(results[0].nll),
         n_calibration=n_calibration, prepend_bos=bos, model_name=model_name(model),
     )
-
-
-def _table3(args: argparse.Namespace) -> int:
-    from .cli import load_from_args
-
-    model = load_from_args(args)
-    result = bias_term_table(model, tuple(args.corpus or ("wiki-en", "lee-news")), seq_len=args.seq_len,
-                             max_chunks=args.chunks, n_calibration=args.calibration, prepend_bos=args.bos,
-                             progress=True if args.progress else None)
-    print(result)
-    print(result.to_dataframe().to_string(float_format=lambda v: f"{v:.4g}"))
-    for corpus, described in zip(result.corpora, result.interventions):
-        for column, text in zip(result.columns[1:], described[1:]):
-            print(f"  {corpus} {column}: {text}")
-    return 0
-
-
-def add_table3_command(sub) -> None:
-    from .cli import add_model_argument
-
-    p = sub.add_parser("table3", help="perplexity with massive activations set to zero / mean, and a control")
-    add_model_argument(p)
-    p.add_argument("--corpus", action="append", help="corpus name (repeatable; default: wiki-en and lee-news)")
-    p.add_argument("--seq-len", type=int, default=256, help="text tokens per chunk (default 256)")
-    p.add_argument("--chunks", type=int, default=32, help="chunks scored per corpus (default 32)")
-    p.add_argument("--calibration", type=int, default=32, help="texts held apart for means (default 32)")
-    p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
-                   help="prepend BOS to each chunk (default: the model's default)")
-    p.add_argument("--progress", action="store_true", help="always show progress bars")
-    p.set_defaults(func=_table3)

@@ -127,9 +127,11 @@ def _page(title: str, header: str, sections: list[tuple[str, str, list[Any]]]) -
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(model: Any, path: str | Path, *, prompts: Sequence[str] | None = None, layer: int | None = None,
+def write_report(model: Any, path: str | Path, inputs: str | Sequence[str] | None = None, *, layer: int | None = None,
                  progress: bool | None = None) -> Path:
     """Write one self-contained HTML report of `model`'s massive activations (works offline); returns the path.
+
+    `inputs` is a prompt or a list of prompts (a bare string is one prompt); None: four built-in prompts.
 
         >>> write_report(load_model("smollm2-135m"), "report.html")   # doctest: +SKIP
     """
@@ -138,14 +140,14 @@ def write_report(model: Any, path: str | Path, *, prompts: Sequence[str] | None 
     from importlib.metadata import version
 
     from . import _inputs
-    from .cli import DEFAULT_PROMPTS
+    from ._inputs import DEFAULT_PROMPTS
     from .detect import scan
     from .models import model_name
 
     path = Path(path)
     if not path.parent.exists() or path.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: {'it is a directory' if path.is_dir() else 'no such directory'}")
-    prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
+    prompts = [inputs] if isinstance(inputs, str) else list(DEFAULT_PROMPTS if inputs is None else inputs)
     _inputs.tokenize(model, prompts)  # validates before the long work
     if layer is not None:
         layer = _inputs.check_index("layer", layer, model.cfg.n_layers)
@@ -168,27 +170,3 @@ def write_report(model: Any, path: str | Path, *, prompts: Sequence[str] | None 
     header += "<ol class='mi-caption'>" + "".join(f"<li>{html.escape(p)}</li>" for p in prompts) + "</ol>"
     path.write_text(_page(f"Massive activations in {model_name(model)}", header, done), encoding="utf-8")
     return path
-
-
-def _report(args: Any) -> int:
-    from .cli import load_from_args, prompts_from_args
-
-    out = Path(args.output)
-    if not out.parent.exists():
-        raise ValueError(f"cannot write {str(out)!r}: no such directory {str(out.parent)!r}")
-    model = load_from_args(args)
-    write_report(model, out, prompts=prompts_from_args(args), layer=args.layer, progress=True)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-def add_report_command(sub: Any) -> None:
-    from .cli import add_model_argument, add_prompt_arguments
-
-    p = sub.add_parser("report", help="write one self-contained HTML report of every finding (works offline)")
-    add_model_argument(p)
-    add_prompt_arguments(p)
-    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default report.html)")
-    p.add_argument("--layer", type=int, default=None,
-                   help="block shown in the 3-D and attention views (default: the one after massive values appear)")
-    p.set_defaults(func=_report)

@@ -185,11 +185,11 @@ def tiny_model(
         >>> tiny_model("gpt_neox", plant=Plant(layer=2, neuron=3, dim=9, magnitude=500.0)).cfg.n_layers
         4
     """
-    from .models import load_model
+    from .models import _load_own
 
     hf_model = tiny_hf_model(family, seed=seed)
     hf_model.config._name_or_path = f"tiny-{family}"
-    model = load_model(hf_model, tokenizer=char_tokenizer())
+    model = _load_own(hf_model, char_tokenizer())  # load_model without its take-over warning
     model._mi_massive_name = f"tiny-{family}" + ("" if plant else "-random")
     model.cfg.default_prepend_bos = True  # the char tokenizer has a BOS for every family (Qwen2/Pythia's lack one)
     if plant is True:

@@ -60,7 +60,7 @@ TINY_KNOWN_FAILURES: set[str] = set()  # every section renders on the tiny model
 def test_tiny_report_is_self_contained(tiny_llama, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        path = write_report(tiny_llama, tmp_path / "r.html", prompts=["hello world", "abc"], progress=False)
+        path = write_report(tiny_llama, tmp_path / "r.html", inputs=["hello world", "abc"], progress=False)
     html = path.read_text()
     _assert_self_contained(html)
     assert set(_failed_sections(html)) <= TINY_KNOWN_FAILURES, _failed_sections(html)
@@ -68,7 +68,7 @@ def test_tiny_report_is_self_contained(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="layer 9 out of range: valid layers are 0..3"):
         write_report(tiny_llama, tmp_path / "r2.html", layer=9)
     with pytest.raises(ValueError, match="prompt 0 is empty"):
-        write_report(tiny_llama, tmp_path / "r2.html", prompts=[""])
+        write_report(tiny_llama, tmp_path / "r2.html", inputs=[""])
     assert not (tmp_path / "r2.html").exists()
 
 
