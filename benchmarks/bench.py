@@ -117,13 +117,13 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
     """find_massive_activations + layer_profile (one pass) vs bare HF forwards over the same tokens.
 
     "bare" is the plain HF CausalLM (logits included) of the same model with the bridge's components swapped
-    back (`_bare.unwired`), "trunk" its base model without lm_head, "bridge" the TransformerBridge's own
+    back (`engine.unwired`), "trunk" its base model without lm_head, "bridge" the TransformerBridge's own
     forward with no hooks. All without KV cache (`use_cache=False`); "bare" and "trunk" use the attention
     implementation the bridge loaded (eager). `hf_default`, a separately loaded HF model, adds its forward
     with transformers' default attention.
     """
-    from mi_massive._bare import unwired
     from mi_massive.detect import scan
+    from mi_massive.engine import unwired
 
     dev_toks = toks.to(device)
 
@@ -167,33 +167,39 @@ def bench_scan(model, toks: torch.Tensor, device: str, *, batch_size: int, label
 
 
 def _graphs_record(model, toks: torch.Tensor, batch_size: int) -> dict:
-    """What the scan's CUDA graphs did (`mi_massive._graphs`): the timings kept for the batch shape, and whether a
-    scan without graphs finds exactly the same (run last, so the timed scans were not affected)."""
-    from mi_massive import detect
+    """What the scan's CUDA graphs did (`mi_massive.engine._graphs`): the timings kept for the batch shape, and
+    whether a scan without graphs finds exactly the same (run last, so the timed scans were not affected)."""
+    from mi_massive import engine
 
     timings = graph_timings(model)
-    same = scans_agree(model, toks, batch_size, detect, "_CUDA_GRAPHS", (False, True))
-    return {"cuda_graphs": detect._CUDA_GRAPHS, "graph_timings": timings, "graphs_same_result_as_eager": same}
+    same = scans_agree(model, toks, batch_size, engine.settings, "cuda_graphs", (False, True))
+    return {"cuda_graphs": engine.settings.cuda_graphs, "graph_timings": timings, "graphs_same_result_as_eager": same}
 
 
 def graph_timings(model) -> dict:
     """The `_graphs.Timing` kept with the model's trunk, by batch shape (a JSON-able record)."""
-    from mi_massive import _bare
+    from mi_massive.engine import _bare
 
     return {str(k[0]): vars(v) for k, v in _bare.kept_trunk(model).timings.items()}
 
 
 @contextlib.contextmanager
 def settings(changes: list[tuple[object, str, object]]):
-    """Module settings (module, name, value) changed for the body of the `with`, and put back after it."""
-    saved = [(module, name, getattr(module, name)) for module, name, _ in changes]
-    for module, name, value in changes:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in reversed(saved):
+    """Settings (object, name, value) changed for the body of the `with`, and put back after it: the engine's
+    through `engine.configure`, a module's (a kernel's constants) by setattr."""
+    from mi_massive import engine
+
+    ours = {name: value for target, name, value in changes if target is engine.settings}
+    others = [c for c in changes if c[0] is not engine.settings]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in others]
+    with engine.configure(**ours):
+        for module, name, value in others:
             setattr(module, name, value)
+        try:
+            yield
+        finally:
+            for module, name, value in reversed(saved):
+                setattr(module, name, value)
 
 
 def scans_agree(model, toks: torch.Tensor, batch_size: int, module, setting: str, values) -> bool:
@@ -316,31 +322,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch-batch", type=int, default=64, help="rows per path-patching pass (512 on a GPU)")
     p.add_argument("--load-models", nargs="*", default=None, help="embedded models for the second-load figure")
     p.add_argument("--cuda-stats", choices=["triton", "sort"], default=None,
-                   help="the scan's CUDA statistics path (mi_massive._stats.CUDA_STATS); default: as shipped")
+                   help="the scan's CUDA statistics path (mi_massive.engine.settings.cuda_stats); default: as shipped")
     p.add_argument("--cuda-graphs", choices=["on", "off"], default=None,
-                   help="replay CUDA graphs of the scan's passes where they pay (mi_massive.detect._CUDA_GRAPHS)")
+                   help="replay CUDA graphs of the scan's passes where they pay (engine.settings.cuda_graphs)")
     p.add_argument("--out", default=str(HERE / "results.jsonl"))
     args = p.parse_args(argv)
+    from mi_massive import engine
 
+    knobs = {} if args.cuda_stats is None else {"cuda_stats": args.cuda_stats}
+    if args.cuda_graphs:
+        knobs["cuda_graphs"] = args.cuda_graphs == "on"
+    with engine.configure(**knobs):
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from transformers import AutoModelForCausalLM
 
     from mi_massive import load_model
     from mi_massive.models import EMBEDDED, embedded_path
 
-    from mi_massive import _stats, detect
+    from mi_massive import engine
 
-    if args.cuda_stats:
-        _stats.CUDA_STATS = args.cuda_stats
-    if args.cuda_graphs:
-        detect._CUDA_GRAPHS = args.cuda_graphs == "on"
     torch.set_grad_enabled(False)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
         "cpu_count": torch.get_num_threads(), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "cuda_stats": _stats.CUDA_STATS, "cuda_graphs": detect._CUDA_GRAPHS,
-        "group_mb": _stats.GROUP_BYTES >> 20,
+        "torch": torch.__version__, "cuda_stats": engine.settings.cuda_stats,
+        "cuda_graphs": engine.settings.cuda_graphs, "group_mb": engine.settings.group_bytes >> 20,
     }
     records: list[dict] = []
 
@@ -370,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             found = find_massive_activations(model, toks[:2])
             rec.update(n_params=n_params, planted_found=1234 in found.dims)
             if args.device.startswith("cuda"):  # Triton's statistics and the sort's must agree to the bit
-                rec["triton_same_result_as_sort"] = scans_agree(model, toks[:8], 4, _stats, "CUDA_STATS",
+                rec["triton_same_result_as_sort"] = scans_agree(model, toks[:8], 4, engine.settings, "cuda_stats",
                                                                 ("triton", "sort"))
             emit(rec)
             del model

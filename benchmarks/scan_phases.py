@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    from mi_massive import _bare, _inputs, detect
-    from mi_massive._bare import unwired
+    from mi_massive import _inputs, detect, engine
+    from mi_massive.engine import _bare, unwired
 
     model = random_llama(args.shape, args.device, getattr(torch, args.dtype))
     toks = random_tokens(args.prompts, args.seq, len(model.tokenizer), model.tokenizer.bos_token_id, low=3)  # ids
@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             run_trunk(dev[i : i + args.batch_size], lambda layer, x: None)
 
     def scan_with(**knobs):
-        """The scan with module settings changed for the call: detect's (_CUDA_GRAPHS), _stats' (CUDA_STATS,
-        GROUP_BYTES) or _select's as select__NAME."""
-        from mi_massive import _select, _stats
+        """The scan with settings changed for the call: the engine's (cuda_graphs, cuda_stats, group_bytes) or
+        _select's kernel constants as select__NAME."""
+        from mi_massive.engine import _select
 
-        where = {k: (_select, k[len("select__"):]) if k.startswith("select__") else (detect, k) if k.startswith("_")
-                 else (_stats, k) for k in knobs}
+        where = {k: (_select, k[len("select__"):]) if k.startswith("select__") else (engine.settings, k)
+                 for k in knobs}
 
         def run() -> None:
             with settings([(*where[k], v) for k, v in knobs.items()]):
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     fns = {"bare": bare, "bare_inference_mode": bare_inference_mode, "trunk": trunk, "trunk_hooks": trunk_hooks,
-           "scan": scan_with(), "no_graphs": scan_with(_CUDA_GRAPHS=False), "sort": scan_with(CUDA_STATS="sort"),
-           "group_16mb": scan_with(GROUP_BYTES=16 << 20), "group_256mb": scan_with(GROUP_BYTES=256 << 20),
+           "scan": scan_with(), "no_graphs": scan_with(cuda_graphs=False), "sort": scan_with(cuda_stats="sort"),
+           "group_16mb": scan_with(group_bytes=16 << 20), "group_256mb": scan_with(group_bytes=256 << 20),
            "block_2k_4w": scan_with(select___BLOCK=2048, select___WARPS=4, select___BLOCK_16=2048,
                                     select___WARPS_16=4),
            "derive": scan_with(select___RESOLVE=False),

@@ -24,7 +24,7 @@ Variants (all exact; `a` is |x| as a (rows, n) tensor in the input dtype), each 
   seg+bisect    two-stage top-kk + a median by bisection on the bit patterns: 31 (fp32) or 15 (16-bit)
                 per-row counts, reductions only (no atomics, no sort)
   topk+radix    torch.topk on whole rows + the radix-select median
-  triton        mi_massive._select.median_topk (_stats.CUDA_STATS = "triton", the default where Triton runs):
+  triton        mi_massive.engine._select.median_topk (engine.settings.cuda_stats = "triton", the default where Triton runs):
                 radix select in Triton kernels, 8-bit digits, straight from the signed x (no |x| tensor);
                 timed on x itself. On the CPU only with TRITON_INTERPRET=1 (for checking, not timing)
   triton/4bit, triton/5bit, triton/6bit, triton/11bit   the same with other digit widths (rounds x bins trade-off)
@@ -51,8 +51,8 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peak_memory, settings, timeit  # noqa: E402  (this folder)
-from mi_massive import _select  # noqa: E402
-from mi_massive._stats import sorted_stats  # noqa: E402
+from mi_massive.engine import _select  # noqa: E402
+from mi_massive.engine._stats import sorted_stats  # noqa: E402
 
 Stats = tuple[Tensor, Tensor, Tensor]  # median (rows,), top values (rows, kk), their flat indices (rows, kk)
 SEGMENT = 4096  # entries per segment of the two-stage top-k

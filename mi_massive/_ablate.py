@@ -5,7 +5,7 @@ a per-row hook on `blocks.{l}.mlp.hook_post`; zeroing the down-projection entry 
 subtracts act[..., neuron] * W_out[neuron, dim] from that row's MLP output at `dim`, at the down projection's
 own output (before any post-MLP norm such as Gemma's ln2_post), which equals running with the weight zeroed.
 Every row equals the clean run before its first ablated block, so it joins there from the clean residual
-(`_resume.resumed`) and the earlier blocks are not run again for it: rows that start earlier than the others
+(`engine.resumed`) and the earlier blocks are not run again for it: rows that start earlier than the others
 (a search weight in an early block) run alone in a short pass up to where the others join them. The iterative
 super-weight search is sequential (each step needs the trace of the previous one), but a step only runs the
 blocks from the first zeroed weight to the target (`probe`), with weights edited only inside `zeroed_weights`,
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._hooks import HookFn, capture, host_float64, run_with_hooks
 from ._loss import next_token_nll
-from ._resume import resumed
+from .engine import resumed
 from .arch import hook, spec
 
 CAUSAL_COLUMNS = ["ablation", "massive_value", "loss"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._hooks import run_with_hooks
 from ._loss import next_token_nll
-from ._resume import resumed
+from .engine import resumed
 from .arch import hook
 
 Corruption = str | float | Callable[[Tensor], Tensor]
@@ -56,12 +56,12 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     """One pass of 2n rows: rows 0..n-1 clean, rows n..2n-1 with the sender removed.
 
     With `sites=None` the massive entries are found on the clean rows as the pass goes (the paper's rule at
-    each block output, `detect.massive_mask`), and a "massive" sender is removed from the corrupted rows at the
+    each block output, `_rule.massive_mask`), and a "massive" sender is removed from the corrupted rows at the
     block where each entry first appears, as with sites found beforehand. The clean residual is kept after
     every block from `resid_layer` on (None: the first block with a massive entry): patched rows resume there.
     """
     from ._ablate import down_proj_out
-    from .detect import massive_mask
+    from ._rule import massive_mask
 
     n, kind = len(tokens), sender[0]
     found = [list(s) for s in sites] if sites is not None else [[] for _ in range(n)]

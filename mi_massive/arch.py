@@ -78,6 +78,7 @@ class hook:
     """TransformerLens hook names (compatibility mode), one function each."""
 
     embed = "hook_embed"
+    resid_post_template = "blocks.{layer}.hook_resid_post"  # results record it as their provenance
 
     @staticmethod
     def resid_pre(layer: int) -> str:
@@ -89,7 +90,7 @@ class hook:
 
     @staticmethod
     def resid_post(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_post"
+        return hook.resid_post_template.format(layer=layer)
 
     @staticmethod
     def attn_out(layer: int) -> str:

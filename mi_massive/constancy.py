@@ -24,8 +24,10 @@ from torch import Tensor
 from . import _inputs
 from ._hooks import capture
 from ._results import Result
+from ._rule import check as _check_rule
+from ._rule import massive_mask
 from .arch import hook
-from .detect import HOOK_TEMPLATE, _check_rule, _progress, massive_mask
+from .detect import HOOK_TEMPLATE, _progress
 from .models import model_name
 
 KINDS = ("first", "other")  # position 0 (the starting token, or BOS) / other massive positions (delimiters)

@@ -2,8 +2,8 @@
 
 The paper's rule (Sun et al. 2024, Sec. 2), applied to every block output (``hook_resid_post``) of every
 prompt. Statistics are computed inside the hooks, batch by batch: no activation cache is ever kept, so a
-scan over thousands of prompts costs about one forward pass each. The passes run the bare Hugging Face
-trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for the bridge.
+scan over thousands of prompts costs about one forward pass each. How the passes run (the bare Hugging Face
+trunk, CUDA graphs, Triton statistics) is the engine's business (`mi_massive.engine`).
 
     >>> from mi_massive import load_model, find_massive_activations
     >>> model = load_model("smollm2-135m")                       # doctest: +SKIP
@@ -13,12 +13,8 @@ trunk (no bridge hook points, no lm_head; `_bare`) wherever it can stand in for 
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
-import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +24,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _bare, _graphs, _inputs, _stats
-from ._hooks import check_weights, run_with_hooks
+from . import _inputs, _rule, engine
+from ._hooks import check_weights
 from ._results import Result
 from .arch import hook
 from .models import model_name
 
-HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
+HOOK_TEMPLATE = hook.resid_post_template
 
 
 @dataclass(frozen=True, repr=False)
@@ -158,148 +154,49 @@ class LayerProfile(Result):
                 f"layer {i} (median {float(self.median[i]):.3g}); largest jump at layer {self.jump_layer}")
 
 
-def _check_rule(threshold: float, ratio: float) -> None:
-    for name, v in (("threshold", threshold), ("ratio", ratio)):
-        if not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
-            raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-
-
-def massive_mask(x: Tensor, *, threshold: float, ratio: float) -> Tensor:
-    """The paper's rule per prompt: |x| > threshold and |x| >= ratio x that prompt's median |x| at this layer."""
-    a = x.detach().abs().float()  # (batch, pos, d_model)
-    med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(dim=1).values  # (batch,)
-    return (a > threshold) & (a >= ratio * med[:, None, None])
-
-
 def _progress(total: int, progress: bool | None, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total > 8))
 
 
-_CANDIDATES = 64  # top |x| entries per prompt and layer kept as hit candidates (grown when all of them pass)
-
-
-_CUDA_GRAPHS = True  # on CUDA, replay CUDA graphs of the passes where the kept timings say it pays (`_graphs`)
-
-
-def _trunk(model: Any) -> Any:
-    """The bare HF trunk's runner (`_bare.trunk_runner`), or None where it cannot stand in for the bridge."""
-    try:
-        return _bare.trunk_runner(model)
-    except _bare.Unsupported:
-        return None
-
-
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
-          progress: bool | None, bare: bool = True) -> tuple[MassiveActivations, LayerProfile]:
-    """One forward pass per batch. Inside the hooks only the median and the top |x| of each layer are kept
-    (the rule can only pass entries among the top ones); if every kept candidate passes, the batch is run
-    again with more candidates, so the result is exact. On CUDA a batch's results are read once the next batch
-    is launched, so that the device never waits for the host between batches.
-
-    With `bare` the passes run the bare HF trunk (no bridge hook points, no lm_head) wherever it can stand
-    in for the bridge (`_bare.trunk_runner`), and the bridge's hooks otherwise. On CUDA the trunk's passes run
-    on a side stream kept with the trunk, and, where the timings kept there say it pays, as replays of one CUDA
-    graph per batch shape (`_graphs`; the same kernels on the same inputs, so the same results)."""
+          progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
+    """The rule and the profile from the statistics of every block output (`engine.block_stats`: per prompt and
+    layer, the median |x| and the top |x|). The rule can only pass entries among the top ones; where every kept
+    candidate passes, the engine runs the batch again with more, so the result is exact."""
     n_layers, name, d_model = model.cfg.n_layers, model_name(model), model.cfg.d_model
     hits: list[np.ndarray] = []  # rows (prompt, layer, pos, dim, value, median)
-    top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each ~10x
-    med_sum = np.zeros(n_layers)  # cheaper than torch's on a host that a small model's GPU scan is bound by
+    top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each cheaper
+    med_sum = np.zeros(n_layers)  # than torch's on a host that a small model's GPU scan is bound by
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
-    trunk = _trunk(model) if bare else None
-    x_device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    attn = getattr(getattr(model, "original_model", None), "config", None)
-    attn = getattr(attn, "_attn_implementation", None)  # (the masks a pass records depend on it)
     bar = _progress(len(prompts), progress, "scanning")
-    buffers: dict = {}  # the CUDA statistics' buffers of layer outputs (`_stats.Stash`)
-
-    def stats_pass(tokens: Tensor, kk: int, masks: dict | None = None) -> list[Tensor]:
-        """One pass of the bare trunk over a batch; its statistics on the device (`masks`: `_bare.trunk_runner`)."""
-        stash = _stats.Stash(x_device, kk, buffers)
-        trunk(tokens, stash.keep, masks)
-        return stash.results(n_layers)
-
-    def launch(tokens: Tensor, kk: int) -> Callable[[], list[Tensor]]:
-        """One pass over a batch, its statistics kept in `kk` candidates per prompt and layer."""
-        nonlocal trunk
-        if trunk is not None:
-            try:
-                out = stats_pass(tokens, kk) if passes is None else passes.run(
-                    shape_key(tokens, kk), tokens, lambda t, masks: stats_pass(t, kk, masks))
-                return _stats.to_host(out)
-            except _bare.Unsupported:
-                trunk = None  # the bridge for the rest of the scan
-        stash = _stats.Stash(x_device, kk, buffers)
-        run_with_hooks(model, tokens,  # non-finite values are reported below, per layer
-                       [(hook.resid_post(l), lambda x, hook, l=l: stash.keep(l, x)) for l in range(n_layers)],
-                       finite_check=False)
-        return _stats.to_host(stash.results(n_layers))
-
-    def take(batch: _inputs.Batch, kk: int, collect: Callable[[], list[Tensor]]) -> None:
-        """A batch's statistics into the totals and hits; run again with more candidates if all passed. Its
-        token strings first: on CUDA the device is still busy with this batch or the next."""
-        for i, row in zip(batch.index, batch.tokens):
-            str_toks[i] = _inputs.str_tokens(model, row)
-        size = batch.tokens.shape[1] * d_model
-        while True:
-            med, topv, topi, signed = (t.float().numpy() if t.is_floating_point() else t.numpy()
-                                       for t in collect())  # (layer, batch[, kk])
-            mask = (topv > threshold) & (topv >= ratio * med[..., None])
-            if kk == size or not mask[..., -1].any():
-                break
-            kk = min(size, kk * 16)
-            collect = launch(batch.tokens, kk)
-        nonfinite[:] += (~np.isfinite(topv)).sum((1, 2))
-        top_sum[:, : min(k, kk)] += topv[..., :k].sum(1, dtype=np.float64)
-        med_sum[:] += med.sum(1, dtype=np.float64)
-        l, b, j = mask.nonzero()
-        if len(l):
-            flat_idx = topi[l, b, j]
-            hits.append(np.stack([np.asarray(batch.index)[b], l, flat_idx // d_model, flat_idx % d_model,
-                                  signed[l, b, j], med[l, b]], 1).astype(np.float64))
-        bar.update(len(batch.index))
-
-    def first_kk(batch: _inputs.Batch) -> int:
-        return min(batch.tokens.shape[1] * d_model, max(_CANDIDATES, k))
-
-    def shape_key(tokens: Tensor, kk: int) -> tuple:
-        """What a pass's CUDA graph, timings and masks depend on."""
-        return tuple(tokens.shape), kk, dtype, x_device, attn
-
-    passes, stream = None, None
-    if x_device.type == "cuda" and trunk is not None:
-        kept = _bare.kept_trunk(model)
-        if x_device not in kept.streams:
-            kept.streams[x_device] = torch.cuda.Stream(x_device)  # capture needs a side stream
-        stream = kept.streams[x_device]
-        stream.wait_stream(torch.cuda.current_stream(x_device))  # (what was queued before: weight edits, say)
     batches = list(_inputs.batches(prompts, batch_size=batch_size))
-    if x_device.type == "cuda":  # pinned, a batch's tokens travel without the host waiting for the device to
-        batches = [dataclasses.replace(b, tokens=b.tokens.pin_memory()) for b in batches]  # finish the last batch
     str_toks: list[tuple[str, ...]] = [()] * len(prompts)
-    if stream is not None and _CUDA_GRAPHS:
-        left = collections.Counter(shape_key(batch.tokens, first_kk(batch)) for batch in batches)
-        passes = _graphs.Passes(x_device, left, kept.timings, kept.masks)
-    pending = None  # on CUDA, the last batch launched: its results are read once the next one is launched
-    try:
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for batch in batches:
-                kk = first_kk(batch)
-                if x_device.type != "cuda":  # nothing to overlap on the CPU; results kept through the next
-                    take(batch, kk, launch(batch.tokens, kk))  # forward would fragment its heap (+140 MB of peak
-                    continue  # RSS in a smollm2 scan)
-                collect = launch(batch.tokens, kk)
-                if pending is not None:
-                    take(*pending)
-                pending = (batch, kk, collect)
-            if pending is not None:
-                take(*pending)
-            if passes is not None:
-                passes.close()
-    finally:  # the caller's stream waits for the scan's work, also after an error
-        if stream is not None:
-            torch.cuda.current_stream(x_device).wait_stream(stream)
+
+    def mask(med: np.ndarray, topv: np.ndarray) -> np.ndarray:  # (layer, batch), (layer, batch, kk)
+        return _rule.passes(topv, med[..., None], threshold=threshold, ratio=ratio)
+
+    def more(stats: engine.Stats) -> bool:  # every kept candidate passes: there may be more hits
+        return bool(mask(stats[0].numpy(), stats[1][..., -1:].numpy()).any())
+
+    names = [hook.resid_post(l) for l in range(n_layers)]
+    with contextlib.closing(engine.block_stats(model, [b.tokens for b in batches], hook_names=names, k=k,
+                                               more=more)) as passes:
+        for batch, stats in zip(batches, passes):
+            for i, row in zip(batch.index, batch.tokens):
+                str_toks[i] = _inputs.str_tokens(model, row)
+            med, topv, topi, signed = (t.numpy() for t in stats)  # (layer, batch[, kk])
+            hit = mask(med, topv)
+            nonfinite[:] += (~np.isfinite(topv)).sum((1, 2))
+            top_sum[:, : min(k, topv.shape[-1])] += topv[..., :k].sum(1, dtype=np.float64)
+            med_sum[:] += med.sum(1, dtype=np.float64)
+            l, b, j = hit.nonzero()
+            if len(l):
+                flat_idx = topi[l, b, j]
+                hits.append(np.stack([np.asarray(batch.index)[b], l, flat_idx // d_model, flat_idx % d_model,
+                                      signed[l, b, j], med[l, b]], 1).astype(np.float64))
+            bar.update(len(batch.index))
     bar.close()
     rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
@@ -326,7 +223,7 @@ def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio:
          batch_size: int = 8, prepend_bos: bool | None = None,
          progress: bool | None = None) -> tuple[MassiveActivations, LayerProfile]:
     """Detection and layer profile from the same forward passes (what the CLI and benchmarks use)."""
-    _check_rule(threshold, ratio)
+    _rule.check(threshold, ratio)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)

@@ -32,9 +32,10 @@ from torch import Tensor
 from . import _inputs
 from ._hooks import HookFn, hooked
 from ._results import Result
+from ._rule import massive_mask
 from .arch import hook
 from .constancy import MassiveStats, massive_stats, truncated_prompts
-from .detect import HOOK_TEMPLATE, massive_mask
+from .detect import HOOK_TEMPLATE
 from .models import model_name
 
 MODES = ("zero", "mean", "value", "control")

@@ -32,8 +32,9 @@ from . import _inputs
 from ._ablate import CAUSAL_COLUMNS, SEARCH_COLUMNS, Acts, Entry, causal_table, row_losses, zeroed_weights
 from ._hooks import capture, host_float64
 from ._results import Result
+from ._rule import check as _check_rule
+from ._rule import massive_mask
 from .arch import hook, spec
-from .detect import _check_rule, massive_mask
 from .models import model_name
 
 NEURON_COLUMNS = ["layer", "neuron", "activation", "weight", "contribution", "share", "cum_share"]

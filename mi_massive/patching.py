@@ -230,7 +230,8 @@ def path_patch(
         >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))   # doctest: +SKIP
         >>> pp.to_dataframe().sort_values("effect").tail()                    # doctest: +SKIP
     """
-    from .detect import _check_rule, _scan
+    from ._rule import check as _check_rule
+    from .detect import _scan
 
     sender = _parse_sender(model, senders)
     paths = _check_options(corruption, receivers, metric, method, batch_size)

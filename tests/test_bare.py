@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-from mi_massive import _bare, _inputs, arch, detect
+from mi_massive import _inputs, arch, detect, engine
+from mi_massive.engine import _bare, _stream
 from mi_massive._hooks import hooked
 from mi_massive.testing import ModelState, tiny_model
 
@@ -63,13 +64,14 @@ def test_unwired_is_plain_hf_and_restores_the_bridge_exactly(family):
 def _scans(model, prompts, **kw):
     """(bare-trunk scan, bridge scan); the first must not touch the bridge's hooks."""
     tokens = _inputs.tokenize(model, prompts)
-    bridge = detect._scan(model, tokens, k=3, batch_size=2, progress=False, bare=False, **kw)
-    real_run = detect.run_with_hooks
-    detect.run_with_hooks = None  # any fallback to the bridge would fail here
+    with engine.configure(bare=False):
+        bridge = detect._scan(model, tokens, k=3, batch_size=2, progress=False, **kw)
+    real_run = _stream.run_with_hooks
+    _stream.run_with_hooks = None  # any fallback to the bridge would fail here
     try:
         bare = detect._scan(model, tokens, k=3, batch_size=2, progress=False, **kw)
     finally:
-        detect.run_with_hooks = real_run
+        _stream.run_with_hooks = real_run
     return bare, bridge
 
 
@@ -153,12 +155,12 @@ def test_the_plan_sees_every_hook_point_of_the_bridge(family):
 
 
 def test_the_trunk_is_planned_once_and_checked_on_every_call():
-    """The walk of the tree is kept on the model; a hook added since, or a changed module, is still seen."""
+    """The walk of the tree is kept beside the model; a hook added since, or a changed module, is still seen."""
     model = model_of("llama")
     _bare.trunk_runner(model)
-    kept = model.__dict__["_mi_massive_trunk"]
+    kept = _bare.kept_trunk(model)
     _bare.trunk_runner(model)
-    assert model.__dict__["_mi_massive_trunk"] is kept
+    assert _bare.kept_trunk(model) is kept
     with hooked(model, [(arch.hook.resid_post(1), lambda x, hook: None)], require_fired=False):
         with pytest.raises(_bare.Unsupported, match="hooks are attached"):
             _bare.trunk_runner(model)
@@ -166,7 +168,7 @@ def test_the_trunk_is_planned_once_and_checked_on_every_call():
     parent._modules[name] = copy.deepcopy(component)  # a module replaced: planned again, from the new tree
     try:
         _bare.trunk_runner(model)
-        assert model.__dict__["_mi_massive_trunk"] is not kept
+        assert _bare.kept_trunk(model) is not kept
     finally:
         parent._modules[name] = component
 

@@ -33,14 +33,14 @@ def test_scans_agree_compares_every_setting_and_puts_it_back(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import bench
 
-    from mi_massive import _stats, detect
+    from mi_massive import detect, engine
     from mi_massive.testing import tiny_model
 
     model = tiny_model("llama")
     toks = torch.randint(3, 50, (4, 12), generator=torch.Generator().manual_seed(0))
     toks[:, 0] = model.tokenizer.bos_token_id
-    assert bench.scans_agree(model, toks, 2, _stats, "CUDA_STATS", ("triton", "sort"))  # exact either way
-    assert _stats.CUDA_STATS == "triton"
+    assert bench.scans_agree(model, toks, 2, engine.settings, "cuda_stats", ("triton", "sort"))  # exact either way
+    assert engine.settings.cuda_stats == "triton"
     knob, scan = types.SimpleNamespace(cut=0), detect.scan  # a setting that changes what a scan sees
     monkeypatch.setattr(detect, "scan", lambda model, toks, **kw: scan(model, toks[:, : 12 - knob.cut], **kw))
     assert bench.scans_agree(model, toks, 2, knob, "cut", (0, 0))

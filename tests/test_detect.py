@@ -151,16 +151,17 @@ def test_exact_when_more_entries_pass_than_candidates_kept(tiny_llama):
 def test_sorted_stats_match_median_and_topk(dtype, monkeypatch):
     """The CUDA sort path (_stats.sorted_stats; Triton's is tests/test_select.py), run on the CPU: exact lower
     median and top-kk, also across the chunks of rows that bound its scratch memory."""
-    from mi_massive import _stats
+    from mi_massive import engine
+    from mi_massive.engine import _stats
 
     x = torch.randn(5, 9193, generator=torch.Generator().manual_seed(0))
     x[:, 100:164] = x[:, :64]  # ties, also among the top
     x[1, 7], x[2] = 3e4, 1.0  # one massive entry; a row of equal values
     a = x.to(dtype).abs()
-    for chunk in (_stats.SORT_CHUNK, 2 * a.shape[1]):  # all rows at once; two rows a chunk
-        monkeypatch.setattr(_stats, "SORT_CHUNK", chunk)
+    for chunk in (engine.settings.sort_chunk, 2 * a.shape[1]):  # all rows at once; two rows a chunk
         for kk in (7, 64, 4000):  # a few candidates, the scan's default, a rerun's
-            med, topv, topi = _stats.sorted_stats(a, kk)
+            with engine.configure(sort_chunk=chunk):
+                med, topv, topi = _stats.sorted_stats(a, kk)
             assert torch.equal(med, a.float().median(1).values.to(dtype))  # the lower median, like torch.median
             assert torch.equal(topv, a.topk(kk, 1).values) and torch.equal(a.gather(1, topi), topv)
             assert all(len(set(row.tolist())) == kk for row in topi)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from mi_massive import _graphs
+from mi_massive.engine import _graphs
 
 
 class FakeGraph:
@@ -141,7 +141,8 @@ def test_policy_arithmetic():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_scan_with_graphs_finds_what_eager_finds(dtype, monkeypatch):
-    from mi_massive import _bare, detect
+    from mi_massive import detect, engine
+    from mi_massive.engine import _bare
     from mi_massive.testing import tiny_model
 
     model = tiny_model("llama", dtype=dtype)  # on CUDA: TransformerLens's default device where there is one
@@ -150,8 +151,8 @@ def test_scan_with_graphs_finds_what_eager_finds(dtype, monkeypatch):
     tokens[:, 0] = model.tokenizer.bos_token_id
     runs = []
     for graphs in (False, True, True, True):  # the 2nd scan learns the replay's time, the 3rd and 4th use it
-        monkeypatch.setattr(detect, "_CUDA_GRAPHS", graphs)
-        found, profile = detect.scan(model, tokens, batch_size=4, progress=False)
+        with engine.configure(cuda_graphs=graphs):
+            found, profile = detect.scan(model, tokens, batch_size=4, progress=False)
         runs.append((found.to_dataframe(), profile.to_dataframe()))
     for found, profile in runs[1:]:
         assert found.equals(runs[0][0]) and profile.equals(runs[0][1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mi_massive._hooks import capture
-from mi_massive._resume import resumed
+from mi_massive.engine import resumed
 from mi_massive.arch import hook
 from mi_massive.testing import TINY_CONFIGS, tiny_model
 

@@ -33,7 +33,7 @@ def check_all(device: str, sizes=(7, 2049, 4095, 4097, 9001)) -> int:  # around 
     """Every dtype, row length (within one program's block, across blocks) and kk against `_stats.sorted_stats`,
     with chunks counted by histograms, by atomics or (as shipped) each as it suits, and the digits found so far
     resolved between rounds (as shipped) or in every program."""
-    from mi_massive import _select
+    from mi_massive.engine import _select
 
     cases, shipped = 0, (_select._SPARSE, _select._RESOLVE)
     for dtype, sparse, resolve in ((torch.float32, -1, True), (torch.bfloat16, 1 << 20, False),
@@ -49,8 +49,8 @@ def check_all(device: str, sizes=(7, 2049, 4095, 4097, 9001)) -> int:  # around 
 
 
 def _check_dtype(device: str, dtype: torch.dtype, sizes) -> int:
-    from mi_massive import _select
-    from mi_massive._stats import sorted_stats
+    from mi_massive.engine import _select
+    from mi_massive.engine._stats import sorted_stats
 
     cases = 0
     for n in sizes:
@@ -79,7 +79,7 @@ def test_triton_statistics_equal_the_sort_in_the_interpreter():
 
 
 def test_shifts_cover_the_key_bits():
-    from mi_massive._select import DIGIT, _shifts
+    from mi_massive.engine._select import DIGIT, _shifts
 
     for width in (15, 31):
         s = _shifts(width)
@@ -98,7 +98,7 @@ def test_triton_statistics_equal_the_sort_on_cuda():
 @cuda
 def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
     pytest.importorskip("triton")
-    from mi_massive import _stats, find_massive_activations, layer_profile
+    from mi_massive import engine, find_massive_activations, layer_profile
     from mi_massive.testing import tiny_model
 
     model = tiny_model("llama")  # on CUDA: TransformerLens's default device where there is one
@@ -106,9 +106,9 @@ def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
     prompts = ["hello world, this is a test", "abc", "massive activations sit at the first token"]
     got = {}
     for path, group in (("triton", 1 << 28), ("sort", 1 << 28), ("triton", 1)):  # all layers at once, or one by one
-        monkeypatch.setattr(_stats, "CUDA_STATS", path)
-        monkeypatch.setattr(_stats, "GROUP_BYTES", group)
-        got[path, group] = (find_massive_activations(model, prompts).to_dataframe(), layer_profile(model, prompts))
+        with engine.configure(cuda_stats=path, group_bytes=group):
+            got[path, group] = (find_massive_activations(model, prompts).to_dataframe(),
+                                layer_profile(model, prompts))
     (h, p), *others = got.values()
     assert set(h.dim) == {5} and all(h.equals(h2) for h2, _ in others)
     assert all(torch.equal(p.top, p2.top) and torch.equal(p.median, p2.median) for _, p2 in others)
@@ -116,23 +116,27 @@ def test_scan_with_triton_statistics_equals_the_sorted_scan(monkeypatch):
 
 @cuda
 def test_a_failing_triton_falls_back_to_the_sort_once_with_a_warning(monkeypatch):
-    from mi_massive import _select, _stats
+    from mi_massive.engine import _select, _settings, _stats
 
     def broken(flat, kk):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(_select, "median_topk", broken)
-    monkeypatch.setattr(_stats, "CUDA_STATS", "triton")
+    monkeypatch.setattr(_settings, "_reported", set())
     x = _rows(5000, 0).cuda()
+    choice = _stats.Choice()
     with pytest.warns(RuntimeWarning, match="sorting instead"):
-        med, topv, _, _ = _stats.layer_stats(x, 8)
-    assert _stats.CUDA_STATS == "sort" and torch.equal(med, _stats.sorted_stats(x.abs(), 8)[0])
+        med, topv, _, _ = _stats.layer_stats(x, 8, choice)
+    assert choice.path == "sort" and torch.equal(med, _stats.sorted_stats(x.abs(), 8)[0])
+    assert _settings.settings.cuda_stats == "triton"  # for that call only: the next call tries Triton again
 
 
 def test_triton_failures_fall_back_once_but_out_of_memory_is_raised(monkeypatch):
-    """The decision itself, on any machine: a Triton that fails warns once and hands the scan to the sort; running
-    out of memory is raised (the sort would need more), and the setting stays."""
-    from mi_massive import _select, _stats
+    """The decision itself, on any machine: a Triton that fails warns once and hands the rest of that call to the
+    sort; running out of memory is raised (the sort would need more), and the setting stays either way."""
+    import warnings
+
+    from mi_massive.engine import _select, _settings, _stats
 
     def failing(err):
         def run(flat, kk):
@@ -140,12 +144,17 @@ def test_triton_failures_fall_back_once_but_out_of_memory_is_raised(monkeypatch)
         return run
 
     x = _rows(300, 0)
-    monkeypatch.setattr(_stats, "CUDA_STATS", "triton")
+    monkeypatch.setattr(_settings, "_reported", set())
     monkeypatch.setattr(_select, "median_topk", failing(torch.OutOfMemoryError("CUDA out of memory")))
+    choice = _stats.Choice()
     with pytest.raises(torch.OutOfMemoryError):
-        _stats.triton_stats(x, 8)
-    assert _stats.CUDA_STATS == "triton"
+        _stats.triton_stats(x, 8, choice)
+    assert choice.path == "triton"
     monkeypatch.setattr(_select, "median_topk", failing(RuntimeError("no compiler here")))
     with pytest.warns(RuntimeWarning, match="failed \\(RuntimeError: no compiler here\\); sorting instead"):
-        assert _stats.triton_stats(x, 8) is None
-    assert _stats.CUDA_STATS == "sort"
+        assert _stats.triton_stats(x, 8, choice) is None
+    assert choice.path == "sort"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once
+        assert _stats.triton_stats(x, 8, _stats.Choice()) is None
+    assert _settings.settings.cuda_stats == "triton"  # never flipped for the process

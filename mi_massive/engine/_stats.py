@@ -3,31 +3,35 @@
 On the CPU they are taken at once, layer by layer (quickselect). On CUDA the outputs of consecutive layers
 are gathered into one buffer (`Stash`) and their statistics taken together, by Triton's radix select
 (`_select`) where Triton runs, else by sorting chunks of rows. Both are exact, and nothing syncs: `to_host`
-brings a pass's results back asynchronously. `detect._scan` drives them.
+brings a pass's results back asynchronously. `_stream.block_stats` drives them; `settings` picks the path.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from . import _select
+from ._settings import report_once, settings
 
-SORT_CHUNK = 1 << 22  # entries sorted at once on CUDA (bounds scratch memory to ~50 MB)
-GROUP_BYTES = 64 << 20  # on CUDA, block outputs gathered for one statistics call (`Stash`): more saves launches
-# on small models but adds to the forward's peak memory (1.1B LLaMA bf16: 256 MB took it from 1.0 to 1.6x a bare
-# forward's, 64 MB to 1.15x). (Statistics on a second stream, beside the next layers, measured slower with grouped
-# Triton statistics: 1.35-1.36 vs 1.19-1.24x a bare forward; benchmarks/raw/*s3_h200_scan_phases*.)
-CUDA_STATS = "triton"  # "triton" (`_select`: radix select, where Triton runs) or "sort" (segmented sort); exact
+# (Statistics on a second stream, beside the next layers, measured slower than grouped statistics on the pass's
+# stream: benchmarks/RESULTS.md.)
+
+
+class Choice:
+    """The statistics path of one engine call: `settings.cuda_stats` when the call starts; a Triton failure turns
+    it to the sort for the rest of that call only (the setting itself never changes)."""
+
+    def __init__(self) -> None:
+        self.path = settings.cuda_stats
 
 
 def sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     """Lower median (as torch's), top kk and their indices per row, by sorting chunks of rows (the chunks bound
     the sort's scratch memory)."""
-    rows = max(1, SORT_CHUNK // a.shape[1])
+    rows = max(1, settings.sort_chunk // a.shape[1])
     parts = []
     for i in range(0, len(a), rows):
         srt, idx = a[i : i + rows].sort(dim=1)  # ascending; NaN sorts last, like topk's
@@ -38,11 +42,12 @@ def sorted_stats(a: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
 
 
-def layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def layer_stats(flat: Tensor, kk: int, choice: Choice | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Median |x|, top-kk |x|, their flat indices and signed values per row of `flat` (rows, n), in its dtype;
     stays on the device (no sync; the caller converts on the host)."""
-    if flat.is_cuda and CUDA_STATS == "triton" and _select.available():
-        stats = triton_stats(flat, kk)
+    choice = choice or Choice()
+    if flat.is_cuda and choice.path == "triton" and _select.available():
+        stats = triton_stats(flat, kk, choice)
         if stats is not None:
             return stats
     a = flat.abs()
@@ -54,31 +59,30 @@ def layer_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return med, topv, topi, flat.gather(1, topi)
 
 
-def triton_stats(flat: Tensor, kk: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """`_select.median_topk`, or None (and the sort for the rest of the session, said once) where Triton fails
-    here; running out of memory is raised, since the sort would need more."""
-    global CUDA_STATS
+def triton_stats(flat: Tensor, kk: int, choice: Choice | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """`_select.median_topk`, or None where Triton fails here (and the sort for the rest of this call, `choice`;
+    said once per process); running out of memory is raised, since the sort would need more."""
     try:
         return _select.median_topk(flat, kk)
     except torch.OutOfMemoryError:
         raise
     except Exception as err:  # a Triton that cannot compile here
-        CUDA_STATS = "sort"
-        warnings.warn(f"the scan's Triton statistics failed ({type(err).__name__}: {err}); sorting instead "
-                      "(same results, slower)", RuntimeWarning, stacklevel=3)
+        if choice is not None:
+            choice.path = "sort"
+        report_once("the scan's Triton statistics", err)
         return None
 
 
 class Stash:
     """Where a scan's hooks leave each block output: on the CPU its statistics are taken at once; on CUDA the
-    outputs of consecutive layers are copied into one buffer (at most `GROUP_BYTES`) and their statistics
+    outputs of consecutive layers are copied into one buffer (at most `settings.group_bytes`) and their statistics
     taken together: a handful of kernel launches per group of layers instead of per layer, which is what a
     small model's scan is bound by (Python and launches). The buffer is the scan's (`buffers`, by shape and
     dtype) and serves every group and batch: all work is on one stream, so a group's copies are queued after
     the statistics that read the previous group."""
 
-    def __init__(self, device: torch.device, kk: int, buffers: dict) -> None:
-        self.cuda, self.kk, self.buffers = device.type == "cuda", kk, buffers
+    def __init__(self, device: torch.device, kk: int, buffers: dict, choice: Choice | None = None) -> None:
+        self.cuda, self.kk, self.buffers, self.choice = device.type == "cuda", kk, buffers, choice or Choice()
         self.kept: list = []  # per group of layers: (median, top |x|, flat index, signed), (layers, batch[, kk])
         self.buf: Tensor | None = None  # (group, batch, pos, d_model)
         self.slots: tuple[Tensor, ...] = ()  # its layer slots
@@ -86,12 +90,12 @@ class Stash:
 
     def keep(self, layer: int, x: Tensor) -> None:
         if not self.cuda:
-            self.kept.append(tuple(t[None] for t in layer_stats(x.flatten(1), self.kk)))
+            self.kept.append(tuple(t[None] for t in layer_stats(x.flatten(1), self.kk, self.choice)))
             return
         if not self.slots:
             key = (tuple(x.shape), x.dtype, x.device)
             if key not in self.buffers:
-                group = max(1, GROUP_BYTES // (x.numel() * x.element_size()))
+                group = max(1, settings.group_bytes // (x.numel() * x.element_size()))
                 buf = torch.empty((group, *x.shape), dtype=x.dtype, device=x.device)
                 self.buffers[key] = buf, buf.unbind(0)
             self.buf, self.slots = self.buffers[key]
@@ -106,7 +110,7 @@ class Stash:
             return
         used, self.used = self.used, 0
         rows = self.buf[:used].view(used * self.buf.shape[1], -1)  # (layers * batch, pos * d_model)
-        self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in layer_stats(rows, self.kk)))
+        self.kept.append(tuple(t.unflatten(0, (used, -1)) for t in layer_stats(rows, self.kk, self.choice)))
 
     def results(self, n_layers: int) -> list[Tensor]:
         """Once the pass is launched: the statistics of every layer, (median, top |x|, flat index, signed) as

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,14 +77,19 @@ class _Plan:
 
         visit(model.original_model, True)  # first: swaps run from the HF root down, as the old walk did
         visit(model, False)  # the bridge's own modules (hook points outside the HF model)
+        self.modules = list(model.modules())  # every module, bridge components included: a user's torch hook on
+        # any of them (a block, its MLP or attention, the embedding) changes what the bridge computes
 
     def valid(self) -> bool:
         """Whether every slot still holds the bridge component seen when the plan was made."""
         return all(parent._modules.get(name) is child for parent, name, child, _ in self.swaps)
 
     def hooked(self) -> bool:
-        """Whether a hook point holds a hook now (an intervention, which the bare model would skip)."""
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.hook_points)
+        """Whether a hook is attached now: on a hook point (an intervention) or, as a plain torch hook, on any of
+        the bridge's modules or their submodules, or globally. The bare model would skip some of them."""
+        glob = nn.modules.module
+        return bool(glob._global_forward_hooks or glob._global_forward_pre_hooks) or any(
+            m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
     def apply(self) -> None:
         """The originals into their slots; raises Unsupported (changing nothing) if a slot no longer holds the
@@ -137,9 +143,13 @@ class _Trunk:
         self.streams: dict = {}  # device -> the CUDA stream a scan's passes run on (`_graphs`)
 
 
+_TRUNKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its _Trunk: beside the model, never
+# an attribute on it; an entry goes when its model does
+
+
 def kept_trunk(model: Any) -> _Trunk | None:
-    """The `_Trunk` that `trunk_runner` keeps on the model, if any."""
-    return model.__dict__.get("_mi_massive_trunk")
+    """The `_Trunk` that `trunk_runner` keeps for the model, if any."""
+    return _TRUNKS.get(model)
 
 
 def trunk_runner(model: Any) -> Callable[..., None]:
@@ -156,16 +166,14 @@ def trunk_runner(model: Any) -> Callable[..., None]:
     Raises Unsupported (here, or in `run` once a layer's output is seen) wherever that equivalence is not
     certain: weights processed by the bridge, hooks attached to the bridge (an intervention is active),
     blocks that do not wrap the trunk's decoder layers one to one, a layer output that is not one
-    (batch, pos, d_model) tensor. The walk of the model's tree is made once and kept on the model (`_Trunk`);
+    (batch, pos, d_model) tensor. The walk of the model's tree is made once and kept beside the model (`_Trunk`);
     each call checks, in microseconds, that the bridge still has those modules and no hook.
     """
     if getattr(model, "_weights_processed", False):
         raise Unsupported("the bridge processed its weights (its forward is not the HF model's)")
-    trunk = kept_trunk(model)  # kept on the model: it dies with it
+    trunk = kept_trunk(model)
     if trunk is None or not trunk.plan.valid():
-        trunk = _Trunk(model)
-        object.__setattr__(model, "_mi_massive_trunk", trunk)  # not a submodule: nn.Module's setattr would see
-        # the modules inside
+        trunk = _TRUNKS[model] = _Trunk(model)
     if trunk.plan.hooked():
         raise Unsupported("hooks are attached to the bridge")
     plan, layers, kwargs = trunk.plan, trunk.layers, trunk.kwargs
