@@ -1,6 +1,7 @@
-"""The ONLY place that knows model families: hook names, gated MLPs, norms, BOS needs.
+"""The ONLY place that knows model families: every hook name, and what the bridge's config cannot say.
 
-Core modules never branch on a family name; they ask `spec(model)` for what differs.
+Core modules never branch on a family name; they ask `spec(model)` for what differs. What the bridge's config
+says (a gated MLP, the norm, parallel attention and MLP, key/value heads) is read off it, not restated here.
 
     >>> from mi_massive.arch import hook
     >>> hook.resid_post(3)
@@ -9,34 +10,33 @@ Core modules never branch on a family name; they ask `spec(model)` for what diff
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """What the analyses need to know about one model family."""
+    """What the analyses need to know about one model family. The fields marked "bridge" are filled by `spec(model)`
+    from the bridge's config (`model.cfg`) where it has them; a family states them only where no bridge says them."""
 
     name: str
     model_types: tuple[str, ...]  # Hugging Face `config.model_type` values
-    gated_mlp: bool  # MLP is act(gate(x)) * up(x); hook_pre is the gate, hook_pre_linear the up projection
-    norm: str  # "rms" or "layernorm"
     post_sublayer_norm: bool = False  # a norm after attention and after the MLP, before the residual add (Gemma 2/3)
-    parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-NeoX / Pythia)
-    needs_bos: bool = False  # the model was trained with BOS and misbehaves without it
-    grouped_query: bool = False  # key/value heads may be shared across query heads
+    gated_mlp: bool | None = None  # bridge (cfg.gated_mlp): MLP is act(gate(x)) * up(x); hook_pre is the gate,
+    # hook_pre_linear the up projection
+    norm: str | None = None  # bridge (cfg.normalization_type): "rms" or "layernorm"
+    parallel_attn_mlp: bool | None = None  # bridge (cfg.parallel_attn_mlp): attention and MLP both read resid_pre
 
 
 FAMILIES: tuple[FamilySpec, ...] = (
-    FamilySpec("gpt2", ("gpt2",), gated_mlp=False, norm="layernorm"),
-    FamilySpec("llama", ("llama",), gated_mlp=True, norm="rms", grouped_query=True),
-    FamilySpec("mistral", ("mistral",), gated_mlp=True, norm="rms", grouped_query=True),
-    FamilySpec("qwen2", ("qwen2",), gated_mlp=True, norm="rms", grouped_query=True),
-    FamilySpec(
-        "gemma3", ("gemma3_text",), gated_mlp=True, norm="rms", post_sublayer_norm=True,
-        needs_bos=True, grouped_query=True,
-    ),
-    FamilySpec("gpt_neox", ("gpt_neox",), gated_mlp=False, norm="layernorm", parallel_attn_mlp=True),
+    FamilySpec("gpt2", ("gpt2",)),
+    FamilySpec("llama", ("llama",)),
+    FamilySpec("mistral", ("mistral",)),
+    FamilySpec("qwen2", ("qwen2",)),
+    FamilySpec("gemma3", ("gemma3_text",), post_sublayer_norm=True),  # (the bridge's config does not say it)
+    FamilySpec("gpt_neox", ("gpt_neox",)),
 )
 
 
@@ -49,8 +49,6 @@ def spec_for_hf_config(config: Any) -> FamilySpec:
     model_type = getattr(config, "model_type", None)
     for fam in FAMILIES:
         if model_type in fam.model_types:
-            if fam.parallel_attn_mlp and not getattr(config, "use_parallel_residual", True):
-                return FamilySpec(fam.name, fam.model_types, fam.gated_mlp, fam.norm, grouped_query=fam.grouped_query)
             return fam
     raise ValueError(
         f"unsupported model family {model_type!r}: mi_massive knows {', '.join(known_families())}. "
@@ -58,20 +56,55 @@ def spec_for_hf_config(config: Any) -> FamilySpec:
     )
 
 
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its FamilySpec, beside the model
+
+
 def spec(model: Any) -> FamilySpec:
-    """The family spec of a TransformerBridge (or anything with `.original_model.config`)."""
-    cached = getattr(model, "_mi_massive_spec", None)
-    if cached is not None:
-        return cached
+    """The family spec of a TransformerBridge (or anything with `.original_model.config`), with what the bridge's
+    config says (`model.cfg`: gated MLP, norm, parallel attention and MLP) read off it.
+
+        >>> from mi_massive.testing import tiny_model
+        >>> fam = spec(tiny_model("gemma3"))
+        >>> fam.name, fam.gated_mlp, fam.norm, fam.post_sublayer_norm
+        ('gemma3', True, 'rms', True)
+    """
+    try:
+        return _SPECS[model]
+    except (KeyError, TypeError):
+        pass
     config = getattr(getattr(model, "original_model", None), "config", None)
     if config is None:
         raise ValueError(f"expected a TransformerBridge from mi_massive.load_model, got {type(model).__name__}")
     fam = spec_for_hf_config(config)
+    cfg = getattr(model, "cfg", None)
+    said = {"gated_mlp": getattr(cfg, "gated_mlp", None), "parallel_attn_mlp": getattr(cfg, "parallel_attn_mlp", None),
+            "norm": _NORMS.get(getattr(cfg, "normalization_type", None))}
+    fam = dataclasses.replace(fam, **{k: v for k, v in said.items() if v is not None})
     try:
-        model._mi_massive_spec = fam
-    except Exception:
+        _SPECS[model] = fam
+    except TypeError:  # (not weakly referable: not kept)
         pass
     return fam
+
+
+_NORMS = {"RMS": "rms", "RMSPre": "rms", "LN": "layernorm", "LNPre": "layernorm"}  # cfg.normalization_type
+
+
+def n_kv_heads(cfg: Any) -> int:
+    """Key/value heads per layer: `cfg.n_key_value_heads` under grouped-query attention, else `cfg.n_heads`."""
+    return getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+
+
+def kv_head_of(n_heads: int, n_kv: int) -> list[int]:
+    """The key/value head each query head reads: query head h reads h // (n_heads // n_kv), as in grouped-query
+    attention (n_kv == n_heads: each its own).
+
+        >>> kv_head_of(4, 2)
+        [0, 0, 1, 1]
+    """
+    if n_kv < 1 or n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads cannot share {n_kv} key/value heads evenly")
+    return [h // (n_heads // n_kv) for h in range(n_heads)]
 
 
 class hook:

@@ -46,7 +46,7 @@ def test_spec_matches_the_bridge(family):
     assert fam.norm == {"RMS": "rms", "LN": "layernorm"}[cfg.normalization_type]
     assert fam.post_sublayer_norm == (arch.hook.ln_scale(0, "ln2_post") in hooks)
     assert fam.parallel_attn_mlp == (arch.hook.resid_mid(0) not in hooks)
-    assert fam.grouped_query == (cfg.n_key_value_heads is not None)
+    assert arch.n_kv_heads(cfg) == (cfg.n_key_value_heads or cfg.n_heads)
     every = [arch.hook.resid_pre(1), arch.hook.resid_post(1), arch.hook.attn_out(1), arch.hook.mlp_out(1),
              arch.hook.mlp_post(1), arch.hook.mlp_pre(1), arch.hook.z(1), arch.hook.q(1), arch.hook.k(1),
              arch.hook.v(1), arch.hook.pattern(1), arch.hook.ln_scale(1, "ln1"), arch.hook.ln_scale(1, "ln2")]

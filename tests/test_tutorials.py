@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import pkgutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,17 +40,42 @@ def test_notebooks_are_stored_without_outputs():
 
 
 @pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
-def test_exercise_notebook_hides_each_solution_below_its_check(source):
+def test_exercise_notebook_has_stub_check_and_no_solution_code(source):
     cells = json.loads((ROOT / "tutorials" / f"{source.stem}_exercises.ipynb").read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")  # hints are prose
     names = build.exercises(source)
     assert len(names) >= 3
-    for name in names:
+    exercise_cells = [c for c in build.parse(source) if c.kind == "exercise"]
+    for name, cell in zip(names, exercise_cells):
         i = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and f"def {name}(" in "".join(c["source"]))
-        stub, check, solution = ("".join(c["source"]) for c in cells[i:i + 3])
+        stub, check, pointer = ("".join(c["source"]) for c in cells[i:i + 3])
         assert "NotImplementedError" in stub and "# SOLUTION" not in stub
         assert f"check_{name}({name}, " in check
-        assert solution.startswith("<details><summary>Solution</summary>") and f"def {name}(" in solution
+        assert pointer.startswith("<details><summary>Solution</summary>") and f"{source.stem}_solutions.ipynb" in pointer
         assert "Difficulty" in "".join(cells[i - 1]["source"]) and "minutes" in "".join(cells[i - 1]["source"])
+        stub_code, solution_code = build.split_exercise(cell, source.name)
+        only_solution = [ln.strip() for ln in solution_code.splitlines() if ln.strip() not in stub_code]
+        leaked = [ln for ln in only_solution if len(ln) > 8 and ln in code]
+        assert not leaked, f"solution code of {name} in the exercise notebook: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
+def test_each_tutorial_asks_questions_with_folded_computed_answers(source):
+    assert len(build.questions(source)) >= 2, "ask at least two questions that interpret a result"
+    for version in ("exercises", "solutions"):
+        cells = json.loads((ROOT / "tutorials" / f"{source.stem}_{version}.ipynb").read_text())["cells"]
+        answers = [c for c in cells if "answer" in c["metadata"].get("tags", [])]
+        assert len(answers) == len(build.questions(source))
+        for c in answers:
+            assert c["cell_type"] == "code" and c["metadata"]["jupyter"]["source_hidden"]
+            assert "answer(" in "".join(c["source"])
+
+
+def test_answer_is_folded():
+    from mi_massive.tutorial_checks import answer
+
+    html = answer("It is **one** dimension.")._repr_markdown_()
+    assert html.startswith("<details><summary>Answer</summary>") and html.endswith("</details>")
 
 
 def _write(tmp_path, text):
@@ -72,11 +99,21 @@ check_double(double, 3)
 '''
 
 
+def test_builder_folds_answers(tmp_path):
+    source = GOOD + "# %% [markdown]\n# ### Question: why twice?\n# %% [answer]\nanswer(f'{2 * 3}')\n"
+    nbs = build.build(_write(tmp_path, source))
+    for version in ("exercises", "solutions"):
+        last = json.loads(nbs[f"t_{version}.ipynb"])["cells"][-1]
+        assert last["metadata"] == {"jupyter": {"source_hidden": True}, "tags": ["answer"]}
+    assert build.questions(_write(tmp_path, source)) == ["### Question: why twice?"]
+
+
 def test_builder_splits_stub_and_solution(tmp_path):
     nbs = build.build(_write(tmp_path, GOOD))
     ex, sol = (json.loads(nbs[f"t_{v}.ipynb"])["cells"] for v in ("exercises", "solutions"))
     assert [c["cell_type"] for c in ex] == ["markdown", "code", "code", "markdown"]
     assert "".join(ex[1]["source"]).endswith("raise NotImplementedError()") and "2 * x" not in "".join(ex[1]["source"])
+    assert "t_solutions.ipynb" in "".join(ex[3]["source"]) and not any("2 * x" in "".join(c["source"]) for c in ex)
     assert "".join(sol[1]["source"]).endswith("return 2 * x") and "NotImplementedError" not in "".join(sol[1]["source"])
     assert "🔴⚪⚪⚪⚪" in "".join(ex[0]["source"]) and "about 2 minutes" in "".join(ex[0]["source"])
     assert build.build(_write(tmp_path, GOOD)) == nbs  # deterministic (stable cell ids)
@@ -90,6 +127,9 @@ def test_builder_splits_stub_and_solution(tmp_path):
     (GOOD.replace("difficulty=1 minutes=2", "minutes=2"), "difficulty=1..5"),
     (GOOD.replace("# raise", "raise"), "not commented out"),
     (GOOD.replace("[exercise", "[exrecise"), "unknown cell kind"),
+    (GOOD + "# %% [markdown]\n# ### Question: why?\n# %%\nprint(1)\n", "must be followed by an [answer] cell"),
+    (GOOD + "# %% [markdown]\n# Prose\n# %% [answer]\nanswer('x')\n", "'### Question ...'"),
+    (GOOD + "# %% [markdown]\n# ### Question: why?\n# %% [answer]\nprint('x')\n", "with answer(...)"),
 ])
 def test_builder_rejects_a_broken_exercise(tmp_path, broken, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -222,6 +262,7 @@ WRONG = {
     "check_residual_stream": [_resid_pre],
     "check_massive_entries": [_per_position_median, _signed],
     "check_layer_top_magnitudes": [_profile_without_abs],
+    "check_holder": [lambda: "the BOS token", lambda: "the first delimiter", lambda: "position 0"],
     "check_massive_values": [_values_ignoring_bos],
     "check_loss_with_entry_set": [_loss_setting_the_next_block],
     "check_chunk_perplexity": [_perplexity_of_summed_loss],
@@ -255,14 +296,19 @@ def test_every_check_has_a_tutorial_exercise_and_wrong_answers():
 
 @pytest.mark.real
 @pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
-def test_checks_pass_the_reference_and_fail_the_stub_and_wrong_answers(source, smollm2):
+def test_checks_fail_a_stub_at_once_and_pass_the_reference_but_no_wrong_answer(source, smollm2):
     module = importlib.import_module(f"mi_massive.tutorial_checks.{CHECK_MODULES[source.stem]}")
     reference, stubs = build.reference_namespace(source), build.stub_namespace(source)
     for name in build.exercises(source):
         check = getattr(module, f"check_{name}")
-        check(reference[name], smollm2)
+        start = time.perf_counter()
         with pytest.raises(NotImplementedError):
             check(stubs[name], smollm2)
+        assert time.perf_counter() - start < 1.0, f"check_{name} took {time.perf_counter() - start:.1f} s to fail a stub"
+        check(reference[name], smollm2)
+        start = time.perf_counter()
+        check(reference[name], smollm2)  # the library's answers are cached: only the function's own time is left
+        again = time.perf_counter() - start
         for wrong in WRONG[check.__name__]:
             try:
                 with pytest.raises(AssertionError):
@@ -271,16 +317,48 @@ def test_checks_pass_the_reference_and_fail_the_stub_and_wrong_answers(source, s
                 while _LEFT_BROKEN:
                     W, col, row, value = _LEFT_BROKEN.pop()
                     W[col, row] = value
+        print(f"check_{name}: a second passing run {again:.2f} s")
 
 
-# --- every solution notebook and every paper notebook runs ---------------------------------------------------
+# --- every solution notebook and every paper notebook runs, once; the tutorials' key figures are photographed ---
+
+ARTEFACTS = Path(os.environ.get("MI_MASSIVE_ARTIFACTS", ROOT / "out" / "artefacts"))
+KEY_FIGURE = "# Key figure"  # first line of the code cell whose output is a tutorial's key figure
+
+
+def _key_figure_html(nb) -> str:
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(KEY_FIGURE))
+    html = next(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
+    return f"<!doctype html><html><head><meta charset='utf-8'></head><body>{html}</body></html>"
+
+
+def _screenshot(page: Path, shot: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--hide-scrollbars",
+                    "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1100,800",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=300, check=True)
+
 
 @pytest.mark.real
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXECUTED, ids=lambda p: p.stem)
-def test_notebook_executes(path):
+def test_notebook_executes(path, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, ARTEFACTS / path.name)  # executed, for reading the numbers the text was computed from
+    if path.parent.name == "tutorials":
+        page = ARTEFACTS / f"{path.stem}_key_figure.html"
+        page.write_text(_key_figure_html(nb))
+        shot = ARTEFACTS / f"{path.stem}_key_figure.png"
+        _screenshot(page, shot, tmp_path)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -9,11 +9,17 @@ plain script and diffs read like code. Cell headers:
     # %% [exercise difficulty=2 minutes=10]
                            one function: its docstring, then `# EXERCISE` (commented stub lines),
                            `# SOLUTION` (the reference lines), `# END`
+    # %% [answer]          code that computes the answer to the question above it from the results and
+                           ends with `answer(...)` (a folded <details> block); its source starts collapsed
 
 An exercise cell must follow a markdown cell whose first line is `### Exercise ...` (the difficulty box is
 added under that title) and be followed by a code cell that calls a `check_...` on the function (the check
-right below the stub). The exercise notebook gets the stub, then the check, then the solution folded in a
-`<details>` block; the solution notebook gets the reference code.
+right below the stub). The exercise notebook gets the stub and the check and no solution code at all (a
+folded note says which notebook holds it); the solution notebook gets the reference code.
+
+An answer cell must follow a markdown cell whose first line is `### Question ...`, and every question needs
+an answer cell. Answers are code so that each number or claim they state is computed from the result it is
+about; they read library results only, never a student's function.
 
     python tutorials/build.py            # write every notebook
     python tutorials/build.py --check    # exit 1 if a committed notebook differs from its source
@@ -36,6 +42,8 @@ TUTORIAL_SOURCES = ROOT / "tutorials" / "src"
 NOTEBOOK_SOURCES = ROOT / "notebooks" / "src"
 HEADER = re.compile(r"^# %%(?:\s+\[(?P<kind>[a-z]+)(?P<attrs>[^\]]*)\])?\s*$")
 MARKERS = ("# EXERCISE", "# SOLUTION", "# END")
+KINDS = ("markdown", "code", "imports", "exercise", "answer")
+ANSWER_METADATA = {"jupyter": {"source_hidden": True}, "tags": ["answer"]}
 METADATA = {
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"},
@@ -44,7 +52,7 @@ METADATA = {
 
 @dataclass
 class Cell:
-    kind: str  # "markdown", "code", "imports" or "exercise"
+    kind: str  # one of KINDS
     lines: list[str]
     attrs: dict[str, int] = field(default_factory=dict)
     line_no: int = 0  # where the cell starts in the source, for error messages
@@ -61,8 +69,8 @@ def parse(path: Path) -> list[Cell]:
         m = HEADER.match(line)
         if m:
             kind = m["kind"] or "code"
-            if kind not in ("markdown", "code", "imports", "exercise"):
-                raise ValueError(f"{path.name}:{no}: unknown cell kind [{kind}]: use markdown, imports or exercise")
+            if kind not in KINDS:
+                raise ValueError(f"{path.name}:{no}: unknown cell kind [{kind}]: use one of {', '.join(KINDS)}")
             attrs = dict(a.split("=") for a in (m["attrs"] or "").split())
             cells.append(Cell(kind, [], {k: int(v) for k, v in attrs.items()}, no))
         elif cells:
@@ -128,18 +136,42 @@ def difficulty_box(attrs: dict[str, int], where: str) -> str:
     return f"> **Difficulty** {'🔴' * d}{'⚪' * (5 - d)} &nbsp;·&nbsp; **Time** about {attrs['minutes']} minutes"
 
 
+def _heading(cell: Cell | None, prefix: str) -> bool:
+    return cell is not None and cell.kind == "markdown" and bool(cell.lines) and cell.lines[0].startswith(prefix)
+
+
 def _check_rhythm(cells: list[Cell], i: int, name: str, where: str) -> None:
     before = cells[i - 1] if i else None
     after = cells[i + 1] if i + 1 < len(cells) else None
-    if before is None or before.kind != "markdown" or not before.lines or not before.lines[0].startswith("### Exercise"):
+    if not _heading(before, "### Exercise"):
         raise ValueError(f"{where}: an exercise must follow a markdown cell whose first line is '### Exercise ...'")
     if after is None or after.kind != "code" or not re.search(rf"check_\w+\(\s*{name}\b", after.text):
         raise ValueError(f"{where}: the cell right below exercise {name} must call a check_... on it")
 
 
+def _check_questions(cells: list[Cell], path: Path) -> None:
+    for i, cell in enumerate(cells):
+        where = f"{path.name}:{cell.line_no}"
+        nxt = cells[i + 1] if i + 1 < len(cells) else None
+        if cell.kind == "answer" and not _heading(cells[i - 1] if i else None, "### Question"):
+            raise ValueError(f"{where}: an answer must follow a markdown cell whose first line is '### Question ...'")
+        if cell.kind == "answer" and not re.search(r"\banswer\(", cell.text):
+            raise ValueError(f"{where}: an answer cell must show its answer with answer(...)")
+        if _heading(cell, "### Question") and (nxt is None or nxt.kind != "answer"):
+            raise ValueError(f"{where}: a question must be followed by an [answer] cell")
+
+
+def _solution_pointer(path: Path, title: str) -> str:
+    """What the exercise notebook says in place of a solution: where it is (no solution code)."""
+    title = title.lstrip("#").strip()
+    return (f"<details><summary>Solution</summary>\n\nThe reference solution is in `{path.stem}_solutions.ipynb` "
+            f"under *{title}*. Try first: the check above says what differs.\n\n</details>")
+
+
 def build(path: Path) -> dict[str, str]:
     """{notebook file name: notebook JSON} for one source: two notebooks for a tutorial, one otherwise."""
     cells = parse(path)
+    _check_questions(cells, path)
     tutorial = any(c.kind == "exercise" for c in cells)
     versions = ("exercises", "solutions") if tutorial else ("",)
     out = {}
@@ -160,14 +192,13 @@ def build(path: Path) -> dict[str, str]:
                     raise ValueError(f"{where}: the stub and the solution define different functions")
                 _check_rhythm(cells, i, name, where)
                 nb_cells.append(new_code_cell(stub if version == "exercises" else solution))
+            elif cell.kind == "answer":
+                nb_cells.append(new_code_cell(cell.text, metadata=dict(ANSWER_METADATA)))
             else:
                 nb_cells.append(new_code_cell(cell.text))
                 prev = cells[i - 1] if i else None
                 if version == "exercises" and prev is not None and prev.kind == "exercise":
-                    solution = split_exercise(prev, where)[1]
-                    nb_cells.append(new_markdown_cell(
-                        f"<details><summary>Solution</summary>\n\n```python\n{solution}\n```\n\n</details>"
-                    ))
+                    nb_cells.append(new_markdown_cell(_solution_pointer(path, cells[i - 2].lines[0])))
         for j, c in enumerate(nb_cells):  # stable ids, so a rebuild is byte-identical
             c["id"] = f"{path.stem}-{version or 'nb'}-{j:03d}"
         nb = new_notebook(cells=nb_cells, metadata=METADATA)
@@ -201,6 +232,11 @@ def stub_namespace(path: Path) -> dict:
 def exercises(path: Path) -> list[str]:
     """Names of the exercise functions of a source, in order."""
     return [exercise_function(split_exercise(c, path.name)[1], path.name) for c in parse(path) if c.kind == "exercise"]
+
+
+def questions(path: Path) -> list[str]:
+    """Titles of the interpretation questions of a source, in order."""
+    return [c.lines[0] for c in parse(path) if _heading(c, "### Question")]
 
 
 def sources() -> dict[Path, Path]:

@@ -1,7 +1,14 @@
-"""What every tutorial check shares: tensor comparison with messages a student can act on."""
+"""What every tutorial check shares: tensor comparison with messages a student can act on, references computed
+once per kernel, and the folded answers of the interpretation questions.
+
+A check calls the student's function first (a stub fails at once) and only then computes the library's answer,
+through a `reference` function: cached on the model object and the case, so a second attempt at an exercise
+compares in the time the student's function takes.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -12,6 +19,13 @@ PROMPTS = (
     "The quick brown fox jumps over the lazy dog.",
     "In 1905, Albert Einstein published four papers that changed physics.",
 )
+
+reference = functools.lru_cache(maxsize=256)  # keys: the model (by identity) and hashable case arguments
+
+
+def student_bos(model: Any) -> bool:
+    """Whether `model.run_with_cache(text)` prepends a BOS token: what a student's function sees for a string."""
+    return bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
 def as_tensor(got: Any, what: str) -> Tensor:
@@ -41,3 +55,10 @@ def assert_equal(got: Any, want: Any, what: str) -> None:
 
 def passed(fn: Any, detail: str) -> None:
     print(f"\N{CHECK MARK} {getattr(fn, '__name__', 'your function')} agrees with the library {detail}")
+
+
+def answer(text: str) -> Any:
+    """The answer to an interpretation question, folded away (click "Answer" to read it)."""
+    from IPython.display import Markdown
+
+    return Markdown(f"<details><summary>Answer</summary>\n\n{text}\n\n</details>")

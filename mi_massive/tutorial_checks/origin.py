@@ -10,54 +10,89 @@ import torch
 from ..detect import find_massive_activations
 from ..origin import trace_origin
 from ..patching import path_patch
-from ._common import PROMPTS, assert_close, assert_equal, passed
+from ._common import PROMPTS, assert_close, assert_equal, passed, reference, student_bos
 
-SITES = ((20, 0, 507), (11, 0, 247))  # (layer, pos, dim) traced
+# (layer, pos, dim) traced, and the block that writes each (the check says so if the model disagrees)
+SITES = ((20, 0, 507), (11, 0, 247))
+WRITER = 11
+
+
+@reference
+def _origin(model: Any, layer: int, pos: int, dim: int) -> Any:
+    return trace_origin(model, PROMPTS[0], layer=layer, pos=pos, dim=dim, ablate=False, prepend_bos=student_bos(model))
+
+
+@reference
+def _traced(model: Any) -> Any:
+    return trace_origin(model, PROMPTS[0], n_random=0, search_steps=1, prepend_bos=student_bos(model))
+
+
+@reference
+def _sites(model: Any) -> tuple[tuple[int, int, int], ...]:
+    found = find_massive_activations(model, PROMPTS[0], prepend_bos=student_bos(model), progress=False)
+    return tuple((int(r.first_layer), int(r.pos), int(r.dim)) for r in found.sites().itertuples())
+
+
+@reference
+def _patched(model: Any, layer: int) -> torch.Tensor:
+    return path_patch(model, PROMPTS[0], receivers=("v",), layers=[layer], prepend_bos=student_bos(model)).metric
 
 
 def check_block_writes(fn: Callable, model: Any) -> None:
     """fn(model, prompt, pos=, dim=) -> (n_layers,) what each block adds to the residual at (pos, dim)."""
-    for layer, pos, dim in SITES:
-        origin = trace_origin(model, PROMPTS[0], layer=layer, pos=pos, dim=dim, ablate=False)
-        df = origin.by_layer()
-        got = fn(model, PROMPTS[0], pos=pos, dim=dim)
-        assert_close(torch.as_tensor(got)[: layer + 1], torch.tensor((df.attn + df.mlp).values),
+    got = [fn(model, PROMPTS[0], pos=pos, dim=dim) for _, pos, dim in SITES]
+    for (layer, pos, dim), g in zip(SITES, got):
+        df = _origin(model, layer, pos, dim).by_layer()
+        assert_close(torch.as_tensor(g)[: layer + 1], torch.tensor((df.attn + df.mlp).values),
                      f"block_writes(pos={pos}, dim={dim}) up to block {layer}", rtol=1e-3, atol=1e-2)
     passed(fn, f"on {len(SITES)} residual entries")
 
 
 def check_neuron_contributions(fn: Callable, model: Any) -> None:
     """fn(model, prompt, layer=, pos=, dim=) -> (d_mlp,) each MLP neuron's part of block `layer`'s write."""
-    for layer, pos, dim in SITES:
-        origin = trace_origin(model, PROMPTS[0], layer=layer, pos=pos, dim=dim, ablate=False)
-        got = fn(model, PROMPTS[0], layer=origin.writer_layer, pos=pos, dim=dim)
-        assert_close(got, origin.neuron_contribution, f"neuron_contributions(layer={origin.writer_layer}, "
-                     f"pos={pos}, dim={dim})", rtol=1e-3, atol=1e-2)
-    passed(fn, f"on the writing blocks of {len(SITES)} residual entries")
+    got = [fn(model, PROMPTS[0], layer=WRITER, pos=pos, dim=dim) for _, pos, dim in SITES]
+    for (layer, pos, dim), g in zip(SITES, got):
+        origin = _origin(model, layer, pos, dim)
+        if origin.writer_layer != WRITER:
+            raise RuntimeError(f"this check assumes block {WRITER} writes dim {dim}; trace_origin says block "
+                               f"{origin.writer_layer} (a different model?)")
+        assert_close(g, origin.neuron_contribution, f"neuron_contributions(layer={WRITER}, pos={pos}, dim={dim})",
+                     rtol=1e-3, atol=1e-2)
+    passed(fn, f"on the writing block of {len(SITES)} residual entries")
+
+
+SUPER_WEIGHT = (11, 507, 1229)  # (layer, row, col) of W_out[col, row]; checked against trace_origin
 
 
 def check_without_weight(fn: Callable, model: Any) -> None:
     """fn(model, prompt, layer=, row=, col=) -> (x[layer, 0, row], loss) with W_out[col, row] of `layer` zeroed."""
-    origin = trace_origin(model, PROMPTS[0], n_random=0, search_steps=1)
-    sw = origin.super_weight
-    row = origin.causal[origin.causal.ablation.str.startswith("zero super weight")].iloc[0]
-    before = model.blocks[sw.layer].mlp.W_out[sw.col, sw.row].item()
-    value, loss = fn(model, PROMPTS[0], layer=sw.layer, row=sw.row, col=sw.col)
-    assert_equal(model.blocks[sw.layer].mlp.W_out[sw.col, sw.row].item(), before,
+    layer, row, col = SUPER_WEIGHT
+    before = model.blocks[layer].mlp.W_out[col, row].item()
+    value, loss = fn(model, PROMPTS[0], layer=layer, row=row, col=col)
+    assert_equal(model.blocks[layer].mlp.W_out[col, row].item(), before,
                  "the weight after without_weight returned (it must be restored)")
-    assert_close(torch.tensor([float(value), float(loss)]), torch.tensor([row.massive_value, row.loss]),
+    origin = _traced(model)
+    sw = origin.super_weight
+    if (sw.layer, sw.row, sw.col) != SUPER_WEIGHT:
+        raise RuntimeError(f"this check assumes the super weight {SUPER_WEIGHT}; trace_origin finds {sw}")
+    want = origin.causal[origin.causal.ablation.str.startswith("zero super weight")].iloc[0]
+    assert_close(torch.tensor([float(value), float(loss)]), torch.tensor([want.massive_value, want.loss]),
                  f"(value, loss) with the super weight {sw} zeroed", rtol=1e-3)
     passed(fn, f"on the super weight {sw}, and the model is restored")
 
 
+PATCH_LAYERS = (12, 15)
+
+
 def check_patched_value_loss(fn: Callable, model: Any) -> None:
     """fn(model, prompt, sites=, layer=, kv_head=) -> loss with one KV head's value read from the corrupted run."""
-    prompt = PROMPTS[0]
-    sites = [(int(r.first_layer), int(r.pos), int(r.dim)) for r in find_massive_activations(model, prompt).sites().itertuples()]
-    for layer in (12, 15):
-        pp = path_patch(model, prompt, receivers=("v",), layers=[layer])
-        for kv_head in range(len(pp.metric)):
-            got = fn(model, prompt, sites=sites, layer=layer, kv_head=kv_head)
-            assert_close(torch.tensor(float(got)), pp.metric[kv_head], f"patched_value_loss(layer={layer}, "
-                         f"kv_head={kv_head})", rtol=1e-3)
-    passed(fn, "on every KV head of 2 layers")
+    sites = [(WRITER, 0, 507)]  # where the massive activation of PROMPTS[0] appears; checked below
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    cases = [(layer, kv) for layer in PATCH_LAYERS for kv in range(n_kv)]
+    got = [fn(model, PROMPTS[0], sites=list(sites), layer=layer, kv_head=kv) for layer, kv in cases]
+    if list(_sites(model)) != sites:
+        raise RuntimeError(f"this check assumes the sites {sites}; find_massive_activations finds {list(_sites(model))}")
+    for (layer, kv), g in zip(cases, got):
+        assert_close(torch.tensor(float(g)), _patched(model, layer)[kv], f"patched_value_loss(layer={layer}, "
+                     f"kv_head={kv})", rtol=1e-3)
+    passed(fn, f"on every KV head of {len(PATCH_LAYERS)} layers")

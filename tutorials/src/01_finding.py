@@ -14,13 +14,16 @@
 # - draw the layer profile of the paper's Figure 2 and say where the massive values appear;
 # - say which tokens hold them, and how much they change across inputs.
 #
-# Each exercise has a difficulty, a time estimate, a stub to fill in and a check right below it. The
-# solution is folded away under the check: try first, then compare.
+# Each exercise has a difficulty, a time estimate, a stub to fill in and a check right below it; the
+# solutions are in `01_finding_solutions.ipynb`. Questions ask you to interpret a result: answer them before
+# you unfold the answer (it is computed from the result above it, so it describes what *your* run shows).
 
 # %% [imports]
 import torch
+from IPython.display import Markdown
 
 from mi_massive import find_massive_activations, layer_profile, load_model, viz
+from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import finding as checks
 
 # %%
@@ -35,8 +38,10 @@ PROMPTS = [
 model.cfg.n_layers, model.cfg.d_model, model.to_str_tokens(PROMPTS[0])
 
 # %% [markdown]
-# Note the first token: `load_model` follows the model's convention and prepends a BOS token
-# (`<|im_start|>` for SmolLM2). Keep an eye on it.
+# Note the first token: TransformerLens's string methods (`to_tokens`, `to_str_tokens`, `run_with_cache`)
+# prepend a BOS token by default (`<|im_start|>` for SmolLM2), and your functions below see it. mi_massive's
+# functions instead do what the model's own tokenizer does unless you pass `prepend_bos=` (each result says
+# which it used). Whether the BOS token matters is a question of section 4: keep an eye on it.
 #
 # ## 1. Looking at the residual stream
 #
@@ -81,9 +86,15 @@ for value, index in zip(top.values, top.indices):
     print(f"pos {pos} ({model.to_str_tokens(PROMPTS[0])[pos]!r}), dim {dim}: {float(value):,.0f}")
 print(f"median |x|: {float(x.abs().median()):.2f}")
 
+# %%
+ratios = top.values / x.abs().median()
+big = sorted({int(i) % x.shape[1] for i, r in zip(top.indices, ratios) if r >= 1000})
+Markdown(f"The largest entry is {float(ratios[0]):,.0f} times the median; {len(big)} dimension(s) of the top five "
+         f"are at least 1,000 times it: {big}.")
+
 # %% [markdown]
-# One entry is four orders of magnitude above the median. The paper's Figure 1 draws this as a 3-D surface:
-# `|x|` over tokens and dimensions. Rotate it; hover to read a value.
+# The paper's Figure 1 draws this as a 3-D surface: `|x|` over tokens and dimensions. Rotate it; hover to
+# read a value.
 
 # %%
 viz.magnitudes_3d(model, PROMPTS[0], 15)
@@ -133,10 +144,27 @@ found.summary()
 found.show()
 
 # %% [markdown]
+# ### Question: how many massive dimensions, and where?
+#
+# Read the summary above. How many dimensions are massive, at which positions and in which layers? Are they
+# equally large, and do they occur in every prompt?
+
+# %% [answer]
+s1 = found.summary()
+parts = [f"dim {int(r.dim)} at position(s) {list(r.positions)} ({', '.join(map(repr, r.tokens))}), layers "
+         f"{int(r.first_layer)}..{int(r.last_layer)}, |x| up to {r.max_abs:,.0f}, in {int(r.n_prompts)} of "
+         f"{len(PROMPTS)} prompts" for r in s1.itertuples()]
+answer(f"{len(s1)} massive dimension(s) ({found}): " + "; ".join(parts) + ". "
+       + (f"The largest is {s1.max_abs.max() / s1.max_abs.min():.0f} times the smallest, so 'the' massive "
+          "activation is really one dominant dimension with smaller companions." if len(s1) > 1 else
+          "Only one dimension passes the rule under these conditions."))
+
+# %% [markdown]
 # ## 3. Where in depth: the layer profile
 #
 # The paper's Figure 2 plots, for each layer, the three largest magnitudes and the median. Massive
-# activations show up as a sudden jump of the top-1 curve in one early layer while the median stays flat.
+# activations show up as a sudden jump of the top-1 curve in one early layer; the paper reports that the
+# median stays small. Check both claims here.
 
 # %% [markdown]
 # ### Exercise 1.3: the layer profile of one prompt
@@ -172,12 +200,28 @@ checks.check_layer_top_magnitudes(layer_top_magnitudes, model)
 # magnitude grows most over the previous layer's.
 
 # %%
+# Key figure: the layer profile (paper Fig. 2), top-3 and median |x| of every block's output
 profile = layer_profile(model, PROMPTS)
 print(profile)
-print(f"the top-1 magnitude grows {float(profile.top[profile.jump_layer, 0] / profile.top[profile.jump_layer - 1, 0]):.0f}x "
-      f"in layer {profile.jump_layer}; the median stays between {float(profile.median.min()):.2f} and "
-      f"{float(profile.median.max()):.2f}")
 profile.show()
+
+# %% [markdown]
+# ### Question: does the median stay flat?
+#
+# In the plot above (log scale), follow the median curve from the first to the last layer, and the top-1
+# curve after its jump. Does the median stay flat? What happens to the ratio top-1 / median in the last
+# layers, and what does that mean for the paper's "1,000 times the median" part of the rule there?
+
+# %% [answer]
+j, med, top1 = profile.jump_layer, profile.median, profile.top[:, 0]
+ratio = top1 / med
+answer(f"The top-1 magnitude grows {float(top1[j] / top1[j - 1]):.0f}x in layer {j}, to {float(top1[j]):,.0f}. "
+       f"The median does {'not ' if med.max() / med.min() > 2 else ''}stay flat: it goes from "
+       f"{float(med.min()):.2f} to {float(med.max()):.2f} ({float(med.max() / med.min()):.0f}x) "
+       f"{'rising with depth' if int(med.argmax()) > int(med.argmin()) else 'falling with depth'}. So the ratio "
+       f"top-1 / median falls from {float(ratio[j]):,.0f} in layer {j} to {float(ratio[-1]):,.0f} in the last layer: "
+       + ("below 1,000, so in the last layer the ratio part of the rule, not the threshold, decides that nothing "
+          "there is massive any more." if ratio[-1] < 1000 else "still above 1,000, so the rule keeps flagging it."))
 
 # %% [markdown]
 # ## 4. Where in the sequence
@@ -187,10 +231,30 @@ profile.show()
 # BOS and see.
 
 # %%
-for bos in (True, False):
-    found = find_massive_activations(model, PROMPTS, prepend_bos=bos)
-    tokens = sorted({row.token for row in found.sites().itertuples()})
-    print(f"prepend_bos={bos}: {found}\n    tokens holding them: {tokens}")
+scans = {bos: find_massive_activations(model, PROMPTS, prepend_bos=bos) for bos in (True, False)}
+for bos, scan in scans.items():
+    sites = scan.sites()
+    print(f"prepend_bos={bos}: {scan}\n    positions {sorted(set(sites.pos))}, tokens {sorted(set(sites.token))}")
+
+# %% [markdown]
+# ### Exercise 1.4: token or position?
+#
+# Interpret the two scans above: what holds the massive activations of SmolLM2 on these prompts? Return
+# one of `"the BOS token"` (they sit on BOS and vanish or move without it), `"the first position"` (they sit
+# at position 0 whatever token is there) or `"the first delimiter"`. The check shows the evidence it used.
+
+# %% [exercise difficulty=1 minutes=5]
+def holder() -> str:
+    """What the scans with and without BOS say holds the massive activations (one of checks.HOLDERS)."""
+    # EXERCISE
+    # raise NotImplementedError("read the positions and tokens printed above")
+    # SOLUTION
+    return "the first position"
+    # END
+
+
+# %%
+checks.check_holder(holder, model, PROMPTS)
 
 # %% [markdown]
 # ## 5. Constancy across inputs
@@ -226,26 +290,55 @@ checks.check_massive_values(massive_values, model)
 
 # %% [markdown]
 # How constant is it? Read the massive dimension at the first position of each prompt, without a BOS (so
-# the first token differs), and compare its spread (std / |mean|) with its size.
+# the first token differs), and compare its spread (std / mean |x|) with an ordinary dimension's at the same
+# position.
 
 # %%
-dim = found.dims[0]
-values = massive_values(model, PROMPTS, layer=15, dim=dim, pos=0, prepend_bos=False)
+dim = scans[False].dims[0]
 first_tokens = [model.to_str_tokens(p, prepend_bos=False)[0] for p in PROMPTS]
+name = "blocks.15.hook_resid_post"
+x0 = torch.stack([model.run_with_cache(model.to_tokens(p, prepend_bos=False), names_filter=name)[1][name][0, 0]
+                  for p in PROMPTS])  # (prompt, d_model): block 15's output at position 0, no BOS
+ordinary = int(x0.abs().mean(0).argsort()[model.cfg.d_model // 2])  # a dimension of median size there
+values, others = x0[:, dim], x0[:, ordinary]
+cv = lambda v: float(v.std() / v.abs().mean())  # noqa: E731  (spread relative to the entry's size)
 print(f"dim {dim} at layer 15 for first tokens {first_tokens}: {[round(float(v)) for v in values]}")
-print(f"std / |mean| = {float(values.std() / values.mean().abs()):.3f}")
+print(f"std / mean |x|: {cv(values):.3f} for dim {dim}, {cv(others):.3f} for the ordinary dim {ordinary} "
+      f"(values {[round(float(v), 2) for v in others]})")
 
 # %% [markdown]
-# Without a BOS the first token differs between prompts, yet the massive value changes by only a small fraction
-# of its size.
+# ### Question: constant across inputs?
 #
+# Without a BOS the first token differs between prompts. Is the massive value nearly constant across them?
+# Compare its relative spread with the ordinary dimension's. What would the same comparison show *with* a
+# BOS token, and why would that be no evidence at all?
+
+# %% [answer]
+answer(f"Over {len(PROMPTS)} different first tokens ({', '.join(map(repr, first_tokens))}) dim {dim} varies by "
+       f"{cv(values):.1%} of its size ({float(values.min()):,.0f} to {float(values.max()):,.0f}), the ordinary dim "
+       f"{ordinary} by {cv(others):.0%}: "
+       + ("the massive value is far more constant than an ordinary one, although the token under it changes. "
+          if cv(values) < cv(others) / 3 else "not clearly more constant than an ordinary entry. ")
+       + "With a BOS token, position 0 is the same token in every prompt and (causal attention) sees only itself, "
+       "so its value is identical in every prompt by construction: a spread of 0 there says nothing about inputs.")
+
+# %% [markdown]
 # ## Summary
-#
-# - A massive activation is `|x| > 100` and `>= 1000 x` the layer's median `|x|`
-#   (`find_massive_activations`).
-# - In SmolLM2-135M there is one massive dimension at the first position; the layer profile shows where it
-#   is written, and it stays until the last layers (`layer_profile`).
-# - It is the first position that holds it, BOS or not, and its value hardly depends on the input.
-#
+
+# %%
+s1 = scans[False].summary()
+at_first = all(bool((scan.sites().pos == 0).all()) for scan in scans.values())
+Markdown(f"""
+- A massive activation is `|x| > 100` and `>= 1000 x` the layer's median `|x|` (`find_massive_activations`).
+- In SmolLM2-135M on these prompts without BOS: {len(s1)} massive dimension(s) ({', '.join(map(str, s1.dim))}),
+  appearing in layer {scans[False].first_layer}; with BOS: {len(scans[True].summary())}
+  ({', '.join(map(str, scans[True].summary().dim))}). The layer profile jumps in layer {profile.jump_layer}
+  while the median grows {float(profile.median.max() / profile.median.min()):.0f}x with depth (`layer_profile`).
+- {"They sit at position 0 with and without BOS: the first position holds them, whatever token is there"
+   if at_first else "They do not sit at position 0 in both scans (see section 4)"}; without BOS dim {dim} varies by
+  {cv(values):.1%} across inputs against {cv(others):.0%} for an ordinary dimension.
+""")
+
+# %% [markdown]
 # Next, tutorial 2 asks what these values *do*: setting them to zero, or to their mean, and measuring
 # perplexity.
