@@ -40,8 +40,45 @@ FAMILIES: tuple[FamilySpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class VisionSpec(FamilySpec):
+    """A Vision Transformer family: the token layout its embeddings write (CLS, then `registers` register tokens,
+    then the patches row by row) and the transformers classes a checkpoint is built as (`mi_massive.vision`)."""
+
+    registers_attr: str | None = None  # config attribute holding the number of register tokens (None: none)
+    gated_attr: str | None = None  # config attribute that, when true, makes the MLP gated (DINOv2's SwiGLU)
+    layer_scale: bool = False  # per-channel LayerScale after attention and MLP, folded into their output projections
+    classes: tuple[str, ...] = ()  # (with its output head, bare encoder) transformers classes
+
+
+VISION_FAMILIES: tuple[VisionSpec, ...] = (
+    VisionSpec("vit", ("vit",), gated_mlp=False, norm="layernorm",
+               classes=("ViTForImageClassification", "ViTModel")),
+    VisionSpec("clip_vision", ("clip_vision_model", "clip"), gated_mlp=False, norm="layernorm",
+               classes=("CLIPVisionModelWithProjection", "CLIPVisionModel")),
+    VisionSpec("dinov2_registers", ("dinov2_with_registers",), gated_mlp=False, norm="layernorm",
+               registers_attr="num_register_tokens", gated_attr="use_swiglu_ffn", layer_scale=True,
+               classes=("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersModel")),
+)
+
+
 def known_families() -> list[str]:
     return [f.name for f in FAMILIES]
+
+
+def known_vision_families() -> list[str]:
+    return [f.name for f in VISION_FAMILIES]
+
+
+def vision_spec_for_hf_config(config: Any) -> VisionSpec | None:
+    """The Vision Transformer family of a Hugging Face config (a CLIP config means its vision tower), or None."""
+    model_type = getattr(config, "model_type", None)
+    for fam in VISION_FAMILIES:
+        if model_type in fam.model_types:
+            if fam.gated_attr and getattr(config, fam.gated_attr, False):
+                return dataclasses.replace(fam, gated_mlp=True)
+            return fam
+    return None
 
 
 def spec_for_hf_config(config: Any) -> FamilySpec:
@@ -50,8 +87,12 @@ def spec_for_hf_config(config: Any) -> FamilySpec:
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
+    vision = vision_spec_for_hf_config(config)
+    if vision is not None:
+        return vision
     raise ValueError(
-        f"unsupported model family {model_type!r}: mi_massive knows {', '.join(known_families())}. "
+        f"unsupported model family {model_type!r}: mi_massive knows {', '.join(known_families())} "
+        f"(and the Vision Transformers {', '.join(known_vision_families())}). "
         "Add a FamilySpec in mi_massive/arch.py (and a tiny test config) to support it."
     )
 
