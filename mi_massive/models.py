@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+import weakref
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -232,7 +233,7 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    bridge._mi_massive_name = name
+    _set_name(bridge, name)
     return bridge
 
 
@@ -364,8 +365,6 @@ def load_model(
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be True or False, got {value!r}")
     if isinstance(name, TransformerBridge):
-        if not hasattr(name, "_mi_massive_name"):
-            name._mi_massive_name = name.cfg.model_name
         return name.eval()
     if isinstance(name, PreTrainedModel):
         if next(name.parameters()).device.type == "meta":
@@ -409,6 +408,18 @@ def load_model(
         ) from exc
 
 
+_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the name it was loaded by, kept beside
+# the model (never an attribute on it)
+
+
+def _set_name(model: Any, name: str) -> None:
+    _NAMES[model] = name
+
+
 def model_name(model: Any) -> str:
-    """The name results record as their provenance."""
-    return getattr(model, "_mi_massive_name", None) or model.cfg.model_name
+    """The name results record as their provenance: the one the model was loaded by, else `cfg.model_name`."""
+    try:
+        name = _NAMES.get(model)
+    except TypeError:  # (not weakly referable)
+        name = None
+    return name or model.cfg.model_name

@@ -6,13 +6,14 @@ dimension.
 
     >>> from mi_massive.testing import tiny_model
     >>> model = tiny_model("llama")                 # planted: layer 1, neuron 7, dim 5
-    >>> model.mi_massive_plant.dim
+    >>> planted(model).dim
     5
 """
 
 from __future__ import annotations
 
 import string
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,19 +179,19 @@ def tiny_model(
     """A tiny bridge-wrapped model of `family`; with a planted massive activation unless plant=False.
 
     The default plant is Plant(layer=1, neuron=7, dim=5, magnitude=1000.0) (10000.0 for gemma3); it is stored
-    as `model.mi_massive_plant` (None when nothing is planted). BOS is prepended for every family. The plant is
+    beside the model: `planted(model)` (None when nothing is planted). BOS is prepended for every family. The plant is
     calibrated in float32, then the model is cast to `dtype` (float16 overflows a planted magnitude above
     65504, as real models do).
 
         >>> tiny_model("gpt_neox", plant=Plant(layer=2, neuron=3, dim=9, magnitude=500.0)).cfg.n_layers
         4
     """
-    from .models import _load_own
+    from .models import _load_own, _set_name
 
     hf_model = tiny_hf_model(family, seed=seed)
     hf_model.config._name_or_path = f"tiny-{family}"
     model = _load_own(hf_model, char_tokenizer())  # load_model without its take-over warning
-    model._mi_massive_name = f"tiny-{family}" + ("" if plant else "-random")
+    _set_name(model, f"tiny-{family}" + ("" if plant else "-random"))
     model.cfg.default_prepend_bos = True  # the char tokenizer has a BOS for every family (Qwen2/Pythia's lack one)
     if plant is True:
         plant = Plant(layer=1, neuron=7, dim=5, magnitude=_MAGNITUDE.get(family, 1000.0))
@@ -198,8 +199,16 @@ def tiny_model(
         plant_massive_activation(model, plant, seed=seed)
     if dtype != torch.float32:
         model.to(dtype)
-    model.mi_massive_plant = plant or None
+    _PLANTS[model] = plant or None
     return model
+
+
+_PLANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its Plant, beside the model
+
+
+def planted(model: Any) -> Plant | None:
+    """Where `tiny_model` planted the model's massive activation (None: nothing planted, or not a tiny model)."""
+    return _PLANTS.get(model)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

@@ -1,4 +1,11 @@
-"""Shared fixtures: the real embedded models (loaded once per session) and tiny planted models."""
+"""Shared fixtures: the real embedded models (loaded once per session) and tiny planted models; headless Chromium
+for the tests that render in a browser (installed when missing); a failed subprocess's output in the report."""
+
+import functools
+import inspect
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -44,3 +51,77 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def prompts():
     return list(PROMPTS)
+
+
+# --- headless Chromium: found, or installed with apt-get (Debian's `chromium`) before the first test using it ---
+
+def _chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@functools.cache
+def find_or_install_chromium() -> str:
+    """The path of a Chromium; when there is none, Debian's `chromium` is installed with apt-get by root or by
+    sudo without a password. Anything else stops with what to run (a test that needs a browser fails, never skips)."""
+    if exe := _chromium_path():
+        return exe
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if shutil.which("apt-get") is None or (sudo and (
+            shutil.which("sudo") is None or subprocess.run([*sudo, "true"], capture_output=True).returncode != 0)):
+        raise RuntimeError("headless Chromium is missing and this user cannot install it with apt-get: install it "
+                           "(Debian: `sudo apt-get install -y chromium`) and rerun")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run([*sudo, *cmd], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"installing Chromium failed: `{' '.join([*sudo, *cmd])}` exited {done.returncode}:\n"
+                               f"{done.stderr[-3000:]}")
+    if exe := _chromium_path():
+        return exe
+    raise RuntimeError("apt-get installed chromium, but no `chromium` is on PATH")
+
+
+def _uses_chromium(item) -> bool:
+    """Marked `browser`, or its own source drives Chromium."""
+    if item.get_closest_marker("browser"):
+        return True
+    try:
+        return "chromium" in inspect.getsource(item.function).lower()
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+def pytest_runtest_setup(item):
+    if _uses_chromium(item):
+        try:
+            find_or_install_chromium()
+        except RuntimeError as e:
+            pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of headless Chromium (installed when missing, see find_or_install_chromium)."""
+    try:
+        return find_or_install_chromium()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+# --- a test that fails in a subprocess shows the subprocess's stderr and stdout ------------------------------
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    seen, e = set(), call.excinfo.value if call.excinfo is not None else None
+    while e is not None and id(e) not in seen:  # the exception and those it was raised from or during
+        seen.add(id(e))
+        if isinstance(e, subprocess.SubprocessError):
+            cmd = " ".join(map(str, e.cmd)) if isinstance(e.cmd, (list, tuple)) else str(e.cmd)
+            for stream in ("stderr", "stdout"):
+                text = getattr(e, stream, None)
+                if isinstance(text, bytes):
+                    text = text.decode(errors="replace")
+                if text:
+                    report.sections.append((f"subprocess {stream}: {cmd[:100]}", text[-20000:]))
+        e = e.__cause__ or e.__context__

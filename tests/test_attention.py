@@ -7,6 +7,7 @@ from mi_massive import AttentionSinks, ImplicitBias, attention_sinks, implicit_b
 from mi_massive._attention import split
 from mi_massive._hooks import capture
 from mi_massive.arch import hook
+from mi_massive.testing import planted
 
 TEXTS = ["hello world", "abc def", "a much longer prompt here"]
 
@@ -55,7 +56,7 @@ def test_implicit_bias_result(tiny_llama, tiny_bias):
     b = tiny_bias
     assert isinstance(b, ImplicitBias)
     assert b.max_error < 1e-5
-    plant = tiny_llama.mi_massive_plant.layer
+    plant = planted(tiny_llama).layer
     assert b.first_massive_layer == plant and b.layers == tuple(range(plant + 1, 4))  # blocks that read it
     assert b.sink_positions == ((0,), (0,), (0,))
     assert b.mean_z.shape == (len(b.layers), tiny_llama.cfg.n_heads, tiny_llama.cfg.d_head)
@@ -120,7 +121,7 @@ def test_sink_mass_and_alpha_by_hand(tiny_llama):
 
 def test_sinks_found_automatically_and_per_prompt(tiny_llama):
     auto = attention_sinks(tiny_llama, TEXTS)
-    assert auto.sink_positions == ((0,), (0,), (0,)) and auto.first_massive_layer == tiny_llama.mi_massive_plant.layer
+    assert auto.sink_positions == ((0,), (0,), (0,)) and auto.first_massive_layer == planted(tiny_llama).layer
     given = attention_sinks(tiny_llama, TEXTS, sink_positions=[[0], [0], [0]])
     torch.testing.assert_close(auto.sink_mass, given.sink_mass)
     df = auto.to_dataframe()

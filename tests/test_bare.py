@@ -11,7 +11,7 @@ from transformer_lens.model_bridge.generalized_components.base import Generalize
 from mi_massive import _inputs, arch, detect, engine
 from mi_massive.engine import _bare, _stream
 from mi_massive._hooks import hooked
-from mi_massive.testing import ModelState, tiny_model
+from mi_massive.testing import ModelState, planted, tiny_model
 
 FAMILIES = arch.known_families()
 PROMPTS = ["hello world, this is a test", "abc def ghi jkl mno pq", "xyz"]
@@ -107,7 +107,7 @@ def test_bare_scan_exact_rerun_when_every_candidate_passes():
 def test_scan_under_an_intervention_uses_the_bridge():
     """Hooks on the bridge (an intervention) are not seen by the bare model: the scan must fall back."""
     model = model_of("llama")
-    plant = model.mi_massive_plant
+    plant = planted(model)
 
     def zero(x, hook):
         x[..., plant.dim] = 0.0

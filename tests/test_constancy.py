@@ -3,12 +3,13 @@
 import pytest
 
 from mi_massive import load_corpus, massive_stats
+from mi_massive.testing import planted
 
 PROMPTS = ["Summer is warm. Winter is cold.", "The quick brown fox jumps.", "In 1905 Einstein wrote papers."]
 
 
 def test_planted_value_is_constant_with_bos_and_absent_without(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     stats = massive_stats(tiny_llama, PROMPTS)
     assert stats.dims == (plant.dim,) and stats.prepend_bos == (False, True)
     with_bos, without = stats.setting(True), stats.setting(False)
@@ -48,5 +49,5 @@ def test_smollm2_massive_value_varies_little_across_wikipedia_paragraphs(smollm2
 def test_short_texts_keep_the_starting_token_dim(tiny_llama):
     # 3-token texts: the starting token is a third of all positions, yet its dim is a bias term, not a scale
     stats = massive_stats(tiny_llama, ["ab", "cd", "ef"], prepend_bos=(True,))
-    assert tiny_llama.mi_massive_plant.dim in stats.dims
-    assert tiny_llama.mi_massive_plant.dim not in stats.excluded_dims
+    assert planted(tiny_llama).dim in stats.dims
+    assert planted(tiny_llama).dim not in stats.excluded_dims

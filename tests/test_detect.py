@@ -5,12 +5,13 @@ import torch
 
 from mi_massive import LayerProfile, MassiveActivations, find_massive_activations, layer_profile, load_model
 from mi_massive.detect import scan
+from mi_massive.testing import planted
 
 
 # --- tiny models --------------------------------------------------------------------------------------------
 
 def test_planted_activation_found_exactly(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     acts = find_massive_activations(tiny_llama, ["hello world", "abc def"])
     df = acts.to_dataframe()
     assert set(df.dim) == {plant.dim}
@@ -55,7 +56,7 @@ def test_profile_matches_detection(tiny_llama):
     found, profile = scan(tiny_llama, "hello world", k=2)
     assert isinstance(profile, LayerProfile) and profile.top.shape == (4, 2)
     assert list(profile.to_dataframe().columns) == ["layer", "top1", "top2", "median"]
-    assert profile.jump_layer == tiny_llama.mi_massive_plant.layer
+    assert profile.jump_layer == planted(tiny_llama).layer
     at_writer = found.value[found.layer == 1].abs().max()
     assert torch.isclose(profile.top[1, 0], at_writer, rtol=1e-5)
 

@@ -7,7 +7,7 @@ import torch
 
 from mi_massive._hooks import capture
 from mi_massive.interventions import build_intervention, intervene
-from mi_massive.testing import ModelState, Plant, plant_massive_activation, tiny_model
+from mi_massive.testing import ModelState, Plant, plant_massive_activation, planted, tiny_model
 
 PROMPTS = ["Summer is warm. Winter is cold.", "The quick brown fox jumps.", "In 1905 Einstein wrote papers."]
 
@@ -27,7 +27,7 @@ def zero(tiny_llama):
 
 
 def test_zero_removes_the_planted_activation_and_the_model_is_restored(tiny_llama, zero):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     assert zero.dims == (plant.dim,) and zero.layers == ((plant.layer,),) and zero.rebuilt == (False,)
     before = ModelState.of(tiny_llama)
     clean = resid(tiny_llama, "Hello there.", 3)
@@ -39,7 +39,7 @@ def test_zero_removes_the_planted_activation_and_the_model_is_restored(tiny_llam
 
 
 def test_mean_writes_the_calibration_mean_and_keeps_the_output(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     mean = build_intervention(tiny_llama, PROMPTS, mode="mean")
     assert abs(float(mean.first_value[plant.layer, 0]) - plant.magnitude) < 0.01 * plant.magnitude
     clean = resid(tiny_llama, "Hello there.", 3)
@@ -48,7 +48,7 @@ def test_mean_writes_the_calibration_mean_and_keeps_the_output(tiny_llama):
 
 
 def test_value_and_explicit_positions(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     iv = build_intervention(tiny_llama, PROMPTS, mode="value", value=-7.0, positions=[0, 2], check_rebuild=False)
     x = resid(tiny_llama, "Hello there.", plant.layer, iv)
     assert x[0, plant.dim] == -7.0 and x[2, plant.dim] == -7.0 and x[1, plant.dim] != -7.0
@@ -58,7 +58,7 @@ def test_value_and_explicit_positions(tiny_llama):
 
 
 def test_control_zeroes_ordinary_dims_at_the_same_places(tiny_llama, zero):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     control = build_intervention(tiny_llama, PROMPTS, mode="control")
     (target,) = control.targets
     assert control.dims == (plant.dim,) and target != plant.dim and control.layers == zero.layers

@@ -9,7 +9,7 @@ from mi_massive import Origin, trace_origin
 from mi_massive._ablate import neuron_hook, reference_causal_table, zeroed_weights
 from mi_massive._hooks import capture, run_with_hooks
 from mi_massive.arch import hook
-from mi_massive.testing import TINY_CONFIGS, tiny_model
+from mi_massive.testing import TINY_CONFIGS, planted, tiny_model
 
 PROMPT = "In 1905, Albert Einstein published four papers that changed physics."
 
@@ -70,7 +70,7 @@ def tiny_origin(tiny_llama):
 
 
 def test_planted_writer_found_exactly(tiny_llama, tiny_origin):
-    plant, o = tiny_llama.mi_massive_plant, tiny_origin
+    plant, o = planted(tiny_llama), tiny_origin
     assert isinstance(o, Origin) and o.found
     assert (o.layer, o.pos, o.dim) == (plant.layer, 0, plant.dim)  # default: largest hit, at its first layer
     assert o.writer_layer == plant.layer and o.writers() == [plant.layer]
@@ -96,7 +96,7 @@ def test_parts_sum_to_the_residual_value(tiny_llama, tiny_origin):
 def test_every_family_traced_exactly(family):
     """LayerNorm + biases (gpt2), parallel attention/MLP (gpt_neox), post-sublayer norms (gemma3), GQA."""
     model = tiny_model(family)
-    plant = model.mi_massive_plant
+    plant = planted(model)
     o = trace_origin(model, "hello world", ablate=False)
     assert (o.layer, o.pos, o.dim, o.writer_layer) == (plant.layer, 0, plant.dim, plant.layer)
     assert (o.super_weight.layer, o.super_weight.row, o.super_weight.col) == (plant.layer, plant.dim, plant.neuron)
@@ -117,7 +117,7 @@ def test_batched_causal_check_equals_one_pass_per_variant(family, monkeypatch):
     """One batched pass (weights dropped through the down projection's output hook, before Gemma's ln2_post)
     gives the table of one forward per variant with the weights really zeroed and the model's own loss."""
     model = tiny_model(family)
-    plant = model.mi_massive_plant
+    plant = planted(model)
     kw = dict(layer=plant.layer + 1, pos=0, dim=plant.dim, ablate="both", n_random=2, search_steps=3,
               threshold=0.0)  # threshold 0: the search goes on until it finds no new weight
     fast = trace_origin(model, "hello world", **kw)
@@ -140,7 +140,7 @@ def test_forward_calls(tiny_llama):
     search goes on to weights in earlier blocks, each a short pass (`probe`, from that block to the target);
     the rows of those weight sets start before the writer, so they run alone (a short pass up to the writer)
     until the other rows join them there."""
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     with _count_forwards(tiny_llama) as rows:
         trace_origin(tiny_llama, "hello world")
     assert rows == [1, 5]
@@ -158,7 +158,7 @@ def test_forward_calls(tiny_llama):
 def test_rows_skip_the_blocks_before_the_ablation(tiny_llama):
     """The batched pass and the search passes never run the blocks before the writer; the search passes do
     not run the blocks after the target."""
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     ran = []
     handles = [tiny_llama.blocks[l].mlp.register_forward_hook(lambda m, a, o, l=l: ran.append((l, o.shape[0])))
                for l in range(tiny_llama.cfg.n_layers)]
@@ -215,7 +215,7 @@ def test_chosen_site_and_dataframe(tiny_llama):
     assert o.components.contribution.sum() == pytest.approx(o.value, rel=1e-5, abs=1e-5)
     assert o.to_dataframe() is o.components and o.causal.empty
     later = trace_origin(tiny_llama, "hello world", layer=3, ablate=False)  # the plant at a later layer
-    assert (later.dim, later.writer_layer) == (tiny_llama.mi_massive_plant.dim, tiny_llama.mi_massive_plant.layer)
+    assert (later.dim, later.writer_layer) == (planted(tiny_llama).dim, planted(tiny_llama).layer)
 
 
 def test_empty_result(tiny_random, tiny_llama):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mi_massive import PathPatching, find_massive_activations, path_patch
-from mi_massive.testing import ModelState
+from mi_massive.testing import ModelState, planted
 
 PROMPTS = ["hello world", "quick fox"]  # two lengths: two prompt batches
 
@@ -63,8 +63,8 @@ def test_batched_equals_naive_custom_metric(tiny_llama):
 
 def test_rows_and_dataframe(tiny_llama, tiny_pp):
     cfg = tiny_llama.cfg
-    layers = range(tiny_llama.mi_massive_plant.layer + 1, cfg.n_layers)  # blocks after the writer
-    assert tiny_pp.sender_layer == tiny_llama.mi_massive_plant.layer
+    layers = range(planted(tiny_llama).layer + 1, cfg.n_layers)  # blocks after the writer
+    assert tiny_pp.sender_layer == planted(tiny_llama).layer
     df = tiny_pp.to_dataframe()
     assert list(df.columns) == ["layer", "head", "path", "metric", "effect", "query_heads"]
     n_kv = cfg.n_key_value_heads
@@ -97,7 +97,7 @@ def test_identity_corruption_has_no_effect(tiny_llama):
 
 
 def test_neuron_and_super_weight_senders(tiny_llama, tiny_pp):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     w = tiny_llama.blocks[plant.layer].mlp.W_out
     before = w.clone()
     neuron = path_patch(tiny_llama, PROMPTS, senders=("neuron", plant.layer, plant.neuron))
@@ -174,7 +174,7 @@ def test_hooks_removed_and_weight_restored_on_error(tiny_llama):
         path_patch(tiny_llama, "hello", corruption=broken_corruption)
     state.check(tiny_llama)
 
-    plant = tiny_llama.mi_massive_plant  # a super-weight sender fails mid-run: no weight is left changed
+    plant = planted(tiny_llama)  # a super-weight sender fails mid-run: no weight is left changed
     w = tiny_llama.blocks[plant.layer].mlp.W_out
     before = w.clone()
     broken_metric.calls = 0

@@ -16,7 +16,7 @@ from mi_massive import (attention_sinks, find_massive_activations, implicit_bias
 from mi_massive.interventions import build_intervention, intervene
 from mi_massive.origin import trace_origin
 from mi_massive.perplexity import perplexity
-from mi_massive.testing import ModelState, Plant, tiny_hf_model, tiny_model
+from mi_massive.testing import ModelState, Plant, planted, tiny_hf_model, tiny_model
 
 P = ["hello world, this is a test", "abc def"]  # different lengths on purpose
 
@@ -134,7 +134,7 @@ RESULTS = [
     ("sinks named on a random model", lambda m, r: attention_sinks(r, P, sink_positions=[0]),
      lambda res, m: res.sink_positions == ((0,), (0,)) and res.first_massive_layer is None),
     ("short calibration texts still find the bias term", lambda m, r: build_intervention(m, ["hello world", "abc"]),
-     lambda res, m: res.dims == (m.mi_massive_plant.dim,) and res.layers == ((m.mi_massive_plant.layer,),)),
+     lambda res, m: res.dims == (planted(m).dim,) and res.layers == ((planted(m).layer,),)),
 ]
 
 

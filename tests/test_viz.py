@@ -8,6 +8,7 @@ import torch
 from mi_massive import explore, find_massive_activations, viz
 from mi_massive.detect import scan
 from mi_massive.viz._html import View
+from mi_massive.testing import planted
 
 
 def _scan(model):
@@ -67,7 +68,7 @@ def test_show_returns_displayable(kind, tiny_llama):
 
 
 def test_origin_view_marks_the_super_weight(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     fig = FACTORIES["Origin"](tiny_llama).show()
     blocks, neurons = fig.data[:2], fig.data[2]
     mlp = dict(zip(blocks[1].x, blocks[1].y))
@@ -116,7 +117,7 @@ def test_massive_view_colours_the_planted_token(tiny_llama):
 
 
 def test_magnitudes_3d_is_the_layer_output(tiny_llama):
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     fig = viz.magnitudes_3d(tiny_llama, "hello world", plant.layer)
     z = torch.tensor(fig.data[0].z)  # (pos, d_model)
     assert z.shape == (12, tiny_llama.cfg.d_model)
@@ -149,7 +150,7 @@ def _data(out):
 
 def test_explorer_controls_drive_the_outputs(tiny_llama):
     app = explore(tiny_llama, prompt="hello world")
-    plant = tiny_llama.mi_massive_plant
+    plant = planted(tiny_llama)
     assert app.layer.value == plant.layer  # starts where the massive activation appears
     assert app.layer.max == 3 and len(app.head.options) == 1 + tiny_llama.cfg.n_heads
     fig0 = _data(app.magnitudes_out)["application/vnd.plotly.v1+json"]
