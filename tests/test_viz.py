@@ -1,11 +1,12 @@
-"""Every result shows itself; the explorer reacts to its controls (driven through ipywidgets' Python API)."""
+"""Every result shows itself from the result alone; the explorer reacts to its controls (ipywidgets' Python API)."""
 
 import re
 
 import pytest
 import torch
 
-from mi_massive import explore, find_massive_activations, viz
+from mi_massive import attention_patterns, explore, find_massive_activations, layer_magnitudes, viz
+from mi_massive._results import Result
 from mi_massive.detect import scan
 from mi_massive.viz._html import View
 from mi_massive.testing import planted
@@ -40,36 +41,58 @@ FACTORIES = {
     "Perplexity": _analysis("perplexity", "perplexity", TEXTS, seq_len=16),
     "BiasTermTable": _analysis("perplexity", "bias_term_table", (("toy", TEXTS),), seq_len=16, max_chunks=2,
                                n_calibration=1),
+    "LayerMagnitudes": _analysis("snapshot", "layer_magnitudes", "hello world"),
+    "AttentionPatterns": _analysis("snapshot", "attention_patterns", "hello world", [1, 2]),
 }
 
 
-def _assert_displayable(view):
-    import plotly.graph_objects as go
+def _result_types() -> dict[str, type]:
+    """Every result class of the package that names a view."""
+    import mi_massive
 
-    if isinstance(view, go.Figure):
-        assert view.data, "empty figure"
-        assert view.to_plotly_json()["data"]
-        return
-    assert isinstance(view, View)
+    for name in mi_massive.__all__:
+        getattr(mi_massive, name)  # imports every module (the package imports lazily)
+    out, todo = {}, [Result]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__.startswith("mi_massive.") and cls.VIEW:
+            out[cls.__name__] = cls
+    return out
+
+
+def _assert_displayable(view):
+    assert isinstance(view, View)  # show() always returns a View
+    if view.figure is not None:
+        assert view.figure.data, "empty figure"
+        assert view.figure.to_plotly_json()["data"]
     src = view._repr_html_()
     assert "CircuitsVis.render(" in src or "Plotly.newPlot(" in src or "<table" in src
-    assert "unpkg.com" not in src and "cdn.plot.ly" not in src  # works offline: the JS is inlined
+    assert not re.search(r"<script[^>]*\bsrc=", src)  # works offline: the JS is inlined
 
 
 def test_every_view_has_a_tested_result_type():
-    assert set(viz.VIEWS) == set(FACTORIES)
+    assert set(_result_types()) == set(FACTORIES)
+    for cls in _result_types().values():
+        assert callable(viz.view_function(cls))  # each class names a view that exists
+
+
+@pytest.fixture(scope="module")
+def results(tiny_llama):
+    """One result of each type, built once for the tests of this module."""
+    return {kind: build(tiny_llama) for kind, build in FACTORIES.items()}
 
 
 @pytest.mark.parametrize("kind", sorted(FACTORIES))
-def test_show_returns_displayable(kind, tiny_llama):
-    result = FACTORIES[kind](tiny_llama)
+def test_show_returns_displayable(kind, results):
+    result = results[kind]
     assert type(result).__name__ == kind
     _assert_displayable(result.show())
 
 
-def test_origin_view_marks_the_super_weight(tiny_llama):
+def test_origin_view_marks_the_super_weight(tiny_llama, results):
     plant = planted(tiny_llama)
-    fig = FACTORIES["Origin"](tiny_llama).show()
+    fig = results["Origin"].show().figure
     blocks, neurons = fig.data[:2], fig.data[2]
     mlp = dict(zip(blocks[1].x, blocks[1].y))
     assert mlp[plant.layer] == pytest.approx(plant.magnitude, rel=0.01)  # the planted block's MLP writes it
@@ -77,27 +100,27 @@ def test_origin_view_marks_the_super_weight(tiny_llama):
     assert "super weight down_proj[1][5, 7]" in fig.layout.title.text
 
 
-def test_heatmaps_are_layer_by_head(tiny_llama):
-    sinks = FACTORIES["AttentionSinks"](tiny_llama)
-    fig = sinks.show()
+def test_heatmaps_are_layer_by_head(results):
+    sinks = results["AttentionSinks"]
+    fig = sinks.show().figure
     assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
     assert torch.tensor(fig.data[0].z).shape == (4, 4) and torch.allclose(
         torch.tensor(fig.data[0].z, dtype=torch.float32), sinks.sink_mass)
-    patch = FACTORIES["PathPatching"](tiny_llama)
-    fig = patch.show()
+    patch = results["PathPatching"]
+    fig = patch.show().figure
     df = patch.to_dataframe()
     assert [t.name for t in fig.data] == [None] * df.path.nunique()
     assert sum(torch.tensor(t.z).nan_to_num().sum() for t in fig.data) == pytest.approx(df.effect.sum(), abs=1e-5)
 
 
 def test_show_unknown_type_names_the_known_ones():
-    with pytest.raises(TypeError, match="views exist for .*LayerProfile"):
+    with pytest.raises(TypeError, match="no view for object: a result class names its view in VIEW"):
         viz.show(object())
 
 
 def test_profile_figure_is_fig2(tiny_llama):
     _, profile = _scan(tiny_llama)
-    fig = profile.show()
+    fig = profile.show().figure
     assert [t.name for t in fig.data] == ["top 1", "top 2", "top 3", "median"]
     assert fig.layout.yaxis.type == "log"
     assert list(fig.data[0].y) == pytest.approx(profile.top[:, 0].tolist())
@@ -118,17 +141,17 @@ def test_massive_view_colours_the_planted_token(tiny_llama):
 
 def test_magnitudes_3d_is_the_layer_output(tiny_llama):
     plant = planted(tiny_llama)
-    fig = viz.magnitudes_3d(tiny_llama, "hello world", plant.layer)
+    fig = layer_magnitudes(tiny_llama, "hello world", plant.layer).show().figure
     z = torch.tensor(fig.data[0].z)  # (pos, d_model)
     assert z.shape == (12, tiny_llama.cfg.d_model)
     pos, dim = divmod(int(z.argmax()), z.shape[1])
     assert (pos, dim) == (0, plant.dim) and float(z.max()) == pytest.approx(plant.magnitude, rel=0.05)
     with pytest.raises(ValueError, match=r"layer 4 out of range: valid layers are 0..3"):
-        viz.magnitudes_3d(tiny_llama, "hello", 4)
+        layer_magnitudes(tiny_llama, "hello", 4)
 
 
 def test_attention_marks_sinks(tiny_llama):
-    view = viz.attention_patterns(tiny_llama, "hello world", 2, heads=[0, 3])
+    view = attention_patterns(tiny_llama, "hello world", 2).show(heads=[0, 3])
     assert view.meta["sinks"] == [0] and view.meta["heads"] == [0, 3]
     cv = next(p for p in view.parts if getattr(p, "element", None) == "AttentionHeads")
     assert cv.props["tokens"][0] == "*<bos>*" and cv.props["tokens"][1] == "h"
@@ -136,7 +159,7 @@ def test_attention_marks_sinks(tiny_llama):
     assert pattern.shape == (2, 12, 12)
     assert view.meta["sink_share"] == pytest.approx(pattern[:, :, 0].mean(-1).tolist(), rel=1e-5)
     with pytest.raises(ValueError, match="head 4 out of range"):
-        viz.attention_patterns(tiny_llama, "hello", 2, heads=[4])
+        attention_patterns(tiny_llama, "hello", 2).show(heads=[4])
 
 
 def _peak(fig_json):
@@ -182,7 +205,7 @@ def test_explorer_controls_drive_the_outputs(tiny_llama):
 
 @pytest.mark.real
 def test_smollm2_views_show_dim_507_at_bos(smollm2):
-    fig = viz.magnitudes_3d(smollm2, "Summer is warm. Winter is cold.", 15)
+    fig = layer_magnitudes(smollm2, "Summer is warm. Winter is cold.", 15).show().figure
     z = torch.tensor(fig.data[0].z)
     pos, dim = divmod(int(z.argmax()), z.shape[1])
     assert (pos, dim) == (0, 507) and 15_000 < float(z.max()) < 40_000
@@ -190,6 +213,37 @@ def test_smollm2_views_show_dim_507_at_bos(smollm2):
     app = explore(smollm2)
     assert app.layer.value == 11  # block 11 writes the massive activation
     assert "507" in app.status.value
-    view = viz.attention_patterns(smollm2, "Summer is warm. Winter is cold.", 12)
+    view = attention_patterns(smollm2, "Summer is warm. Winter is cold.", 12).show()
     assert view.meta["sinks"] == [0]
     assert min(view.meta["sink_share"]) > 0.3  # every head of block 12 puts a large share on the BOS sink
+
+
+def test_views_draw_results_without_the_model(tiny_llama, results, tmp_path, monkeypatch):
+    """Every view, from results saved and loaded back, with a model whose forward raises: views never run it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a view ran the model")
+
+    monkeypatch.setattr(type(tiny_llama), "forward", refuse)
+    monkeypatch.setattr(type(tiny_llama), "__call__", refuse)
+    with pytest.raises(AssertionError, match="a view ran the model"):
+        tiny_llama(torch.zeros(1, 2, dtype=torch.long))
+    for kind, result in results.items():
+        path = tmp_path / f"{kind}.safetensors"
+        result.save(path)
+        back = type(result).load(path)
+        view, again = result.show(), back.show()
+        _assert_displayable(view)
+        _assert_displayable(again)
+        if view.figure is not None:  # the same picture, redrawn from the file
+            assert again.figure.to_json() == view.figure.to_json(), kind
+
+
+def test_viz_never_calls_a_forward_pass():
+    """Nothing under viz/ runs, captures or hooks a model."""
+    from pathlib import Path
+
+    src = Path(viz.__file__).parent
+    for path in src.glob("*.py"):
+        code = path.read_text()
+        for call in ("run_with_cache", "run_with_hooks", "capture(", "hooked(", "model(", "to_tokens(", "tokenize("):
+            assert call not in code, f"{path.name} calls {call}"

@@ -147,28 +147,22 @@ class View:
         """Self-contained HTML: the bundled JS inlined, no network needed."""
         return STYLE + scripts(self.needs()) + self.body()
 
+    @property
+    def figure(self) -> Any:
+        """The view's (first) plotly figure, or None: for tests and for restyling before display."""
+        import plotly.graph_objects as go
+
+        return next((p for p in self.parts if isinstance(p, go.Figure)), None)
+
     def _repr_html_(self) -> str:
         return self.local_src
 
-    def __repr__(self) -> str:
-        return f"<View: {self.title or 'untitled'} ({len(self.parts)} part(s))>"
-
-
-class Display:
-    """Wraps a plotly figure so it displays in any frontend, including ipywidgets Output outside a kernel."""
-
-    def __init__(self, fig: Any):
-        self.fig = fig
-
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle = self.fig._repr_mimebundle_(include, exclude) or {}
-        bundle.setdefault("application/vnd.plotly.v1+json", json.loads(self.fig.to_json()))
-        bundle.setdefault("text/plain", f"<plotly figure: {self.fig.layout.title.text or ''}>")
+        """HTML for any frontend; a view that is one figure also carries plotly's JSON (JupyterLab's renderer)."""
+        bundle: dict[str, Any] = {"text/html": self.local_src, "text/plain": repr(self)}
+        if len(self.parts) == 1 and self.figure is not None and not self.title:
+            bundle["application/vnd.plotly.v1+json"] = json.loads(self.figure.to_json())
         return bundle
 
-
-def displayable(obj: Any) -> Any:
-    """Something IPython can render, for `Output.append_display_data`."""
-    import plotly.graph_objects as go
-
-    return Display(obj) if isinstance(obj, go.Figure) else obj
+    def __repr__(self) -> str:
+        return f"<View: {self.title or 'untitled'} ({len(self.parts)} part(s))>"

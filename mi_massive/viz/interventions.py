@@ -7,7 +7,7 @@ from typing import Any
 from ._html import View, text
 
 
-def show_table3(table: Any) -> Any:
+def show_table3(table: Any) -> View:
     """Grouped bars: perplexity per corpus with massive activations untouched, zeroed, set to their mean, control."""
     import plotly.graph_objects as go
 
@@ -17,10 +17,10 @@ def show_table3(table: Any) -> Any:
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="perplexity", template="plotly_white",
                       height=380, title=f"Table 3: {table.sentence()}"[:160],
                       margin={"t": 60, "b": 40, "l": 60, "r": 20})
-    return fig
+    return View((fig,))
 
 
-def show_stats(stats: Any) -> Any:
+def show_stats(stats: Any) -> View:
     """Mean value of each massive dim per layer at the starting token, with +-1 std across inputs."""
     import plotly.graph_objects as go
 
@@ -28,13 +28,14 @@ def show_stats(stats: Any) -> Any:
     for si, bos in enumerate(stats.prepend_bos):
         for di, dim in enumerate(stats.dims):
             mean, std = stats.mean[si, 0, :, di], stats.std[si, 0, :, di]
-            fig.add_trace(go.Scatter(x=list(range(len(mean))), y=mean.tolist(), name=f"dim {dim}, BOS {bos}",
+            fig.add_trace(go.Scatter(x=list(range(len(mean))), y=mean.tolist(),
+                                     name=f"dim {dim}, " + ("BOS (same for every input)" if bos else "no BOS"),
                                      error_y={"type": "data", "array": std.nan_to_num().tolist(), "visible": True},
                                      mode="lines+markers"))
     fig.update_layout(title=f"Massive values at the starting token across {stats.n_texts} inputs "
                             f"({stats.model_name})", xaxis_title="layer", yaxis_title="mean value (+-1 std)",
                       template="plotly_white", height=380, margin={"t": 50, "b": 40, "l": 60, "r": 20})
-    return fig
+    return View((fig,))
 
 
 def show_result_table(result: Any) -> View:

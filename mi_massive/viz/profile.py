@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._html import View
+
 COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
 
 
-def show_profile(profile: Any, *, height: int = 380) -> Any:
+def show_profile(profile: Any, *, height: int = 380) -> View:
     """A plotly line chart: one line per top-k rank and the median, per layer, on a log scale."""
     import plotly.graph_objects as go
 
@@ -24,6 +26,7 @@ def show_profile(profile: Any, *, height: int = 380) -> Any:
     fig.update_layout(
         title=f"Largest |x| per layer: {profile.model_name} ({profile.n_prompts} prompt(s))",
         xaxis_title=f"layer ({profile.hook_template.format(layer='L')})", yaxis_title="|x| (mean over prompts)",
-        yaxis_type="log", height=height, template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 20},
+        yaxis={"type": "log", "dtick": 1, "exponentformat": "power"},  # one label per decade, no minor labels
+        height=height, template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 20},
     )
-    return fig
+    return View((fig,), meta={"jump_layer": jump})
