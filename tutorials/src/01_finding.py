@@ -22,7 +22,7 @@
 import torch
 from IPython.display import Markdown
 
-from mi_massive import find_massive_activations, layer_profile, load_model, viz
+from mi_massive import find_massive_activations, layer_magnitudes, layer_profile, load_model
 from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import finding as checks
 
@@ -97,7 +97,7 @@ Markdown(f"The largest entry is {float(ratios[0]):,.0f} times the median; {len(b
 # read a value.
 
 # %%
-viz.magnitudes_3d(model, PROMPTS[0], 15)
+layer_magnitudes(model, PROMPTS[0], 15).show()
 
 # %% [markdown]
 # ## 2. The paper's definition

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # Tutorial 2: massive activations are bias terms
 #
-# Tutorial 1 found one massive dimension at the first token of SmolLM2-135M, nearly constant across inputs.
-# Sun et al. argue that such values act as **fixed but important biases**: set them to zero and the model
+# Tutorial 1 found a dominant massive dimension at the first position of SmolLM2-135M, nearly constant across
+# inputs without a BOS token. Sun et al. argue that such values act as **fixed but important biases**: set them to zero and the model
 # collapses (LLaMA2-7B's perplexity goes from 5.5 to inf), set them to their mean over many inputs and
 # nothing changes (Table 3). A control that zeroes as many ordinary activations changes nothing either.
 #
@@ -11,14 +11,17 @@
 #
 # - edit one residual entry during a forward pass with a hook, and read the loss;
 # - compute perplexity over fixed-length chunks;
-# - say why "set to the mean" leaves the model intact while "set to zero" breaks it.
+# - say why "set to the mean" leaves the model intact while "set to zero" breaks it, and under which
+#   condition that comparison is evidence at all (with or without a BOS token).
 
 # %% [imports]
 import torch
+from IPython.display import Markdown
 
 from mi_massive import (bias_term_table, build_intervention, find_massive_activations, intervene, load_corpus,
                         load_model, massive_stats)
 from mi_massive.perplexity import _chunks
+from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import bias as checks
 
 # %%
@@ -30,7 +33,8 @@ PROMPTS = [
     "In 1905, Albert Einstein published four papers that changed physics.",
     "Paris is the capital of France, and Berlin is the capital of Germany.",
 ]
-found = find_massive_activations(model, PROMPTS)
+found = find_massive_activations(model, PROMPTS, prepend_bos=True)  # as your hooks see the prompts (BOS first)
+print(found)
 found.summary()[["dim", "first_layer", "last_layer", "positions", "max_abs"]]
 
 # %% [markdown]
@@ -78,18 +82,33 @@ prompt = PROMPTS[2]
 clean = float(model(prompt, return_type="loss"))
 zeroed = loss_with_entry_set(model, prompt, layer=layer, pos=0, dim=dim, value=0.0)
 ordinary = loss_with_entry_set(model, prompt, layer=layer, pos=0, dim=(dim + 1) % model.cfg.d_model, value=0.0)
-print(f"loss {clean:.2f} clean, {zeroed:.2f} with dim {dim} zeroed in block {layer}, {ordinary:.2f} with dim {dim + 1} zeroed")
+print(f"loss {clean:.2f} clean, {zeroed:.2f} with dim {dim} zeroed in block {layer}, {ordinary:.2f} with dim "
+      f"{(dim + 1) % model.cfg.d_model} zeroed")
+
+# %% [markdown]
+# ### Question: why zero an ordinary dimension too?
+#
+# What does the second intervention (an ordinary dimension of the same token, in the same block) rule out?
+# What do the three losses say?
+
+# %% [answer]
+answer(f"It rules out that *any* edit of that token's residual hurts: zeroing an ordinary dimension moves the "
+       f"loss by {ordinary - clean:+.3f} ({clean:.2f} -> {ordinary:.2f}), zeroing dim {dim} by {zeroed - clean:+.2f} "
+       f"(to {zeroed:.2f}). The damage is specific to the massive dimension"
+       + ("." if abs(zeroed - clean) > 10 * abs(ordinary - clean) else
+          "? Not on this prompt: the two changes are of the same order.")
+       + " One prompt and one entry are a hint, not a measurement: Table 3 below repeats it on held-out text.")
 
 # %% [markdown]
 # ## 2. Perplexity
 #
 # Table 3 measures perplexity: `exp` of the mean next-token loss over text cut into chunks of a fixed
-# number of tokens, each chunk scored after a BOS token.
+# number of tokens (each chunk may start with a BOS token or not: a condition to state).
 
 # %% [markdown]
 # ### Exercise 2.2: the perplexity of chunks
 #
-# `chunks` is a `(n_chunks, 1 + seq_len)` token tensor (BOS, then text). Return the perplexity of all
+# `chunks` is a `(n_chunks, n_tokens)` token tensor (here a BOS, then text). Return the perplexity of all
 # chunks under whatever the model currently computes. Every chunk has the same length, so the mean over all
 # predictions is the mean of the per-chunk means.
 
@@ -110,13 +129,14 @@ checks.check_chunk_perplexity(chunk_perplexity, model)
 # The check also ran your function inside `intervene(model, iv)`: `build_intervention` finds the massive
 # activations in calibration text and builds the edit, and `intervene` applies it to every forward pass in
 # its body (the hooks always come off, and a hook that never fires raises). Score text held apart from the
-# calibration text:
+# calibration text, without a BOS token (SmolLM2's own tokenizer adds none, so that is what the model saw in
+# use):
 
 # %%
 texts = load_corpus("wiki-en")
 calibration, scored = texts[:8], texts[8:]
-chunks = _chunks(model, scored, 64, 4, True)
-zero = build_intervention(model, calibration, mode="zero")
+chunks = _chunks(model, scored, 64, 4, False)  # (4, 64): text only
+zero = build_intervention(model, calibration, mode="zero", prepend_bos=False)
 print(zero)
 clean = chunk_perplexity(model, chunks)
 with intervene(model, zero):
@@ -127,8 +147,10 @@ print(f"perplexity {clean:.1f} clean, {zeroed:.4g} with the massive activations 
 # ## 3. Setting them to their mean
 #
 # If the massive values are constant biases, replacing them with their average over other inputs should
-# cost nothing. The paper computes the mean without a BOS token (the first token then differs between
-# inputs).
+# cost nothing. The paper computes the mean without a BOS token: the first token then differs between
+# inputs, so the mean is a real average. With a BOS token the massive activation sits on the same token in
+# every input, which (causal attention) sees only itself: its mean is its own value, and "set to the mean"
+# changes nothing by construction.
 
 # %% [markdown]
 # ### Exercise 2.3: the mean at the first token
@@ -158,35 +180,74 @@ checks.check_mean_first_value(mean_first_value, model)
 
 # %%
 stats = massive_stats(model, calibration, progress=False)
+print(stats)
 stats.summary()
+
+# %%
+first = stats.summary()[lambda d: d.kind == "first"].set_index("prepend_bos")
+Markdown("\n".join(f"- {'with' if bos else 'without'} BOS: dim {int(r.dim)} at layer {int(r.layer)} has mean "
+                    f"{r['mean']:,.1f} and std {r['std']:,.1f} over {int(r.n)} texts"
+                    + (" (one distinct value: a mean of itself)" if not r['std'] > 0 else "")
+                    for bos, r in first.iterrows()))
 
 # %% [markdown]
 # ## 4. Table 3
 #
 # `bias_term_table` puts it together: original perplexity, massive activations set to zero, set to their
 # mean (both in the block where they appear), and the control (as many random ordinary dimensions zeroed at
-# the same positions). Small settings here, so that it runs in seconds; the CLI (`mi-massive table3`) runs the
-# full version.
+# the same positions), under both conditions: without a BOS token (the model's own tokenizer, the paper's
+# setting) and with one. Small settings here, so that it runs in seconds; the CLI (`mi-massive table3`) runs
+# the full version.
 
 # %%
-table = bias_term_table(model, ("wiki-en",), seq_len=64, max_chunks=4, n_calibration=8)
-table.to_dataframe()
+# Key figure: Table 3 without BOS (the model's own tokenizer), perplexity on a log scale
+tables = {bos: bias_term_table(model, ("wiki-en",), seq_len=64, max_chunks=4, n_calibration=8, prepend_bos=bos)
+          for bos in (False, True)}
+tables[False].show()
 
 # %%
-row = table.to_dataframe().iloc[0]
-print(f"SmolLM2-135M on wiki-en: perplexity {row.original:.1f} original, {row.zero:.3g} zeroed "
-      f"({row.zero / row.original:.0f}x), {row['mean']:.1f} with the mean, {row.control:.1f} for the control.")
+rows = {bos: t.to_dataframe().iloc[0] for bos, t in tables.items()}
+for bos, t in tables.items():
+    print(t)
+
+
+def describe(row):
+    return (f"perplexity {row.original:.2f} original, {row.zero:.4g} zeroed ({row.zero / row.original:,.0f}x), "
+            f"{row['mean']:.2f} with the mean ({row['mean'] / row.original - 1:+.2%}), {row.control:.2f} for the "
+            f"control ({row.control / row.original - 1:+.2%})")
+
+
+Markdown(f"SmolLM2-135M on wiki-en, {tables[False].n_chunks} chunks of {tables[False].seq_len} tokens:\n\n"
+         f"- **without BOS**: {describe(rows[False])};\n- **with BOS**: {describe(rows[True])}.")
 
 # %% [markdown]
-# As in the paper: zeroing a handful of activations destroys the model, while their mean keeps it intact,
-# and zeroing as many ordinary activations does nothing. Massive activations carry no information about the
-# input; the model needs their *value*, the way it needs a bias.
+# ### Question: which row is evidence?
 #
+# Compare the "mean" column with the original in the two rows. In which condition is "set to the mean
+# changes nothing" a finding, and in which is it true by construction? What does the finding then say about
+# massive activations?
+
+# %% [answer]
+same = {bos: abs(r['mean'] - r.original) <= 1e-9 * r.original for bos, r in rows.items()}
+answer(("With BOS the mean leaves perplexity unchanged to every digit "
+        f"({rows[True].original:.4f} -> {rows[True]['mean']:.4f}): the massive activation sits on the BOS token, "
+        "the same token in every text, so its mean over the calibration texts is its own value and the "
+        "intervention writes back what was there. That row is true by construction. " if same[True] else
+        f"With BOS the mean moves perplexity by {rows[True]['mean'] / rows[True].original - 1:+.3%}. ")
+       + (f"Without BOS the first token differs between texts, so the mean is a real average, yet perplexity "
+          f"moves only {rows[False]['mean'] / rows[False].original - 1:+.2%} while zero multiplies it by "
+          f"{rows[False].zero / rows[False].original:,.0f} and the control moves it "
+          f"{rows[False].control / rows[False].original - 1:+.2%}. That row is the evidence: the model needs the "
+          "massive activations' *value*, which barely depends on the input, the way it needs a bias."
+          if not same[False] else "Without BOS the mean also equals the original exactly: no evidence either way."))
+
 # ## Summary
 #
 # - `loss_with_entry_set` is an intervention on one residual entry; `build_intervention` + `intervene` is
 #   the same idea for every massive entry, found per input, with the hooks always removed.
-# - Perplexity under zero / mean / control (`bias_term_table`) is the paper's evidence for the bias view.
+# - Perplexity under zero / mean / control (`bias_term_table`) is the paper's evidence for the bias view,
+#   when the mean is taken over inputs whose first token differs (no BOS); with a BOS the "mean" row is an
+#   identity, not evidence.
 #
 # Tutorial 3 follows the bias into attention: the massive token becomes an attention sink, and its value
 # update is the bias.

@@ -4,7 +4,8 @@
 # Sun et al. (Sec. 4) connect massive activations to **attention sinks**: after the layer where the massive
 # activation appears, most heads put most of their attention on the token that holds it. That token's key
 # is unusual (so every query finds it), its value is small, and the value update it contributes is nearly
-# the same for every query: an **implicit bias** in the attention output. Their Eq. 2 splits each head's
+# the same for every query: an **implicit bias** in the attention output. You will test each of these claims
+# on SmolLM2-135M, and find where one of them holds only by construction. Their Eq. 2 splits each head's
 # output into the part from the sink tokens `C` and the rest:
 #
 # $$\text{Attention}(Q, K, V)_q = \sum_{i \in C} p_{qi} v_i + \sum_{i \notin C} p_{qi} v_i$$
@@ -18,8 +19,11 @@
 
 # %% [imports]
 import torch
+from IPython.display import Markdown
 
-from mi_massive import attention_sinks, find_massive_activations, implicit_bias, load_model, swap_implicit_bias, viz
+from mi_massive import (attention_patterns, attention_sinks, find_massive_activations, implicit_bias, load_model,
+                        swap_implicit_bias)
+from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import attention as checks
 
 # %%
@@ -42,7 +46,7 @@ print(f"{cfg.n_heads} query heads share {cfg.n_key_value_heads} key/value heads 
 # Look at a layer after the massive activation appears (each query is a row; the massive token is starred):
 
 # %%
-viz.attention_patterns(model, PROMPTS[0], 15)
+attention_patterns(model, PROMPTS[0], 15).show()
 
 # %% [markdown]
 # ### Exercise 3.1: attention mass on the first token
@@ -65,10 +69,38 @@ def sink_mass(model, prompt: str, *, layer: int) -> torch.Tensor:
 # %%
 checks.check_sink_mass(sink_mass, model)
 
+# %% [markdown]
+# `attention_sinks` measures the same for every layer and head, on the tokens that hold massive activations
+# (its `sink_positions`), with the prompts as the model's own tokenizer makes them (no BOS for SmolLM2: the
+# sentence says which). `alpha` is the attention-sink score of Gu et al. (2024).
+
 # %%
+# Key figure: attention on the massive-activation token per layer and head (sink mass and alpha heatmaps)
 sinks = attention_sinks(model, PROMPTS)
 print(sinks)
 sinks.show()
+
+# %% [markdown]
+# ### Question: does the sink come with the massive activation?
+#
+# The paper's ordering: first the massive activation appears, then attention concentrates on its token. Read
+# the heatmap (and `sinks.by_layer()`) below and above the first layer with a massive activation. Does
+# attention on that token start there, or before?
+
+# %% [answer]
+by_layer = sinks.by_layer()
+first = sinks.first_massive_layer
+before, after = by_layer[by_layer.layer <= first], by_layer[by_layer.layer > first]
+early = before[before.sink_mass >= 0.3]
+answer(f"The massive activation first appears in the output of block {first}. After it, queries put "
+       f"{after.sink_mass.mean():.0%} of their attention on the sink token (head average, from "
+       f"{after.sink_mass.min():.0%} to {after.sink_mass.max():.0%} by layer) and {after.sink_heads.mean():.0%} of "
+       f"the heads have alpha > {sinks.epsilon}. In blocks 0..{first} they put {before.sink_mass.mean():.0%} there"
+       + (f", and already {early.sink_mass.min():.0%}-{early.sink_mass.max():.0%} in block(s) "
+          f"{', '.join(map(str, early.layer))}: the first token is a sink before it holds a massive activation, so "
+          "the massive activation is not what starts the sink (it may strengthen or keep it). Gemma-3-270M shows the "
+          "same in the paper notebook 02." if len(early) else
+          ": attention concentrates on the token only once it holds the massive activation, as the paper says."))
 
 # %% [markdown]
 # ## 2. Keys and values of the sink
@@ -146,9 +178,11 @@ checks.check_attention_split(attention_split, model)
 
 # %% [markdown]
 # `implicit_bias` runs the same split in every layer after the massive activation appears, maps both parts
-# through `W_O`, and measures how constant the sink part is across queries and prompts. With one sink at
-# position 0 the direction is fixed (the same `v_0` in every prompt), so `spread` (how much `p_q0` varies)
-# is the informative number. Then it swaps the sink part for its mean, or removes it, and measures the loss.
+# through `W_O`, and measures how constant the sink part is across queries and prompts: its direction (cosine
+# to the mean) and its size (`size_cv`, std / mean of its norm). Mind what can vary: with one sink token, the
+# sink part of query `q` is `p_q0 v_0 W_O`, one vector `v_0 W_O` scaled by `p_q0`. Within a prompt its direction
+# cannot change; across prompts only if `v_0` differs, which it cannot when position 0 is the same BOS token
+# everywhere. Then it swaps the sink part for its mean, or removes it, and measures the loss.
 
 # %%
 bias = implicit_bias(model, PROMPTS)
@@ -160,6 +194,33 @@ swap = bias.swap.set_index("condition")
 print(f"decomposition error {bias.max_error:.1e}; loss {swap.loss['original']:.3f} original, "
       f"{swap.loss['swapped']:.3f} with the sink part swapped for its mean ({swap.relative['swapped']:+.1%}), "
       f"{swap.loss['removed']:.3f} with it removed ({swap.relative['removed']:+.1%})")
+size_cv = bias.size_cv if bias.size_cv is not None else torch.full_like(bias.bias_norm, float("nan"))
+print(f"direction: mean cosine to the mean {float(bias.constancy.mean()):.3f}"
+      + (f" (constant by construction: {bias.by_construction})" if bias.by_construction else "")
+      + f"; size: varies by {float(size_cv.nanmean()):.0%} (CV over queries, head mean; layers from "
+      f"{float(size_cv.nanmean(1).min()):.0%} to {float(size_cv.nanmean(1).max()):.0%})")
+
+# %% [markdown]
+# ### Question: a fixed vector?
+#
+# Is the sink part of each head's output a fixed vector, as the bias view says? Separate its direction from
+# its size, say which of the two numbers above could have come out otherwise on these prompts, and what the
+# swap and removal losses add.
+
+# %% [answer]
+answer((f"Its direction cannot vary here ({bias.by_construction}), so the cosine of "
+        f"{float(bias.constancy.mean()):.3f} is no evidence. " if bias.by_construction else
+        f"Its direction is nearly fixed: mean cosine {float(bias.constancy.mean()):.3f} to the mean over queries and "
+        f"prompts, which could have come out lower because the first token (and so `v_0`) differs between the "
+        f"prompts; within one prompt it is fixed by construction. ")
+       + f"Its size is not fixed: it varies by {float(size_cv.nanmean()):.0%} across queries (head mean), because "
+       "the attention `p_q0` on the sink varies by query. "
+       + f"Swapping the part for its mean changes the loss by {swap.relative['swapped']:+.1%}; removing it by "
+       f"{swap.relative['removed']:+.1%}. "
+       + ("So the model depends on the part being there far more than on its exact size: a bias-like term, "
+          "in a fixed direction with a query-dependent scale." if abs(swap.relative['removed'])
+          > 3 * abs(swap.relative['swapped']) else
+          "Swapping costs about as much as removing: the bias view does not hold up here."))
 
 # %% [markdown]
 # `swap_implicit_bias` is the same intervention as a context manager, for any prompt:
@@ -174,10 +235,17 @@ print(f"{float(model(prompt, return_type='loss')):.3f} original, {swapped:.3f} s
 
 # %% [markdown]
 # ## Summary
-#
-# - After the massive activation appears, most heads attend mostly to the massive token (`attention_sinks`).
-# - The sink part of each head's output is an almost fixed vector: replacing it with its mean costs
-#   little, removing it costs a lot (`implicit_bias`, `swap_implicit_bias`). The massive activation buys the
-#   model an attention bias.
-#
+
+# %%
+Markdown(f"""
+- After the massive activation appears (block {first}), heads put {after.sink_mass.mean():.0%} of their
+  attention on its token on average; before it, {before.sink_mass.mean():.0%} (`attention_sinks`).
+- The sink part of each head's output keeps {"one direction by construction" if bias.by_construction else
+  f"a nearly fixed direction (cosine {float(bias.constancy.mean()):.3f})"} while its size varies by
+  {float(size_cv.nanmean()):.0%} across queries; replacing it with its mean changes the loss by
+  {swap.relative['swapped']:+.1%}, removing it by {swap.relative['removed']:+.1%} (`implicit_bias`,
+  `swap_implicit_bias`).
+""")
+
+# %% [markdown]
 # Tutorial 4 asks where the massive activation comes from, and which attention paths carry its effect.

@@ -15,18 +15,20 @@
 # - patch one KV head's value from a corrupted run into the clean run.
 
 # %% [imports]
-from contextlib import contextmanager
-
 import torch
+from IPython.display import Markdown
 
 from mi_massive import find_massive_activations, load_model, path_patch, trace_origin
+from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import origin as checks
 
 # %%
 torch.set_grad_enabled(False)
 model = load_model("smollm2-135m")
 PROMPT = "Summer is warm. Winter is cold."
-found = find_massive_activations(model, PROMPT)
+BOS = True  # your functions take strings, which TransformerLens runs after a BOS token: the library calls match
+found = find_massive_activations(model, PROMPT, prepend_bos=BOS)
+print(found)
 found.sites()
 
 # %% [markdown]
@@ -58,8 +60,8 @@ checks.check_block_writes(block_writes, model)
 dim = found.dims[0]
 writes = block_writes(model, PROMPT, pos=0, dim=dim)
 writer = int(writes.argmax())
-print(f"block {writer} adds {float(writes[writer]):,.0f} of dim {dim}; the next largest write is "
-      f"{float(writes.topk(2).values[1]):,.0f}")
+print(f"block {writer} adds {float(writes[writer]):,.0f} of dim {dim} ({float(writes[writer] / writes.sum()):.0%} "
+      f"of the sum of all blocks' writes); the next largest write is {float(writes.topk(2).values[1]):,.0f}")
 
 # %% [markdown]
 # ## 2. Which neurons, which weight?
@@ -97,6 +99,9 @@ W_out = model.blocks[writer].mlp.W_out
 n = int(top.indices[0])
 rank = int((W_out.abs() > W_out[n, dim].abs()).sum()) + 1
 print(f"its weight W_out[{n}, {dim}] = {float(W_out[n, dim]):.3f} has |w| rank {rank} of {W_out.numel():,} in that matrix")
+Markdown(f"Block {writer}'s top neuron {n} gives {float(top.values[0] / parts.sum()):.0%} of its MLP's write to dim "
+         f"{dim}, the top three {float(top.values.sum() / parts.sum()):.0%}; its down-projection weight is the "
+         f"{rank}{'st' if rank == 1 else 'nd' if rank == 2 else 'rd' if rank == 3 else 'th'} largest of the matrix.")
 
 # %% [markdown]
 # ### Exercise 4.3: zero one weight, and put it back
@@ -133,9 +138,37 @@ checks.check_without_weight(without_weight, model)
 # super weight, random neurons as a control, and a search that zeroes the next strongest weight).
 
 # %%
-origin = trace_origin(model, PROMPT)
+# Key figure: trace_origin's picture of who writes the massive activation (components, neurons, causal checks)
+origin = trace_origin(model, PROMPT, prepend_bos=BOS)
 print(origin)
+origin.show()
+
+# %%
 origin.causal
+
+# %% [markdown]
+# ### Question: is it a *super* weight?
+#
+# Yu et al. call a weight a super weight when it is one of the largest of its matrix and zeroing it alone
+# removes the massive activation and damages the model. Read `origin.causal`: does zeroing this one weight
+# do that here, compared with zeroing the top neurons and with the random-neuron control?
+
+# %% [answer]
+c = origin.causal.set_index("ablation")
+sw_row = c[c.index.str.startswith("zero super weight")].iloc[0]
+neurons_row = c[c.index.str.startswith("zero top")].iloc[0]
+random_rows = c[c.index.str.contains("random")]
+clean_row = c.iloc[0]
+answer(f"Clean: value {clean_row.massive_value:,.0f}, loss {clean_row.loss:.2f}. Zeroing the one weight "
+       f"{origin.super_weight} leaves the value at {sw_row.massive_value:,.0f} "
+       f"({sw_row.massive_value / clean_row.massive_value:.0%} of clean) and the loss at {sw_row.loss:.2f}; zeroing the "
+       f"top neurons: {neurons_row.massive_value:,.0f} and {neurons_row.loss:.2f}"
+       + (f"; random neurons (control): loss {random_rows.loss.min():.2f}-{random_rows.loss.max():.2f}. "
+          if len(random_rows) else ". ")
+       + ("So yes: one weight of rank " + str(rank) + " carries most of the value, and the model needs it."
+          if sw_row.massive_value < 0.5 * clean_row.massive_value and sw_row.loss > clean_row.loss + 0.1 else
+          "So not in the strong sense: zeroing it alone does not remove the value and break the model; "
+          "the value is shared by more weights (see `origin.search`)."))
 
 # %% [markdown]
 # ## 3. Which paths carry it?
@@ -189,7 +222,7 @@ checks.check_patched_value_loss(patched_value_loss, model)
 # activation, and the direct path to the unembedding) in a few batched passes:
 
 # %%
-pp = path_patch(model, PROMPT)
+pp = path_patch(model, PROMPT, prepend_bos=BOS)
 print(pp)
 pp.summary()
 
@@ -200,10 +233,33 @@ print(f"zeroing the massive activation moves the loss {pp.clean_metric:.2f} -> {
 pp.to_dataframe().sort_values("effect", ascending=False).head(5)
 
 # %% [markdown]
-# ## Summary
+# ### Question: which route?
 #
-# - One block writes the massive activation, mostly through two MLP neurons; one down-projection weight
-#   carries most of it, and zeroing it shrinks the value and raises the loss (`trace_origin`).
-# - Path patching splits the damage of removing it by the routes that read it (`path_patch`): through the
-#   keys (does the token stay a sink?), the values (the implicit bias of tutorial 3), the queries, or
-#   directly into the unembedding. The shares printed above say which route matters in SmolLM2.
+# Which single route carries most of the damage? Do the single-route shares add up to 100%, and what does it
+# mean if they do not?
+
+# %% [answer]
+singles = {p: summary.share[p] for p in ("k", "v", "q", "direct") if p in summary.index}
+best = max(singles, key=lambda p: singles[p])
+names = {"k": "the keys", "v": "the values", "q": "the queries", "direct": "the direct path to the unembedding"}
+answer(f"{names[best].capitalize()} alone carry {singles[best]:.0%} of the loss increase "
+       f"({pp.clean_metric:.2f} -> {pp.corrupted_metric:.2f}); the four single routes add up to "
+       f"{sum(singles.values()):.0%}"
+       + (" and all routes together give " + f"{summary.share['all']:.0%}" if "all" in summary.index else "")
+       + (". Far from 100%: the routes interact (one route's damage depends on the others still being "
+          "clean), so a share is what that route does alone, not a slice of a pie."
+          if abs(sum(singles.values()) - 1) > 0.2 else ". Close to 100%: the routes act nearly independently."))
+
+# %% [markdown]
+# ## Summary
+
+# %%
+Markdown(f"""
+- Block {writer} writes {float(writes[writer] / writes.sum()):.0%} of dim {dim}; its top neuron {n} gives
+  {float(top.values[0] / parts.sum()):.0%} of that MLP's part, through W_out[{n}, {dim}] (|w| rank {rank}); zeroing
+  that weight leaves {sw_row.massive_value / clean_row.massive_value:.0%} of the value and moves the loss
+  {clean_row.loss:.2f} -> {sw_row.loss:.2f} (`trace_origin`).
+- Path patching splits the damage of removing it by the routes that read it (`path_patch`): through the
+  keys (does the token stay a sink?), the values (the implicit bias of tutorial 3), the queries, or directly
+  into the unembedding. Here {names[best]} carry the most alone ({singles[best]:.0%}).
+""")
