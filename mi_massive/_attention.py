@@ -13,9 +13,6 @@ from .arch import hook
 from .models import model_name
 
 SinkPositions = Sequence[int] | Sequence[Sequence[int]] | None
-# A token is a sink when one of its massive activations lasts at least this share of the layers: gemma3-270m's
-# dim 400 passes the paper's rule at nearly every token in blocks 1-3 and then fades; those are not sinks.
-PERSIST = 0.25
 
 
 class VecStats:
@@ -49,6 +46,11 @@ class VecStats:
         """Mean cosine similarity of the vectors to `ref` (the mean of unit vectors, projected on ref's direction)."""
         return (self.unit / self.n * ref / ref.norm(dim=-1, keepdim=True).clamp_min(1e-30)).sum(-1)
 
+    def size_cv(self) -> Tensor:
+        """Standard deviation of the vectors' norms over their mean norm (how much their size varies)."""
+        m = self.mean_norm
+        return (self.sq / self.n - m.square()).clamp_min(0).sqrt() / m.clamp_min(1e-30)
+
     def spread(self) -> Tensor:
         """RMS distance to the mean, relative to the mean's norm."""
         m = self.mean.norm(dim=-1)
@@ -57,20 +59,21 @@ class VecStats:
 
 def resolve_sinks(model: Any, prompts: list[Tensor], sink_positions: SinkPositions, *, threshold: float,
                    ratio: float, batch_size: int) -> tuple[tuple[tuple[int, ...], ...], int | None]:
-    """Sink positions per prompt (given, or the tokens of lasting massive activations) and their first layer."""
+    """Sink positions per prompt (given, or the positions of tokens' massive activations: feature-wide outlier dims,
+    such as gemma3-270m's dim 400, are left out, `mi_massive.sites`) and the first layer that holds one."""
     first_layer = None
     if sink_positions is None:
         from .detect import _scan
 
         found = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size, progress=False)[0]
-        sites = found.sites()  # one row per (prompt, pos, dim)
-        sites = sites[sites.last_layer - sites.first_layer + 1 >= PERSIST * model.cfg.n_layers]
-        per_prompt = [sorted(set(sites.pos[sites.prompt == i].tolist())) for i in range(len(prompts))]
+        sites = found.sites(features=False)  # one row per (prompt, pos, dim) of a token's massive activation
+        per_prompt = [sorted(set(int(p) for p in sites.pos[sites.prompt == i])) for i in range(len(prompts))]
         if not any(per_prompt):
-            raise ValueError(f"no massive activations lasting {PERSIST:.0%} of the layers in {model_name(model)} for "
-                             f"these prompts (|x| > {threshold:g} and >= {ratio:g}x median): pass sink_positions=[0] "
-                             "to name the sink tokens yourself")
-        first_layer = int(sites.first_layer.min())
+            wide = f" (feature-wide outlier dims {list(found.feature_dims)} are not sinks)" if found.feature_dims else ""
+            raise ValueError(f"no token massive activations in {model_name(model)} for these prompts (|x| > "
+                             f"{threshold:g} and >= {ratio:g}x median){wide}: pass sink_positions=[0] to name the "
+                             "sink tokens yourself")
+        first_layer = found.first_layer
     else:
         if isinstance(sink_positions, (str, bytes)) or not isinstance(sink_positions, Sequence):
             raise ValueError(f"sink_positions must be a list of ints or one list per prompt, not {sink_positions!r}")

@@ -31,12 +31,60 @@ class Batch:
     tokens: Int[Tensor, "batch pos"]
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether `tokenizer` itself starts an encoded text with its BOS token (gemma3's does, smollm2's does not)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def set_default_bos(model: Any, prepend_bos: bool) -> None:
+    """Record what `prepend_bos=None` means for `model` (load_model measures it on the model's own tokenizer
+    before TransformerLens wraps it in one that always prepends BOS)."""
+    _DEFAULT_BOS[model] = bool(prepend_bos)
+
+
+def default_bos(model: Any) -> bool:
+    """What `prepend_bos=None` means: what the model's own tokenizer does (smollm2-135m: no BOS; gemma3-270m: BOS);
+    for a bridge not made by load_model, TransformerLens's `cfg.default_prepend_bos`."""
+    own = _DEFAULT_BOS.get(model)
+    return bool(model.cfg.default_prepend_bos) if own is None else own
+
+
+def resolve_bos(model: Any, prepend_bos: bool | None) -> bool:
+    """`prepend_bos` as a bool (None: `default_bos(model)`)."""
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ValueError(f"prepend_bos must be True, False or None (the model's own tokenizer), got {prepend_bos!r}")
+    return default_bos(model) if prepend_bos is None else prepend_bos
+
+
+def bos_condition(model: Any, inputs: Inputs, prompts: Sequence[Tensor], prepend_bos: bool | None) -> bool:
+    """The BOS condition a result records: the choice for text, and for token tensors whether every row starts
+    with the tokenizer's BOS token."""
+    if not isinstance(inputs, Tensor):
+        return resolve_bos(model, prepend_bos)
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    return bos is not None and all(len(t) and int(t[0]) == bos for t in prompts)
+
+
+def bos_words(prepend_bos: bool | None) -> str:
+    """How a result's sentence states its BOS condition."""
+    return "condition not recorded" if prepend_bos is None else ("with BOS" if prepend_bos else "without BOS")
+
+
+_DEFAULT_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its own tokenizer's BOS choice
+
+
 def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> list[Int[Tensor, "pos"]]:
     """One 1-D token tensor per prompt; raises on empty or malformed input.
 
-    `prepend_bos=None` follows the model (TransformerLens prepends BOS by default).
+    `prepend_bos=None` does what the model's own tokenizer does (`default_bos`); token tensors are taken as given.
     """
     check_model(model)
+    if not isinstance(inputs, Tensor):
+        prepend_bos = resolve_bos(model, prepend_bos)
     n_ctx = model.cfg.n_ctx
     if isinstance(inputs, Tensor):
         if inputs.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):

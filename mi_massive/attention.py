@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _inputs
+from . import _inputs, sites
 from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, sink_batches, split
 from ._hooks import hooked, run_with_hooks
 from ._results import Result
@@ -61,6 +61,8 @@ class AttentionSinks(Result):
     epsilon: float  # alpha threshold of the sink-rate metric
     model_name: str
     hooks: tuple[str, ...] = tuple(HOOKS.values())
+    prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
+    undefined: str = ""  # why sink_mass is NaN (no query was measured), else ""
 
     @property
     def sink_rate(self) -> float:
@@ -83,18 +85,36 @@ class AttentionSinks(Result):
         return df.groupby("layer").agg(sink_mass=("sink_mass", "mean"), alpha=("alpha", "mean"),
                                        sink_heads=("sink_head", "mean")).reset_index()
 
+    def sink_names(self) -> list[str]:
+        """The sink positions' kinds with their tokens (`sites.site_name`), over all prompts."""
+        names = {sites.site_name(toks, p, bos=bool(self.prepend_bos))
+                 for toks, ps in zip(self.str_tokens, self.sink_positions) for p in ps}
+        return sorted(names, key=lambda n: (n not in sites.POSITION_KINDS[:2], n))
+
     def sentence(self) -> str:
-        mass = self.sink_mass.mean(1)
-        where = f"sink positions {sorted({p for ps in self.sink_positions for p in ps})[:5]}"
-        if self.first_massive_layer is None:
-            share = f"{float(mass.mean()):.2f} of query attention on {where}"
+        bos = _inputs.bos_words(self.prepend_bos)
+        head = f"{self.model_name}, {len(self.str_tokens)} prompt(s) {bos}"
+        if self.undefined:
+            return f"{head}: sink mass undefined (NaN): {self.undefined}"
+        mass = self.sink_mass.mean(1)  # (layer,)
+        names = self.sink_names()
+        where = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        first = self.first_massive_layer
+        if first is None:
+            share = f"{float(mass.mean()):.2f} of query attention on the given sinks ({where})"
         else:
-            after = mass[self.first_massive_layer + 1:]
+            after, before = mass[first + 1:], mass[:first]
             share = (f"{float(after.mean()) if len(after) else float('nan'):.2f} of query attention on the "
-                     f"massive-activation tokens ({where}) in blocks after {self.first_massive_layer}, "
-                     f"{float(mass[:self.first_massive_layer + 1].mean()):.2f} up to it")
-        return (f"{self.model_name}, {len(self.str_tokens)} prompt(s): {share}; {self.sink_rate:.0%} of heads have "
-                f"alpha > {self.epsilon:g}")
+                     f"massive-activation tokens ({where}) in blocks after {first}, where block {first}'s output "
+                     "first holds a token's massive activation")
+            if len(before):
+                lo, hi = float(before.min()), float(before.max())
+                blocks = "block 0" if first == 1 else f"blocks 0-{first - 1}"
+                share += f"; {lo:.2f}" + (f"-{hi:.2f}" if len(before) > 1 else "") + f" already in {blocks}, before it"
+                if hi > self.epsilon:
+                    share += (": the tokens draw attention before their massive activation appears, a "
+                              "counterexample to the paper's ordering (massive activation first, then the sink)")
+        return f"{head}: {share}; {self.sink_rate:.0%} of heads have alpha > {self.epsilon:g}"
 
 
 def attention_sinks(
@@ -151,13 +171,16 @@ def attention_sinks(
 
     k_other = vec[("k", "other")]
     return AttentionSinks(
-        sink_mass=(mass / max(n_query, 1)).float(), alpha=(alpha / n_sink).float(),
+        sink_mass=(mass / n_query if n_query else torch.full_like(mass, float("nan"))).float(),
+        alpha=(alpha / n_sink).float(),
         k_norm_sink=stat("k", "sink", lambda s: s.mean_norm), k_norm_other=stat("k", "other", lambda s: s.mean_norm),
         k_cos_sink=torch.stack([s.cos_to(o.mean) for s, o in zip(vec[("k", "sink")], k_other)]).float(),
         k_cos_other=torch.stack([o.cos_to(o.mean) for o in k_other]).float(),
         v_norm_sink=stat("v", "sink", lambda s: s.mean_norm), v_norm_other=stat("v", "other", lambda s: s.mean_norm),
         sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, epsilon=float(epsilon),
-        model_name=model_name(model),
+        model_name=model_name(model), prepend_bos=_inputs.bos_condition(model, inputs, prompts, prepend_bos),
+        undefined="" if n_query else ("no query was measured: every token is a sink or comes before the first "
+                                      "sink, so no attention from an ordinary query could be counted"),
     )
 
 
@@ -183,6 +206,10 @@ class ImplicitBias(Result):
     str_tokens: tuple[tuple[str, ...], ...]
     model_name: str
     hooks: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
+    size_cv: Float[Tensor, "layer head"] | None = None  # std / mean of |bias part| over the queries: its size's spread
+    by_construction: str = ""  # why the bias part's direction cannot vary (one sink with the same value vector in
+    # every prompt), else "": then `constancy` is 1 by construction and is no evidence
+    prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
 
     @property
     def common_sinks(self) -> tuple[int, ...]:
@@ -201,16 +228,40 @@ class ImplicitBias(Result):
         layer = torch.tensor(self.layers)[:, None].expand(-1, n_heads)
         cols = {"layer": layer, "head": torch.arange(n_heads).expand(len(self.layers), -1)}
         cols |= {k: getattr(self, k) for k in ("bias_norm", "rest_norm", "constancy", "spread")}
+        if self.size_cv is not None:
+            cols["size_cv"] = self.size_cv
         return pd.DataFrame({k: v.flatten().numpy() for k, v in cols.items()})
 
     def sentence(self) -> str:
-        s = (f"{self.model_name}, layers {self.layers[0]}..{self.layers[-1]}, {self.n_queries} queries: the sink "
-             f"tokens' value updates have mean cosine {float(self.constancy.mean()):.3f} to their mean (norm "
-             f"{float(self.bias_norm.mean()):.3g} vs {float(self.rest_norm.mean()):.3g} for the other tokens')")
+        size = "" if self.size_cv is None else f", its size varying by {float(self.size_cv.mean()):.0%} (CV) across queries"
+        norms = f"norm {float(self.bias_norm.mean()):.3g} vs {float(self.rest_norm.mean()):.3g} for the other tokens'"
+        head = (f"{self.model_name}, {_inputs.bos_words(self.prepend_bos)}, layers {self.layers[0]}..{self.layers[-1]}, "
+                f"{self.n_queries} queries: ")
+        if self.by_construction:
+            s = (head + f"the sink tokens' value updates ({norms}) keep one direction by construction "
+                 f"({self.by_construction}), so their cosine to the mean is 1 and no evidence of constancy{size}")
+        else:
+            s = (head + f"the sink tokens' value updates have mean cosine {float(self.constancy.mean()):.3f} to their "
+                 f"mean ({norms}){size}")
         if self.loss_swapped is None:
             return s
         return (s + f"; loss {self.loss_original:.4g} original, {self.loss_swapped:.4g} with the mean swapped in "
                 f"({self.loss_swapped / self.loss_original - 1:+.1%}), {self.loss_removed:.4g} removed")
+
+
+def _constant_by_construction(prompts: list[Tensor], sinks: Sequence[tuple[int, ...]],
+                              str_toks: Sequence[Sequence[str]]) -> str:
+    """Why the sink part's direction cannot vary over queries and prompts, or "": every prompt has one sink, at
+    the same position after the same tokens, so under causal attention its value vector is the same everywhere
+    and the part is p_q v W_O, one direction scaled by p_q."""
+    if any(len(s) != 1 for s in sinks) or len({s[0] for s in sinks}) != 1:
+        return ""
+    pos = sinks[0][0]
+    if len({tuple(t[: pos + 1].tolist()) for t in prompts}) != 1:
+        return ""
+    where = f"{str_toks[0][pos]!r} at position {pos}"
+    return (f"one sink token, {where}, the same in every prompt" if len(prompts) > 1
+            else f"one sink token, {where}, in one prompt")
 
 
 def _swap_hooks(layers: Sequence[int], mean_z: Tensor, mode: str, masks_for: Callable[[Tensor], tuple]):
@@ -282,7 +333,8 @@ def implicit_bias(
     attention_sinks; queries at and before the first sink are left out.
 
     With a single sink token at position 0 the part is p_q0 v_0 W_O with the same v_0 in every prompt, so its
-    cosine to the mean is 1 by construction and `spread` (how much p_q0 varies) is the informative number.
+    cosine to the mean is 1 by construction: the result says so (`by_construction`) and `size_cv` (how much
+    p_q0 varies) is the informative number.
 
         >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])   # doctest: +SKIP
         >>> bias.swap                                                           # doctest: +SKIP
@@ -331,6 +383,9 @@ def implicit_bias(
         rest_norm=torch.stack([rest[l] / n_query for l in layers]).float(),
         constancy=torch.stack([stats[l].cos_to(stats[l].mean) for l in layers]).float(),
         spread=torch.stack([stats[l].spread() for l in layers]).float(), mean_z=mean_z, max_error=err,
+        size_cv=torch.stack([stats[l].size_cv() for l in layers]).float(),
+        by_construction=_constant_by_construction(prompts, sinks, str_toks),
+        prepend_bos=_inputs.bos_condition(model, inputs, prompts, prepend_bos),
         loss_original=losses[0], loss_swapped=losses[1], loss_removed=losses[2], n_queries=n_query,
         sink_positions=sinks, first_massive_layer=first, str_tokens=str_toks, model_name=model_name(model),
     )

@@ -14,6 +14,7 @@ trunk, CUDA graphs, Triton statistics) is the engine's business (`mi_massive.eng
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs, _rule, engine
+from . import _inputs, _rule, engine, sites
 from ._hooks import check_weights
 from ._results import Result
 from .arch import hook
@@ -51,36 +52,81 @@ class MassiveActivations(Result):
     d_model: int
     nonfinite: Int[Tensor, "layer"]  # inf/nan entries per layer among the top |x| kept per prompt (dtype overflow)
     hook_template: str = HOOK_TEMPLATE
+    prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
 
     def __len__(self) -> int:
         return len(self.value)
 
     @property
     def dims(self) -> list[int]:
-        """Massive dimensions, most massive first."""
+        """Massive dimensions (token and feature-wide), most massive first."""
         df = self.to_dataframe()
         if df.empty:
             return []
         return [int(d) for d in df.assign(a=df.value.abs()).groupby("dim").a.max().sort_values(ascending=False).index]
 
+    @property
+    def feature_dims(self) -> tuple[int, ...]:
+        """Feature-wide outlier dims: massive at most positions in some layer (`sites.feature_dims`); reported,
+        but not where massive activations appear."""
+        return sites.feature_dims(self.prompt.numpy(), self.layer.numpy(), self.pos.numpy(), self.dim.numpy(),
+                                  [len(t) for t in self.str_tokens])
+
+    @property
+    def token_dims(self) -> list[int]:
+        """Dims of tokens' massive activations (few positions), most massive first."""
+        wide = set(self.feature_dims)
+        return [d for d in self.dims if d not in wide]
+
+    def _token_hits(self) -> Tensor:
+        """(hit,) bool: the hits of token massive activations."""
+        return ~torch.isin(self.dim, torch.tensor(self.feature_dims, dtype=self.dim.dtype))
+
     def positions(self, prompt: int = 0) -> list[int]:
-        """Token positions holding a massive activation in `prompt`."""
-        return sorted({int(p) for p in self.pos[self.prompt == prompt]})
+        """Token positions holding a token's massive activation in `prompt` (feature-wide dims left out)."""
+        return sorted({int(p) for p in self.pos[(self.prompt == prompt) & self._token_hits()]})
 
     @property
     def first_layer(self) -> int | None:
-        return int(self.layer.min()) if len(self) else None
+        """The first block whose output holds a token's massive activation (None: none does)."""
+        layers = self.layer[self._token_hits()]
+        return int(layers.min()) if len(layers) else None
 
-    def sites(self) -> pd.DataFrame:
-        """One row per (prompt, pos, dim): where it first and last appears, its peak value."""
+    def _bos(self) -> bool:
+        return bool(self.prepend_bos)
+
+    def sites(self, *, features: bool = True) -> pd.DataFrame:
+        """One row per (prompt, pos, dim) of a token's massive activation: where it first and last appears, its peak
+        value, and its kind (`sites.position_kind`: "start token", "BOS", "first delimiter", "other") and name
+        ("other ('onga')"). A feature-wide dim is one row per prompt (pos <NA>, token "all positions" or "k of n
+        positions", kind "feature-wide"); `features=False` leaves those rows out."""
+        cols = ["prompt", "pos", "token", "dim", "first_layer", "last_layer", "peak", "kind", "site"]
         df = self.to_dataframe()
         if df.empty:
-            return pd.DataFrame(columns=["prompt", "pos", "token", "dim", "first_layer", "last_layer", "peak"])
-        g = df.groupby(["prompt", "pos", "token", "dim"], sort=True)
-        return g.agg(
-            first_layer=("layer", "min"), last_layer=("layer", "max"),
-            peak=("value", lambda v: v.iloc[v.abs().argmax()]),
-        ).reset_index()
+            return pd.DataFrame(columns=cols)
+        wide = df.dim.isin(self.feature_dims)
+        peak = ("value", lambda v: v.iloc[v.abs().argmax()])
+        tok = df[~wide].groupby(["prompt", "pos", "token", "dim"], sort=True).agg(
+            first_layer=("layer", "min"), last_layer=("layer", "max"), peak=peak).reset_index()
+        tok["kind"] = [sites.position_kind(self.str_tokens[p], q, bos=self._bos()) for p, q in zip(tok.prompt, tok.pos)]
+        tok["site"] = [sites.site_name(self.str_tokens[p], q, bos=self._bos()) for p, q in zip(tok.prompt, tok.pos)]
+        tok["pos"] = tok.pos.astype("Int64")
+        if not features or not wide.any():
+            return tok[cols].reset_index(drop=True)
+        rows = []
+        for (p, d), g in df[wide].groupby(["prompt", "dim"], sort=True):
+            where = self._where(g.pos, [len(self.str_tokens[p])])
+            rows.append({"prompt": p, "pos": pd.NA, "token": where, "dim": d, "first_layer": g.layer.min(),
+                         "last_layer": g.layer.max(), "peak": g.value.iloc[g.value.abs().argmax()],
+                         "kind": "feature-wide", "site": where})
+        wide_df = pd.DataFrame(rows, columns=cols).astype({"pos": "Int64"})
+        return pd.concat([tok[cols], wide_df], ignore_index=True)
+
+    @staticmethod
+    def _where(pos: pd.Series, lengths: list[int]) -> str:
+        """'all positions' or 'k of n positions' (distinct positions among the prompts' positions)."""
+        k, n = int(pos.nunique()), max(lengths)
+        return "all positions" if k >= n else f"{k} of {n} positions"
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (prompt, layer, pos, dim)."""
@@ -95,30 +141,62 @@ class MassiveActivations(Result):
         )
 
     def summary(self) -> pd.DataFrame:
-        """One row per massive dimension: first and last layer, positions and tokens, magnitude range."""
+        """One row per massive dimension: its kind ("token" or "feature-wide"), first and last layer, positions and
+        tokens with their site names (a feature-wide dim: "all positions" or "k of n positions" instead of a list),
+        magnitude range."""
         df = self.to_dataframe()
-        cols = ["dim", "first_layer", "last_layer", "positions", "tokens", "min_abs", "max_abs", "n_prompts", "n_hits"]
+        cols = ["dim", "kind", "first_layer", "last_layer", "positions", "tokens", "sites", "min_abs", "max_abs",
+                "n_prompts", "n_hits"]
         if df.empty:
             return pd.DataFrame(columns=cols)
+        wide = set(self.feature_dims)
+        named = self.sites(features=False)
         rows = []
         for dim, g in df.groupby("dim"):
+            if dim in wide:
+                where = self._where(g.pos, [len(self.str_tokens[p]) for p in g.prompt.unique()])
+                kind, positions, tokens, names = "feature-wide", where, where, [where]
+            else:
+                kind, positions, tokens = "token", sorted(set(g.pos.tolist())), sorted(set(g.token.tolist()))
+                names = sorted(set(named.site[named.dim == dim]), key=_site_order)
             rows.append({
-                "dim": int(dim), "first_layer": int(g.layer.min()), "last_layer": int(g.layer.max()),
-                "positions": sorted(set(g.pos.tolist())), "tokens": sorted(set(g.token.tolist())),
+                "dim": int(dim), "kind": kind, "first_layer": int(g.layer.min()), "last_layer": int(g.layer.max()),
+                "positions": positions, "tokens": tokens, "sites": names,
                 "min_abs": float(g.value.abs().min()), "max_abs": float(g.value.abs().max()),
                 "n_prompts": int(g.prompt.nunique()), "n_hits": len(g),
             })
         return pd.DataFrame(rows, columns=cols).sort_values("max_abs", ascending=False).reset_index(drop=True)
 
     def sentence(self) -> str:
+        bos = _inputs.bos_words(self.prepend_bos)
+        rule = f"|x| > {self.threshold:g} and >= {self.ratio:g}x median"
         if not len(self):
-            return (f"no massive activations in {self.model_name} over {len(self.str_tokens)} prompt(s) "
-                    f"(|x| > {self.threshold:g} and >= {self.ratio:g}x median)")
+            return f"no massive activations in {self.model_name} over {len(self.str_tokens)} prompt(s), {bos} ({rule})"
         s = self.summary()
-        dims = ", ".join(str(d) for d in s.dim[:5]) + ("..." if len(s) > 5 else "")
-        npos = len(self.sites()[["prompt", "pos"]].drop_duplicates())
-        return (f"{len(s)} massive dimension(s) ({dims}) at {npos} (prompt, position) site(s) in {self.model_name}, "
-                f"layers {self.first_layer}..{int(self.layer.max())}, up to |x| = {s.max_abs.max():.4g}")
+        tok, wide = s[s.kind == "token"], s[s.kind == "feature-wide"]
+        parts = []
+        if len(tok):
+            dims = ", ".join(str(d) for d in tok.dim[:5]) + ("..." if len(tok) > 5 else "")
+            named = self.sites(features=False)
+            npos = len(named[["prompt", "pos"]].drop_duplicates())
+            kinds = sorted(set(named.site), key=_site_order)
+            kinds = ", ".join(kinds[:4]) + (f" and {len(kinds) - 4} more" if len(kinds) > 4 else "")
+            parts.append(f"{len(tok)} massive dimension(s) ({dims}) at {npos} (prompt, position) site(s) ({kinds}) in "
+                         f"{self.model_name}, {bos}, layers {self.first_layer}..{int(tok.last_layer.max())}, up to "
+                         f"|x| = {tok.max_abs.max():.4g}")
+        else:
+            parts.append(f"no token massive activations in {self.model_name} over {len(self.str_tokens)} prompt(s), "
+                         f"{bos}")
+        if len(wide):
+            parts.append(f"feature-wide outlier dim(s) {', '.join(map(str, wide.dim))} (massive at most positions, "
+                         f"layers {int(wide.first_layer.min())}..{int(wide.last_layer.max())}, up to |x| = "
+                         f"{wide.max_abs.max():.4g}) reported apart, not as where massive activations appear")
+        return "; ".join(parts)
+
+
+def _site_order(name: str) -> tuple[int, str]:
+    """Site names in the order of `sites.POSITION_KINDS`."""
+    return next((i for i, k in enumerate(sites.POSITION_KINDS) if name.startswith(k)), len(sites.POSITION_KINDS)), name
 
 
 @dataclass(frozen=True, repr=False)
@@ -130,6 +208,7 @@ class LayerProfile(Result):
     n_prompts: int
     model_name: str
     hook_template: str = HOOK_TEMPLATE
+    prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
 
     @property
     def k(self) -> int:
@@ -150,7 +229,7 @@ class LayerProfile(Result):
 
     def sentence(self) -> str:
         i = int(self.top[:, 0].argmax())
-        return (f"{self.model_name}, {self.n_prompts} prompt(s): top-1 |x| peaks at {float(self.top[i, 0]):.4g} in "
+        return (f"{self.model_name}, {self.n_prompts} prompt(s) {_inputs.bos_words(self.prepend_bos)}: top-1 |x| peaks at {float(self.top[i, 0]):.4g} in "
                 f"layer {i} (median {float(self.median[i]):.3g}); largest jump at layer {self.jump_layer}")
 
 
@@ -227,7 +306,10 @@ def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio:
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
-    return _scan(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size, progress=progress)
+    found, profile = _scan(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size,
+                           progress=progress)
+    bos = _inputs.bos_condition(model, inputs, prompts, prepend_bos)
+    return dataclasses.replace(found, prepend_bos=bos), dataclasses.replace(profile, prepend_bos=bos)
 
 
 def find_massive_activations(
@@ -242,8 +324,11 @@ def find_massive_activations(
 ) -> MassiveActivations:
     """Every residual entry (block outputs) with |x| > threshold and |x| >= ratio x its layer's median |x|.
 
-    `inputs` is a string, a list of strings or a (batch, pos) token tensor; `prepend_bos=None` follows the
-    model (BOS prepended). Raising `threshold` or `ratio` can only remove hits.
+    `inputs` is a string, a list of strings or a (batch, pos) token tensor; `prepend_bos=None` does what the
+    model's own tokenizer does (smollm2-135m: no BOS; gemma3-270m: BOS), and the result records the choice.
+    Raising `threshold` or `ratio` can only remove hits. `summary()` and `sites()` say each site's kind
+    (`mi_massive.sites`): a token's massive activation (start token, BOS, first delimiter, other) or a
+    feature-wide outlier dim, which `first_layer` leaves out.
 
         >>> acts = find_massive_activations(model, ["Summer is warm.", "Winter is cold."])   # doctest: +SKIP
         >>> acts.summary()                                                                    # doctest: +SKIP

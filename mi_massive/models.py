@@ -216,6 +216,9 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
     if isinstance(kwargs, dict) and kwargs.get("model_type") not in (None, hf_model.config.model_type):  # gemma3
         kwargs.pop("model_type")  # too; TransformerLens reloads the tokenizer with these, and transformers 5.17 then
         # reads the model's config as that type's, which fails ('float' object has no attribute 'get')
+    from . import _inputs
+
+    own_bos = _inputs.tokenizer_adds_bos(tokenizer)  # before the bridge wraps it in one that always prepends BOS
     try:
         bridge = TransformerBridge.boot_transformers(hf_id, hf_model=hf_model, tokenizer=tokenizer)
     except Exception as exc:  # the bridge's own error names the architecture
@@ -234,6 +237,7 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
     for p in bridge.parameters():
         p.requires_grad_(False)
     _set_name(bridge, name)
+    _inputs.set_default_bos(bridge, own_bos)  # what prepend_bos=None means for this model
     return bridge
 
 

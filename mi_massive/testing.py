@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from . import _inputs
+
 
 @dataclass(frozen=True)
 class Plant:
@@ -193,6 +195,7 @@ def tiny_model(
     model = _load_own(hf_model, char_tokenizer())  # load_model without its take-over warning
     _set_name(model, f"tiny-{family}" + ("" if plant else "-random"))
     model.cfg.default_prepend_bos = True  # the char tokenizer has a BOS for every family (Qwen2/Pythia's lack one)
+    _inputs.set_default_bos(model, True)  # ... and prepend_bos=None prepends it (the plant fires on BOS)
     if plant is True:
         plant = Plant(layer=1, neuron=7, dim=5, magnitude=_MAGNITUDE.get(family, 1000.0))
     if plant:

@@ -62,13 +62,19 @@ def test_implicit_bias_result(tiny_llama, tiny_bias):
     assert b.mean_z.shape == (len(b.layers), tiny_llama.cfg.n_heads, tiny_llama.cfg.d_head)
     assert b.n_queries == sum(len(tiny_llama.to_tokens(t)[0]) - 1 for t in TEXTS)  # every query after BOS
     df = b.to_dataframe()
-    assert list(df.columns) == ["layer", "head", "bias_norm", "rest_norm", "constancy", "spread"]
+    assert list(df.columns) == ["layer", "head", "bias_norm", "rest_norm", "constancy", "spread", "size_cv"]
     assert len(df) == 4 * len(b.layers) and (df.bias_norm > 0).all() and (df.rest_norm > 0).all()
     # one sink at position 0: its value is the same vector in every prompt, so the part only changes in size
     assert (df.constancy > 0.999).all() and (df.spread > 0).all()
+    # ... so the result flags the cosine as no evidence and reports how much the size varies instead
+    assert b.by_construction.startswith("one sink token, '<bos>' at position 0")
+    torch.testing.assert_close(b.size_cv, b.spread, rtol=1e-4, atol=1e-6)  # collinear: spread is the size's CV
+    assert "by construction" in repr(b) and "mean cosine" not in repr(b) and "(CV) across queries" in repr(b)
     assert list(b.swap.condition) == ["original", "swapped", "removed"]
     assert b.swap.delta[0] == 0 and b.loss_swapped != b.loss_original != b.loss_removed
-    assert "mean cosine" in repr(b) and "removed" in repr(b)
+    assert "removed" in repr(b) and b.prepend_bos is True and "with BOS" in repr(b)
+    two = implicit_bias(tiny_llama, list(TEXTS), sink_positions=[0, 2], swap=False)  # two sinks: may vary
+    assert two.by_construction == "" and "mean cosine" in repr(two) and float(two.constancy.mean()) < 0.999
     given = implicit_bias(tiny_llama, "hello world", sink_positions=[0], swap=False)
     assert given.layers == (0, 1, 2, 3) and given.first_massive_layer is None and given.loss_swapped is None
 
@@ -153,8 +159,11 @@ def test_implicit_bias_rejects_bad_options(tiny_llama, kwargs, match):
 def test_bad_inputs(tiny_llama, tiny_random, tiny_bias):
     with pytest.raises(ValueError, match="epsilon"):
         attention_sinks(tiny_llama, TEXTS, epsilon=2)
-    with pytest.raises(ValueError, match="no massive activations.*sink_positions"):
+    with pytest.raises(ValueError, match="no token massive activations.*sink_positions"):
         attention_sinks(tiny_random, TEXTS)
+    every = attention_sinks(tiny_llama, "ab", sink_positions=[0, 1, 2])  # every token a sink: no query measured
+    assert every.sink_mass.isnan().all() and "no query was measured" in every.undefined
+    assert "undefined (NaN)" in repr(every) and "0.00" not in repr(every)
     with pytest.raises(ValueError, match="empty"):
         implicit_bias(tiny_llama, [""])
     with pytest.raises(ValueError, match="mode"), swap_implicit_bias(tiny_llama, tiny_bias, mode="zero"):
