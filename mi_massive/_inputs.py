@@ -118,6 +118,26 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
     return out
 
 
+def check_flag(name: str, value: Any) -> None:
+    """A three-way option (`prepend_bos`, `progress`): None (the default behaviour), True or False."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {value!r}")
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Inputs per forward pass: a positive int."""
+    return check_int("batch_size", batch_size, 1)
+
+
+def check_int(name: str, value: Any, low: int | None = None) -> int:
+    """An int option: TypeError for another type, ValueError below `low`; both name the argument."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int{'' if low is None else f' >= {low}'}, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
 def check_model(model: Any) -> None:
     """A hooked model from load_model, in eval mode; raises naming what was passed instead."""
     if not all(hasattr(type(model), a) or hasattr(model, a) for a in ("cfg", "to_tokens", "hook_dict")):  # the
@@ -129,8 +149,7 @@ def check_model(model: Any) -> None:
 
 def batches(prompts: list[Tensor], *, batch_size: int = 8) -> Iterator[Batch]:
     """Group prompts of equal length into batches (longest first), keeping their indices."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     by_len: dict[int, list[int]] = {}
     for i, toks in enumerate(prompts):
         by_len.setdefault(len(toks), []).append(i)

@@ -19,7 +19,7 @@ from typing import Any
 
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
-CORPORA = ("wiki-en", "lee-news", "wikitext-2", "c4")  # corpus.CORPORA's names, checked against it in a test
+CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4")  # corpus.CORPORA's names, checked against it in a test
 TABLE3_QUICK = {"seq_len": 128, "chunks": 4, "calibration": 8}  # finishes in minutes on a 2-core CPU
 TABLE3_FULL = {"seq_len": 256, "chunks": 32, "calibration": 32}  # the paper's size
 
@@ -339,8 +339,8 @@ def _sinks(args: argparse.Namespace) -> int:
     n_tok = sum(len(model.to_tokens(p)[0]) for p in prompts)
     _announce(f"sinks: attention sinks and the implicit attention bias over {_prompt_source(args, prompts)}"
               + ("" if args.no_swap else ", with the bias swap"), model, n_tok * (6 if args.no_swap else 8))
-    sinks = attention_sinks(model, prompts, epsilon=args.epsilon, progress=True)
-    bias = implicit_bias(model, prompts, layers=args.layers, swap=not args.no_swap, progress=True)
+    sinks = attention_sinks(model, prompts, epsilon=args.epsilon)
+    bias = implicit_bias(model, prompts, layers=args.layers, swap=not args.no_swap)
     per_layer = bias.to_dataframe().groupby("layer")[["bias_norm", "rest_norm", "constancy", "spread"]].mean()
     with pd.option_context("display.width", 160):
         print(sinks)
@@ -390,7 +390,7 @@ def _patch_cli(args: argparse.Namespace) -> int:
     _announce(f"patch: path patching of the massive activation into {', '.join(args.paths)} of up to {receivers} "
               f"receivers over {_prompt_source(args, prompts)}", model, n_tok * (2 + receivers // 6))
     pp = path_patch(model, prompts, corruption=args.corruption, receivers=args.paths, layers=args.layers,
-                    batch_size=args.batch_size, progress=True)
+                    batch_size=args.batch_size)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(pp)
         print(pp.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))

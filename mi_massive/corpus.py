@@ -162,8 +162,17 @@ def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     corpus, path = CORPORA[name], cache_dir() / "corpora" / f"{name}.json"
+    if not isinstance(min_words, int) or isinstance(min_words, bool) or min_words < 0:
+        raise ValueError(f"min_words must be an int >= 0, got {min_words!r}")
     if path.exists() and not refresh:
-        texts = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            texts = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            texts = exc
+        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+            why = f"unreadable: {texts}" if isinstance(texts, Exception) else "not a non-empty list of texts"
+            raise RuntimeError(f"the cached corpus {name!r} at {path} is broken ({why}): rebuild it with "
+                               f"load_corpus({name!r}, refresh=True)")
     else:
         if corpus.online and not _hub_reachable():
             offline = ", ".join(k for k, c in CORPORA.items() if not c.online)

@@ -19,8 +19,7 @@ every block from its first to its last massive layer.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import Tensor
 from . import _inputs
 from ._hooks import HookFn, hooked
 from ._results import Result
+from ._rule import check as _check_rule
 from ._rule import massive_mask
 from .arch import hook
 from .constancy import MassiveStats, massive_stats, truncated_prompts
@@ -49,6 +49,8 @@ class Intervention(Result):
     at the other selected positions (delimiters). For the control, `targets` are random ordinary dims
     zeroed at the positions where the massive `dims` are found.
     """
+
+    VIEW = "interventions:show_result_table"
 
     mode: str
     dims: tuple[int, ...]  # massive dims: the positions are found in these
@@ -103,7 +105,7 @@ def _positions_mask(x: Tensor, dim: int, iv: Intervention) -> Tensor:
     if iv.positions == "first_token":
         mask[:, 0] = True
         return mask
-    mask[:, [q for q in iv.positions if q < p]] = True
+    mask[:, [q % p for q in iv.positions if -p <= q < p]] = True  # negative: from this prompt's end
     return mask
 
 
@@ -137,18 +139,35 @@ def intervention_hooks(model: Any, iv: Intervention) -> list[tuple[str, HookFn]]
     return [(hook.resid_post(l), make(l)) for l in sorted(by_layer)]
 
 
-@contextmanager
-def intervene(model: Any, intervention: Intervention) -> Iterator[Any]:
+class _Intervening:
+    """`intervene`'s context manager; one object may be entered again (and nested), each time afresh."""
+
+    def __init__(self, model: Any, intervention: Intervention) -> None:
+        intervention_hooks(model, intervention)  # checks it was built for this model, before any body runs
+        self.model, self.intervention, self._open = model, intervention, []
+
+    def __enter__(self) -> Any:
+        cm = hooked(self.model, intervention_hooks(self.model, self.intervention))
+        cm.__enter__()
+        self._open.append(cm)
+        return self.model
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._open.pop().__exit__(*exc)
+
+
+def intervene(model: Any, intervention: Intervention) -> _Intervening:
     """Apply `intervention` to every forward pass in the body; hooks come off in `finally`, and a hook that
-    never fired raises.
+    never fired raises. The returned object can be entered again.
 
         >>> with intervene(model, iv):                            # doctest: +SKIP
         ...     logits = model("Summer is warm.")
     """
+    _inputs.check_model(model)
     if not isinstance(intervention, Intervention):
-        raise TypeError(f"expected an Intervention from build_intervention, got {type(intervention).__name__}")
-    with hooked(model, intervention_hooks(model, intervention)):
-        yield model
+        raise TypeError(f"intervention must be an Intervention from build_intervention, got "
+                        f"{type(intervention).__name__}")
+    return _Intervening(model, intervention)
 
 
 def _recovery(model: Any, prompts: list[Tensor], iv: Intervention, batch_size: int) -> Tensor:
@@ -176,6 +195,12 @@ def _recovery(model: Any, prompts: list[Tensor], iv: Intervention, batch_size: i
     for i, ls in enumerate(iv.layers):
         rec[: ls[0] + 1, i] = float("nan")  # only later layers can rebuild
     return rec
+
+
+def _check_position(p: Any, n_ctx: int) -> int:
+    """An explicit position, kept as given: a negative one counts from each prompt's end when the hooks run."""
+    _inputs.check_index("pos", p, n_ctx)  # an int within the context
+    return p
 
 
 def _layer_list(kind: str, value: Any, n_layers: int) -> tuple[int, ...]:
@@ -211,13 +236,27 @@ def build_intervention(
     the calibration text), "value" (`value`: one number or one per dim) or "control" (as many random
     non-massive dims, zeroed at the same positions and blocks). layers: "auto" (the block where each dim
     first becomes massive; every block up to its last massive layer if later blocks rebuild it), "first",
-    "range", a block, a list of blocks, or {dim: blocks}. `stats` (massive_stats of the calibration text)
+    "range", a block, a list of blocks, or {dim: blocks}. positions: "massive", "first_token" or a list of
+    positions; a negative position counts from each prompt's end, as in Python (-1: its last token). `stats` (massive_stats of the calibration text)
     saves measuring them again. `prepend_bos=None` follows the model's default.
 
         >>> iv = build_intervention(model, load_corpus("wiki-en", n=32), mode="mean")   # doctest: +SKIP
     """
+    _inputs.check_model(model)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if dims is not None and (isinstance(dims, (int, str)) or not isinstance(dims, Sequence)):
+        raise TypeError(f"dims must be a list of dims or None, got {dims!r}" +
+                        (f" (write dims=[{dims}])" if isinstance(dims, int) else ""))
+    for name, v, low in (("n_check", n_check, 0), ("max_tokens", max_tokens, 2), ("seed", seed, None)):
+        _inputs.check_int(name, v, low)
+    if not isinstance(rebuilt_at, (int, float)) or isinstance(rebuilt_at, bool) or not 0 < rebuilt_at:
+        raise ValueError(f"rebuilt_at must be a positive number (a share of the clean value), got {rebuilt_at!r}")
+    if not isinstance(check_rebuild, bool):
+        raise TypeError(f"check_rebuild must be True or False, got {check_rebuild!r}")
+    _check_rule(threshold, ratio)
+    _inputs.check_flag("prepend_bos", prepend_bos)
+    _inputs.check_flag("progress", progress)
     if mode == "value" and value is None:
         raise ValueError('mode="value" needs value= (a number or one per dim)')
     if positions not in ("massive", "first_token") and (isinstance(positions, str) or not len(positions)):
@@ -260,7 +299,7 @@ def build_intervention(
             if ls[0] < f:
                 raise ValueError(f'positions="massive" finds dim {d} where it is massive, from block {f}; block {ls[0]} '
                                  'comes earlier: start there or pass positions="first_token" or a list')
-    pos = positions if isinstance(positions, str) else tuple(_inputs.check_index("pos", p, model.cfg.n_ctx) for p in positions)
+    pos = positions if isinstance(positions, str) else tuple(_check_position(p, model.cfg.n_ctx) for p in positions)
     first_value = torch.zeros(L, len(dims))
     other_value = torch.zeros(L, len(dims))
     if mode == "mean":

@@ -11,7 +11,9 @@ chunks and the same predictions. Log-softmax runs in float32 (the paper's "inf" 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +40,8 @@ COLUMNS = ("original", "zero", "mean", "control")
 class Perplexity(Result):
     """exp(mean next-token loss) over the scored tokens of every chunk."""
 
+    VIEW = "interventions:show_result_table"
+
     perplexity: float
     nll: Float[Tensor, "chunk"]  # mean loss (nats) per chunk
     n_predicted: int  # scored tokens in all
@@ -57,29 +61,48 @@ class Perplexity(Result):
                 f"tokens {bos} ({self.n_predicted} predictions), intervention: {self.intervention}")
 
 
-def _chunks(model: Any, texts: str | list[str], seq_len: int, max_chunks: int | None, bos: bool) -> Tensor:
-    if isinstance(texts, str):
-        texts = [texts]
+_PIECE = 1 << 16  # characters tokenised at a time: memory stays bounded whatever the text's size
+
+
+def _pieces(texts: Sequence[str]) -> Iterator[str]:
+    """The texts joined by blank lines, in pieces of about _PIECE characters cut at whitespace."""
+    first = True
+    for text in texts:
+        text = text.strip()
+        if not text:
+            continue
+        text, first = ("" if first else "\n\n") + text, False
+        while len(text) > _PIECE:
+            cut = text.rfind(" ", _PIECE // 2, _PIECE)  # a piece starts with its space, as the joined text has it
+            cut = cut if cut > 0 else _PIECE
+            yield text[:cut]
+            text = text[cut:]
+        yield text
+
+
+def _check_texts(inputs: Any) -> list[str] | tuple[str, ...]:
+    texts = [inputs] if isinstance(inputs, str) else inputs
     if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a non-empty string or list of strings")
-    if not isinstance(seq_len, int) or seq_len < 2 or seq_len + 1 > model.cfg.n_ctx:
-        raise ValueError(f"seq_len must be an int in 2..{model.cfg.n_ctx - 1}, got {seq_len!r}")
-    if max_chunks is not None and (not isinstance(max_chunks, int) or max_chunks < 1):
-        raise ValueError(f"max_chunks must be a positive int or None, got {max_chunks!r}")
-    joined = "\n\n".join(t.strip() for t in texts if t.strip())
-    if max_chunks is not None:
-        joined = joined[: 20 * seq_len * max_chunks]  # more characters than the tokens needed
-    ids = torch.tensor(model.tokenizer(joined, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    n = len(ids) // seq_len if max_chunks is None else min(len(ids) // seq_len, max_chunks)
-    if n == 0:
-        raise ValueError(f"the text has {len(ids)} tokens: fewer than one chunk of seq_len={seq_len}")
-    chunks = ids[: n * seq_len].view(n, seq_len)
-    if bos:
-        bos_id = model.tokenizer.bos_token_id
-        if bos_id is None:
-            raise ValueError(f"{model_name(model)}'s tokenizer has no BOS token: pass prepend_bos=False")
-        chunks = torch.cat([torch.full((n, 1), bos_id), chunks], dim=1)
-    return chunks  # (chunk, seq_len [+ 1])
+        raise ValueError(f"inputs must be a non-empty string or list of strings, got {type(inputs).__name__}")
+    if not any(t.strip() for t in texts):
+        raise ValueError("inputs holds no text (every string is blank)")
+    return texts
+
+
+def _chunks(model: Any, texts: Sequence[str], seq_len: int, max_chunks: int | None, bos: bool) -> Iterator[Tensor]:
+    """Chunks of seq_len text tokens (after BOS if `bos`), tokenised as they are needed, never the whole corpus."""
+    bos_id = model.tokenizer.bos_token_id
+    buffer: list[int] = []
+    n = 0
+    for piece in _pieces(texts):
+        buffer += model.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        while len(buffer) >= seq_len and (max_chunks is None or n < max_chunks):
+            chunk = torch.tensor(([bos_id] if bos else []) + buffer[:seq_len], dtype=torch.long)
+            del buffer[:seq_len]
+            n += 1
+            yield chunk  # (seq_len [+ 1],)
+        if max_chunks is not None and n >= max_chunks:
+            return
 
 
 def _as_intervention(model: Any, intervention: Any, calibration: Any, bos: bool) -> Intervention | None:
@@ -96,9 +119,27 @@ def _as_intervention(model: Any, intervention: Any, calibration: Any, bos: bool)
     return build_intervention(model, calibration, mode=intervention, prepend_bos=bos)
 
 
+def _check_options(model: Any, seq_len: Any, max_chunks: Any, batch_size: Any, prepend_bos: Any,
+                   progress: Any) -> bool:
+    """Validate perplexity's options (before any forward pass); the BOS setting they give."""
+    _inputs.check_model(model)
+    _inputs.check_int("seq_len", seq_len)
+    if not 2 <= seq_len <= model.cfg.n_ctx - 1:
+        raise ValueError(f"seq_len must be an int in 2..{model.cfg.n_ctx - 1}, got {seq_len!r}")
+    if max_chunks is not None:
+        _inputs.check_int("max_chunks", max_chunks, 1)
+    _inputs.check_batch_size(batch_size)
+    _inputs.check_flag("prepend_bos", prepend_bos)
+    _inputs.check_flag("progress", progress)
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    if bos and model.tokenizer.bos_token_id is None:
+        raise ValueError(f"{model_name(model)}'s tokenizer has no BOS token: pass prepend_bos=False")
+    return bos
+
+
 def perplexity(
     model: Any,
-    texts: str | list[str],
+    inputs: str | Sequence[str],
     *,
     seq_len: int = 256,
     max_chunks: int | None = None,
@@ -108,24 +149,32 @@ def perplexity(
     batch_size: int = 4,
     progress: bool | None = None,
 ) -> Perplexity:
-    """Perplexity of `texts` in chunks of `seq_len` tokens, optionally under an intervention.
+    """Perplexity of the text `inputs` (a string or a list of texts, joined by blank lines) in chunks of
+    `seq_len` tokens, optionally under an intervention. The text is tokenised as the chunks are needed, so memory
+    stays bounded whatever the corpus size.
 
     `intervention` is None, "zero", "mean", "control" (built from `calibration` texts, which must be held
-    apart from `texts`) or an Intervention. `prepend_bos=None` follows the model's default.
+    apart from `inputs`) or an Intervention. `prepend_bos=None` follows the model's default.
 
         >>> perplexity(model, load_corpus("wiki-en")[32:], seq_len=128, max_chunks=16)   # doctest: +SKIP
     """
-    _inputs.check_model(model)
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    texts = _check_texts(inputs)
+    bos = _check_options(model, seq_len, max_chunks, batch_size, prepend_bos, progress)
     chunks = _chunks(model, texts, seq_len, max_chunks, bos)
+    first = next(chunks, None)  # before any forward pass: is there one chunk?
+    if first is None:
+        n_tok = sum(len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in _pieces(texts))
+        raise ValueError(f"the text has {n_tok} tokens: fewer than one chunk of seq_len={seq_len}")
+    chunks = itertools.chain([first], chunks)
     iv = _as_intervention(model, intervention, calibration, bos)
     nll = []
-    bar = _progress(len(chunks), progress, "perplexity")
+    bar = _progress(max_chunks or 0, progress if progress is not None else bool(max_chunks and max_chunks > 8),
+                    "perplexity")
     with torch.inference_mode(), (intervene(model, iv) if iv is not None else nullcontext()):
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks[start : start + batch_size].to(model.cfg.device)
-            logits = model(batch, return_type="logits")  # (batch, pos, d_vocab)
-            loss = next_token_nll(logits[:, :-1], batch[:, 1:])  # (batch, pos - 1)
+        while batch := list(itertools.islice(chunks, batch_size)):
+            tokens = torch.stack(batch).to(model.cfg.device)  # (batch, seq_len [+ 1])
+            logits = model(tokens, return_type="logits")  # (batch, pos, d_vocab)
+            loss = next_token_nll(logits[:, :-1], tokens[:, 1:])  # (batch, pos - 1)
             nll.append(loss.double().mean(1).cpu())
             bar.update(len(batch))
     bar.close()
@@ -134,16 +183,39 @@ def perplexity(
     mean = float(per_chunk.mean())  # every chunk scores the same number of tokens
     return Perplexity(
         perplexity=math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf,
-        nll=per_chunk.float(), n_predicted=len(chunks) * (chunks.shape[1] - 1), seq_len=seq_len, prepend_bos=bos,
+        nll=per_chunk.float(), n_predicted=len(per_chunk) * (seq_len if bos else seq_len - 1), seq_len=seq_len,
+        prepend_bos=bos,
         intervention="none" if iv is None else iv.describe(), rebuilt=None if iv is None else iv.rebuilt,
         model_name=model_name(model),
     )
+
+
+def _check_corpora(inputs: Any) -> list:
+    """bias_term_table's corpora: names known to load_corpus or (name, texts) pairs; a bare one is one corpus."""
+    from .corpus import CORPORA
+
+    if isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str)
+                                   and isinstance(inputs[1], list)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise ValueError(f"inputs must name at least one corpus ({', '.join(CORPORA)}) or give (name, texts) pairs, "
+                         f"got {inputs!r}")
+    for c in inputs:
+        if isinstance(c, str):
+            if c not in CORPORA:
+                raise ValueError(f"inputs: unknown corpus {c!r}: known corpora are {', '.join(CORPORA)}")
+        elif not (isinstance(c, (tuple, list)) and len(c) == 2 and isinstance(c[0], str)
+                  and isinstance(c[1], (list, tuple)) and all(isinstance(t, str) for t in c[1])):
+            raise ValueError(f"inputs: a corpus is a name or a (name, list of texts) pair, got {str(c)[:80]!r}")
+    return list(inputs)
 
 
 @dataclass(frozen=True, repr=False)
 class BiasTermTable(Result):
     """The paper's Table 3: perplexity with massive activations untouched, set to zero, set to their mean,
     and a control that zeroes as many ordinary activations (random non-massive dims, same positions and blocks)."""
+
+    VIEW = "interventions:show_table3"
 
     corpora: tuple[str, ...]
     perplexity: Float[Tensor, "corpus column"]  # columns: original, zero, mean, control
@@ -170,7 +242,7 @@ class BiasTermTable(Result):
 
 def bias_term_table(
     model: Any,
-    corpora: tuple[str | tuple[str, list[str]], ...] = ("wiki-en", "lee-news"),
+    inputs: str | tuple[str, list[str]] | Sequence[str | tuple[str, list[str]]] = ("wiki-en", "lee-news"),
     *,
     seq_len: int = 256,
     max_chunks: int | None = 32,
@@ -182,13 +254,16 @@ def bias_term_table(
 ) -> BiasTermTable:
     """Original, set-to-zero, set-to-mean and control perplexity on each corpus (paper Table 3).
 
-    A corpus is a name for `load_corpus` or a (name, texts) pair. Its first `n_calibration` texts are held
-    apart: massive activations, their blocks and their means are measured there; the rest is scored.
+    `inputs` is a corpus or a list of them; a corpus is a name for `load_corpus` or a (name, texts) pair. Its
+    first `n_calibration` texts are held apart: massive activations, their blocks and their means are measured
+    there; the rest is scored.
     """
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    corpora = _check_corpora(inputs)
+    bos = _check_options(model, seq_len, max_chunks, batch_size, prepend_bos, progress)
+    _inputs.check_int("n_calibration", n_calibration, 1)
+    loaded = [(c, load_corpus(c)) if isinstance(c, str) else c for c in corpora]
     names, table, described, rebuilt = [], [], [], set()
-    for corpus in corpora:
-        name, texts = (corpus, load_corpus(corpus)) if isinstance(corpus, str) else corpus
+    for name, texts in loaded:
         if len(texts) <= n_calibration:
             raise ValueError(f"corpus {name!r} has {len(texts)} texts: need more than n_calibration={n_calibration}")
         calib, scored = texts[:n_calibration], texts[n_calibration:]

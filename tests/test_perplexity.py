@@ -31,7 +31,7 @@ def test_interventions_need_held_apart_calibration(tiny_llama):
 
 def test_planted_table(tiny_llama):
     calib = ["Hello there. How are you today?", "A cat sat on the mat."] * 2
-    table = bias_term_table(tiny_llama, corpora=(("toy", calib + TEXT),), seq_len=16, max_chunks=2, n_calibration=4,
+    table = bias_term_table(tiny_llama, inputs=(("toy", calib + TEXT),), seq_len=16, max_chunks=2, n_calibration=4,
                             prepend_bos=True)
     orig, zero, mean, control = table.perplexity[0].tolist()
     assert zero != orig and abs(mean - orig) < 1e-3 * orig  # BOS is constant: its mean is its value
