@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs
+from . import _inputs, sites
 from ._hooks import capture
 from ._results import Result
 from ._rule import check as _check_rule
@@ -59,17 +59,29 @@ class MassiveStats(Result):
     first_layer: Int[Tensor, "setting dim"]  # first layer where the dim is massive (-1: never in that setting)
     last_layer: Int[Tensor, "setting dim"]
     fraction: Float[Tensor, "setting dim"]  # share of non-starting positions where the dim is massive in some layer
-    excluded_dims: tuple[int, ...]  # massive at more than max_fraction of positions: a scale, not a bias term
+    excluded_dims: tuple[int, ...]  # feature-wide outlier dims (`sites`): a scale, not a token's bias term
     n_texts: int
     max_tokens: int
     threshold: float
     ratio: float
     model_name: str
     hook_template: str = HOOK_TEMPLATE
+    n_tokens: Int[Tensor, "setting kind dim"] | None = None  # distinct token ids at the dim's sites (kind 0: the
+    # starting token of every text; kind 1: the other positions where it is massive)
+    first_tokens: tuple[tuple[str, ...], ...] = ()  # per setting: the distinct starting tokens (up to 5)
+
+    def constant_by_construction(self, prepend_bos: bool) -> tuple[bool, ...]:
+        """Per dim: every site holds one value by construction (one distinct token at position 0, which under causal
+        attention sees only itself, and no other site), so its mean equals the clean value and its std is 0."""
+        if self.n_tokens is None:
+            return (False,) * len(self.dims)
+        si = self.setting(prepend_bos)
+        return tuple(bool(self.n_tokens[si, 0, i] == 1 and self.count[si, 1, :, i].sum() == 0)
+                     for i in range(len(self.dims)))
 
     @property
     def cv(self) -> Float[Tensor, "setting kind layer dim"]:
-        """Coefficient of variation std / |mean| (nan where there were no values)."""
+        """Coefficient of variation std / |mean| (NaN where there were fewer than two values: see `summary`'s note)."""
         return self.std / self.mean.abs()
 
     def setting(self, prepend_bos: bool) -> int:
@@ -98,10 +110,21 @@ class MassiveStats(Result):
             for di, dim in enumerate(self.dims):
                 layer = self.peak_layer(dim, prepend_bos=bos)
                 for ki, kind in enumerate(KINDS):
-                    rows.append({"prepend_bos": bos, "kind": kind, "dim": dim, "layer": layer,
-                                 "n": int(self.count[si, ki, layer, di]), "mean": float(self.mean[si, ki, layer, di]),
-                                 "std": float(self.std[si, ki, layer, di]), "cv": float(self.cv[si, ki, layer, di])})
-        return pd.DataFrame(rows, columns=["prepend_bos", "kind", "dim", "layer", "n", "mean", "std", "cv"])
+                    n = int(self.count[si, ki, layer, di])
+                    rows.append({"prepend_bos": bos, "kind": kind, "dim": dim, "layer": layer, "n": n,
+                                 "mean": float(self.mean[si, ki, layer, di]), "std": float(self.std[si, ki, layer, di]),
+                                 "cv": float(self.cv[si, ki, layer, di]), "note": self._note(si, ki, di, n)})
+        return pd.DataFrame(rows, columns=["prepend_bos", "kind", "dim", "layer", "n", "mean", "std", "cv", "note"])
+
+    def _note(self, si: int, ki: int, di: int, n: int) -> str:
+        """Why a row's statistics are undefined or fixed by construction ("" when they are evidence)."""
+        if n == 0:
+            return "no values: mean, std and CV undefined"
+        if n == 1:
+            return "one value: std and CV undefined"
+        if ki == 0 and self.n_tokens is not None and int(self.n_tokens[si, 0, di]) == 1:
+            return f"one starting token ({self.first_tokens[si][0]!r}) in every text: constant by construction"
+        return ""
 
     def sentence(self) -> str:
         if not self.dims:
@@ -110,10 +133,12 @@ class MassiveStats(Result):
         parts = []
         for dim in self.dims[:3]:
             r = s[(s.dim == dim) & (s.kind == "first")].set_index("prepend_bos")
-            txt = [f"{'with BOS (trivially constant)' if b else 'without BOS'} CV {r.cv[b]:.2%} (mean {r['mean'][b]:.4g})"
+            txt = [f"{_inputs.bos_words(b)} " + (f"{r.note[b]} (mean {r['mean'][b]:.4g})" if r.note[b] else
+                                                 f"CV {r.cv[b]:.2%} (mean {r['mean'][b]:.4g})")
                    for b in self.prepend_bos]
             parts.append(f"dim {dim} at the starting token, layer {int(r.layer.iloc[0])}: " + ", ".join(txt))
-        return f"{self.model_name} over {self.n_texts} text(s): " + "; ".join(parts)
+        wide = f"; feature-wide outlier dims {list(self.excluded_dims)[:5]} left out" if self.excluded_dims else ""
+        return f"{self.model_name} over {self.n_texts} text(s): " + "; ".join(parts) + wide
 
 
 def massive_stats(
@@ -124,15 +149,17 @@ def massive_stats(
     max_tokens: int = 64,
     threshold: float = 100.0,
     ratio: float = 1000.0,
-    max_fraction: float = 0.1,
+    max_fraction: float = sites.FEATURE_SHARE,
     batch_size: int = 8,
     progress: bool | None = None,
 ) -> MassiveStats:
     """Mean, std and CV across inputs of every massive dim, per layer, at the starting token and elsewhere.
 
     Each text is cut to `max_tokens` tokens. A dim counts as massive where the paper's rule holds in some
-    layer; dims massive at more than `max_fraction` of the positions after the first are large everywhere (a
-    scale, not a token-specific bias term) and are listed in `excluded_dims` instead.
+    layer; feature-wide outlier dims (in some layer massive at more than `max_fraction` of the positions after
+    the first: `mi_massive.sites`, the rule every module uses) are large everywhere, a scale rather than a
+    token's bias term, and are listed in `excluded_dims` instead. A std or CV of fewer than two values is NaN
+    (`summary()` says why); a mean over one distinct starting token is flagged (`constant_by_construction`).
 
         >>> stats = massive_stats(model, load_corpus("wiki-en", n=32))    # doctest: +SKIP
         >>> stats.summary()                                              # doctest: +SKIP
@@ -148,6 +175,9 @@ def massive_stats(
     sums = torch.zeros(S, 2, 3, L, D, dtype=torch.float64)  # (setting, kind, [n, sum, sum of squares], layer, dim)
     layers_hit = torch.zeros(S, L, D, dtype=torch.bool)
     n_sites, n_positions = torch.zeros(S, D), torch.zeros(S)
+    n_layer_hits = torch.zeros(S, L, D)  # positions after the first where the dim is massive, per layer
+    first_ids: list[set[int]] = [set() for _ in settings]  # the starting tokens
+    site_ids: list[dict[int, set[int]]] = [{} for _ in settings]  # dim -> token ids at its other sites
     names = [hook.resid_post(l) for l in range(L)]
     bar = _progress(sum(map(len, per_setting)), progress, "massive stats")
     for si, prompts in enumerate(per_setting):
@@ -156,10 +186,14 @@ def massive_stats(
             x = torch.stack([cache[n].float().cpu() for n in names])  # (layer, batch, pos, d_model)
             hit = massive_mask(x.flatten(0, 1), threshold=threshold, ratio=ratio).view_as(x)
             layers_hit[si] |= hit.any(dim=(1, 2))
+            n_layer_hits[si] += hit[:, :, 1:].sum(dim=(1, 2)).float()
+            first_ids[si] |= set(batch.tokens[:, 0].tolist())
             site = hit.any(0)  # (batch, pos, d_model): massive in some layer
             site[:, 0] = False  # position 0 is counted as the starting token
             n_sites[si] += site.sum(dim=(0, 1)).float()  # the starting token is massive by design: not counted
             n_positions[si] += site.shape[0] * (site.shape[1] - 1)
+            for b, p, d in site.nonzero().tolist():
+                site_ids[si].setdefault(d, set()).add(int(batch.tokens[b, p]))
             x = x.double()
             first = x[:, :, 0]  # (layer, batch, d_model)
             sums[si, 0] += torch.stack([torch.full_like(first[:, 0], first.shape[1]), first.sum(1), (first**2).sum(1)])
@@ -169,7 +203,8 @@ def massive_stats(
     bar.close()
     fraction = n_sites / n_positions.clamp(min=1)[:, None]
     candidates = layers_hit.any(dim=(0, 1)).nonzero().flatten().tolist()
-    keep = [d for d in candidates if float(fraction[:, d].min()) <= max_fraction]
+    wide = sites.is_feature_wide(n_layer_hits.numpy(), n_positions.numpy()[:, None, None], share=max_fraction)
+    keep = [d for d in candidates if not wide[..., d].any()]
     # most massive first, by peak |mean| at the starting token
     peak = (sums[:, 0, 1] / sums[:, 0, 0].clamp(min=1)).abs().amax(dim=(0, 1))  # (d_model,)
     keep.sort(key=lambda d: -float(peak[d]) if torch.isfinite(peak[d]) else -math.inf)
@@ -177,6 +212,9 @@ def massive_stats(
     n, s1, s2 = sums[..., idx].unbind(2)  # each (setting, kind, layer, dim)
     mean = s1 / n
     std = ((s2 - n * mean**2).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()
+    std = torch.where(n >= 2, std, float("nan"))  # the std of one value is undefined, not 0
+    n_tokens = torch.tensor([[[len(first_ids[si])] * len(keep), [len(site_ids[si].get(d, ())) for d in keep]]
+                             for si in range(S)], dtype=torch.long).view(S, 2, len(keep))
     hit_k = layers_hit[..., idx]  # (setting, layer, dim)
     ar = torch.arange(L)[None, :, None]
     first_layer = torch.where(hit_k, ar, L).amin(1)
@@ -186,5 +224,6 @@ def massive_stats(
         first_layer=torch.where(first_layer == L, -1, first_layer), last_layer=last_layer,
         fraction=fraction[:, idx].float(), excluded_dims=tuple(d for d in candidates if d not in keep),
         n_texts=len(per_setting[0]), max_tokens=max_tokens, threshold=float(threshold), ratio=float(ratio),
-        model_name=model_name(model),
+        model_name=model_name(model), n_tokens=n_tokens,
+        first_tokens=tuple(tuple(_inputs.str_tokens(model, torch.tensor(sorted(ids)[:5]))) for ids in first_ids),
     )

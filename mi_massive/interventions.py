@@ -66,6 +66,8 @@ class Intervention(Result):
     ratio: float
     model_name: str
     hook_template: str = HOOK_TEMPLATE
+    trivial: str = ""  # why the written mean is the clean value by construction (one distinct token at every massive
+    # site of the calibration), else "": then the intervention changes nothing and its result is no evidence
 
     @property
     def hook_names(self) -> list[str]:
@@ -93,6 +95,8 @@ class Intervention(Result):
         s = f"{self.describe()} in {self.model_name}"
         if self.rebuilt and any(self.rebuilt):
             s += f"; rebuilt by later blocks after a single-block zero: dims {[d for d, r in zip(self.dims, self.rebuilt) if r]}"
+        if self.trivial:
+            s += f"; trivial: {self.trivial}"
         return s
 
 
@@ -262,7 +266,7 @@ def build_intervention(
     if positions not in ("massive", "first_token") and (isinstance(positions, str) or not len(positions)):
         raise ValueError(f'positions must be "massive", "first_token" or a list of positions, got {positions!r}')
     L, D = model.cfg.n_layers, model.cfg.d_model
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    bos = _inputs.resolve_bos(model, prepend_bos)  # None: what the model's own tokenizer does
     if stats is None:
         stats = massive_stats(model, calibration, prepend_bos=(bos,), max_tokens=max_tokens, threshold=threshold,
                               ratio=ratio, progress=progress)
@@ -323,10 +327,22 @@ def build_intervention(
         targets = tuple(int(d) for d in pool[torch.randperm(len(pool), generator=gen)[: len(dims)]])
     iv = Intervention(mode=mode, dims=dims, targets=targets, layers=tuple(per_dim), first_value=first_value,
                       other_value=other_value, positions=pos, prepend_bos=bos, rebuilt=None, recovery=None,
+                      trivial=_trivial_mean(stats, bos, dims) if mode == "mean" else "",
                       threshold=stats.threshold, ratio=stats.ratio, model_name=model_name(model))
     if check_rebuild and prompts:
         iv = _check_rebuild(model, prompts, iv, spans, extend=layers == "auto", rebuilt_at=rebuilt_at)
     return iv
+
+
+def _trivial_mean(stats: MassiveStats, bos: bool, dims: Sequence[int]) -> str:
+    """Why setting `dims` to their calibration mean changes nothing, or "": at every massive site of the calibration
+    the dim holds one value by construction (one distinct starting token, no other site)."""
+    fixed = dict(zip(stats.dims, stats.constant_by_construction(bos)))
+    if not dims or not all(fixed.get(d, False) for d in dims):
+        return ""
+    tokens = stats.first_tokens[stats.setting(bos)] if stats.first_tokens else ()
+    return (f"one distinct token ({', '.join(map(repr, tokens))}) at every massive site, so the mean is the clean "
+            "value and setting it changes nothing")
 
 
 def _check_rebuild(model: Any, prompts: list[Tensor], iv: Intervention, spans: list[tuple[int, int]], *,

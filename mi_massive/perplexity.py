@@ -50,6 +50,7 @@ class Perplexity(Result):
     intervention: str  # "none" or what was set where
     rebuilt: tuple[bool, ...] | None
     model_name: str
+    trivial: str = ""  # why the intervention changes nothing by construction (Intervention.trivial), else ""
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame({"chunk": range(len(self.nll)), "nll": self.nll.numpy(),
@@ -58,18 +59,19 @@ class Perplexity(Result):
     def sentence(self) -> str:
         bos = "after BOS" if self.prepend_bos else "without BOS"
         return (f"perplexity {self.perplexity:.4g} of {self.model_name} on {len(self.nll)} chunk(s) of {self.seq_len} "
-                f"tokens {bos} ({self.n_predicted} predictions), intervention: {self.intervention}")
+                f"tokens {bos} ({self.n_predicted} predictions), intervention: {self.intervention}"
+                + (f" (trivial: {self.trivial})" if self.trivial else ""))
 
 
 _PIECE = 1 << 16  # characters tokenised at a time: memory stays bounded whatever the text's size
 
 
 def _pieces(texts: Sequence[str]) -> Iterator[str]:
-    """The texts joined by blank lines, in pieces of about _PIECE characters cut at whitespace."""
+    """The texts as given (nothing stripped) joined by blank lines, in pieces of about _PIECE characters cut at
+    whitespace; blank texts are skipped."""
     first = True
     for text in texts:
-        text = text.strip()
-        if not text:
+        if not text.strip():
             continue
         text, first = ("" if first else "\n\n") + text, False
         while len(text) > _PIECE:
@@ -131,7 +133,7 @@ def _check_options(model: Any, seq_len: Any, max_chunks: Any, batch_size: Any, p
     _inputs.check_batch_size(batch_size)
     _inputs.check_flag("prepend_bos", prepend_bos)
     _inputs.check_flag("progress", progress)
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    bos = _inputs.resolve_bos(model, prepend_bos)  # None: what the model's own tokenizer does
     if bos and model.tokenizer.bos_token_id is None:
         raise ValueError(f"{model_name(model)}'s tokenizer has no BOS token: pass prepend_bos=False")
     return bos
@@ -186,7 +188,7 @@ def perplexity(
         nll=per_chunk.float(), n_predicted=len(per_chunk) * (seq_len if bos else seq_len - 1), seq_len=seq_len,
         prepend_bos=bos,
         intervention="none" if iv is None else iv.describe(), rebuilt=None if iv is None else iv.rebuilt,
-        model_name=model_name(model),
+        model_name=model_name(model), trivial="" if iv is None else iv.trivial,
     )
 
 
@@ -227,13 +229,25 @@ class BiasTermTable(Result):
     prepend_bos: bool
     model_name: str
     columns: tuple[str, ...] = COLUMNS
+    trivial: tuple[str, ...] = ()  # per corpus: why its "mean" equals the original by construction (one distinct
+    # token at every massive site of the calibration), else ""
+
+    def is_trivial(self, corpus: str) -> bool:
+        """Whether `corpus`'s set-to-mean perplexity is the original by construction (no evidence)."""
+        return bool(self.trivial and self.trivial[self.corpora.index(corpus)])
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(self.perplexity.numpy(), index=pd.Index(self.corpora, name="corpus"), columns=self.columns)
 
     def sentence(self) -> str:
-        rows = "; ".join(f"{c}: " + ", ".join(f"{k} {float(v):.4g}" for k, v in zip(self.columns, row))
+        def mark(c: str, k: str) -> str:
+            return " (trivial: the original by construction)" if k == "mean" and self.is_trivial(c) else ""
+
+        rows = "; ".join(f"{c}: " + ", ".join(f"{k} {float(v):.4g}{mark(c, k)}" for k, v in zip(self.columns, row))
                          for c, row in zip(self.corpora, self.perplexity))
+        why = sorted({t for t in self.trivial if t})
+        if why:
+            rows += f" [trivial: {why[0]}]"
         bos = "after BOS" if self.prepend_bos else "without BOS"
         note = (f"; later blocks rebuild dims {list(self.rebuilt_dims)} after a single-block zero (see interventions "
                 "for the blocks set)") if self.rebuilt_dims else ""
@@ -262,7 +276,7 @@ def bias_term_table(
     bos = _check_options(model, seq_len, max_chunks, batch_size, prepend_bos, progress)
     _inputs.check_int("n_calibration", n_calibration, 1)
     loaded = [(c, load_corpus(c)) if isinstance(c, str) else c for c in corpora]
-    names, table, described, rebuilt = [], [], [], set()
+    names, table, described, rebuilt, trivial = [], [], [], set(), []
     for name, texts in loaded:
         if len(texts) <= n_calibration:
             raise ValueError(f"corpus {name!r} has {len(texts)} texts: need more than n_calibration={n_calibration}")
@@ -281,8 +295,9 @@ def bias_term_table(
         names.append(name)
         table.append([r.perplexity for r in results])
         described.append(tuple(r.intervention for r in results))
+        trivial.append(ivs[2].trivial)
     return BiasTermTable(
         corpora=tuple(names), perplexity=torch.tensor(table, dtype=torch.float64), interventions=tuple(described),
         rebuilt_dims=tuple(sorted(rebuilt)), seq_len=seq_len, n_chunks=len(results[0].nll),
-        n_calibration=n_calibration, prepend_bos=bos, model_name=model_name(model),
+        n_calibration=n_calibration, prepend_bos=bos, model_name=model_name(model), trivial=tuple(trivial),
     )

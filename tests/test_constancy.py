@@ -19,7 +19,19 @@ def test_planted_value_is_constant_with_bos_and_absent_without(tiny_llama):
     assert int(stats.count[with_bos, 1, plant.layer, 0]) == 0  # no other massive positions
     df = stats.summary()
     assert set(df.kind) == {"first", "other"} and len(stats.to_dataframe()) == 2 * 2 * 4 * 1
-    assert "with BOS (trivially constant)" in repr(stats)
+    # with BOS one token ('<bos>') starts every text: its constancy is no finding, and the result says so
+    assert stats.constant_by_construction(True) == (True,) and stats.constant_by_construction(False) == (False,)
+    assert df.note[(df.prepend_bos) & (df.kind == "first")].iloc[0].startswith("one starting token ('<bos>')")
+    assert "with BOS one starting token ('<bos>') in every text: constant by construction" in repr(stats)
+
+
+def test_std_of_one_value_is_nan_with_a_reason(tiny_llama):
+    stats = massive_stats(tiny_llama, PROMPTS[:1], prepend_bos=(True,))
+    plant = planted(tiny_llama)
+    assert int(stats.count[0, 0, plant.layer, 0]) == 1
+    assert stats.std[0, 0, plant.layer, 0].isnan() and stats.cv[0, 0, plant.layer, 0].isnan()  # not 0
+    row = stats.summary().iloc[0]
+    assert row.note == "one value: std and CV undefined" and "std and CV undefined" in repr(stats)
 
 
 def test_validation(tiny_llama):
