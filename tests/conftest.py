@@ -1,7 +1,6 @@
 """Shared fixtures: the real embedded models (loaded once per session) and tiny planted models; headless Chromium
 for the tests that render in a browser (installed when missing); a failed subprocess's output in the report."""
 
-import functools
 import inspect
 import os
 import shutil
@@ -53,50 +52,59 @@ def prompts():
     return list(PROMPTS)
 
 
-# --- headless Chromium: found, or installed with apt-get (Debian's `chromium`) before the first test using it ---
+# --- headless Chromium: found, or installed with apt-get (Debian's `chromium`) before the first test that may use it
 
 def _chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@functools.cache
+_INSTALL_FAILED: list[str] = []  # why installing failed, once: not tried again in this session
+
+
 def find_or_install_chromium() -> str:
     """The path of a Chromium; when there is none, Debian's `chromium` is installed with apt-get by root or by
-    sudo without a password. Anything else stops with what to run (a test that needs a browser fails, never skips)."""
+    sudo without a password. Anything else raises RuntimeError saying what to run (a test fails, never skips)."""
     if exe := _chromium_path():
         return exe
+    if _INSTALL_FAILED:
+        raise RuntimeError(_INSTALL_FAILED[0])
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if shutil.which("apt-get") is None or (sudo and (
             shutil.which("sudo") is None or subprocess.run([*sudo, "true"], capture_output=True).returncode != 0)):
-        raise RuntimeError("headless Chromium is missing and this user cannot install it with apt-get: install it "
-                           "(Debian: `sudo apt-get install -y chromium`) and rerun")
+        _INSTALL_FAILED.append("headless Chromium is missing and this user cannot install it with apt-get: install "
+                               "it (Debian: `sudo apt-get install -y chromium`) and rerun")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        if _INSTALL_FAILED:
+            break
         done = subprocess.run([*sudo, *cmd], capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise RuntimeError(f"installing Chromium failed: `{' '.join([*sudo, *cmd])}` exited {done.returncode}:\n"
-                               f"{done.stderr[-3000:]}")
-    if exe := _chromium_path():
-        return exe
-    raise RuntimeError("apt-get installed chromium, but no `chromium` is on PATH")
+            _INSTALL_FAILED.append(f"installing Chromium failed: `{' '.join([*sudo, *cmd])}` exited "
+                                   f"{done.returncode}:\n{done.stderr[-3000:]}")
+    if not _INSTALL_FAILED and not _chromium_path():
+        _INSTALL_FAILED.append("apt-get installed chromium, but no `chromium` is on PATH")
+    if _INSTALL_FAILED:
+        raise RuntimeError(_INSTALL_FAILED[0])
+    return _chromium_path()
 
 
-def _uses_chromium(item) -> bool:
-    """Marked `browser`, or its own source drives Chromium."""
-    if item.get_closest_marker("browser"):
-        return True
+def _source(obj) -> str:
     try:
-        return "chromium" in inspect.getsource(item.function).lower()
-    except (AttributeError, OSError, TypeError):
-        return False
+        return inspect.getsource(obj).lower()
+    except (OSError, TypeError):
+        return ""
 
 
 def pytest_runtest_setup(item):
-    if _uses_chromium(item):
+    """Chromium is installed when missing before the first test of a module that mentions it; a test marked
+    `browser` fails here if that is impossible (the others fail in their own helper, if they do need it)."""
+    marked = item.get_closest_marker("browser") is not None
+    if marked or "chromium" in _source(getattr(item, "module", None)):
         try:
             find_or_install_chromium()
         except RuntimeError as e:
-            pytest.fail(str(e), pytrace=False)
+            if marked:
+                pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")

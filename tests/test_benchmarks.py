@@ -1,7 +1,9 @@
-"""The benchmark scripts run end to end (tiny sizes) and their records hold what RESULTS.md reports."""
+"""The benchmark scripts run end to end on tiny sizes and the tiny model, in this process (their timings are not
+checked here: they come from running the scripts, benchmarks/RESULTS.md), and their records hold what RESULTS.md
+reports."""
 
+import importlib
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -12,20 +14,25 @@ import torch
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _run(*args: str) -> str:
-    out = subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, cwd=BENCH.parent,
-                         timeout=900)
-    return out.stdout
+@pytest.fixture
+def scripts(monkeypatch):
+    """Imports a benchmark script by name; the grad mode, sys.argv and sys.path are put back afterwards."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    grad = torch.is_grad_enabled()
+    yield importlib.import_module
+    torch.set_grad_enabled(grad)  # the scripts turn gradients off for the process
 
 
-def test_stats_micro_checks_every_variant_before_timing_it():
-    lines = [json.loads(l) for l in _run(str(BENCH / "stats_micro.py"), "--device", "cpu", "--shapes", "4x5000",
-                                         "--dtypes", "float32", "--repeat", "1").splitlines() if l.startswith("{")]
+def test_stats_micro_checks_every_variant_before_timing_it(scripts, capsys):
+    assert scripts("stats_micro").main(["--device", "cpu", "--shapes", "4x5000", "--dtypes", "float32",
+                                        "--repeat", "1"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert {r["variant"] for r in lines} >= {"sort", "select"} and all(r["exact"] for r in lines)
 
 
-def test_patching_script_on_the_tiny_model():
-    out = _run(str(BENCH / "patching.py"))
+def test_patching_script_on_the_tiny_model(scripts, capsys):
+    scripts("patching").main([])
+    out = capsys.readouterr().out
     assert "receivers" in out and "max |diff|" in out
 
 
@@ -47,26 +54,46 @@ def test_scans_agree_compares_every_setting_and_puts_it_back(monkeypatch):
     assert not bench.scans_agree(model, toks, 2, knob, "cut", (0, 0, 4)) and knob.cut == 0
 
 
-def test_attribution_script_on_the_tiny_model():
-    out = _run(str(BENCH / "attribution_vs_exact.py"), "tiny", "hello world, this is a test")
-    rec = json.loads(out.splitlines()[-1])
+def test_attribution_script_on_the_tiny_model(scripts, capsys):
+    scripts("attribution_vs_exact").main(["tiny", "hello world, this is a test"])
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert rec["receivers"] > 0 and rec["exact_forward_equivalents"] > 0 and rec["attribution_forward_equivalents"] > 0
     assert -1 <= rec["v_spearman"] <= 1 and 0 <= rec["top5_overlap"] <= 5
 
 
-@pytest.mark.real
-def test_bench_scan_and_origin_records(smollm2, tmp_path):
-    out = tmp_path / "records.jsonl"
-    _run(str(BENCH / "bench.py"), "--prompts", "2", "--seq", "16", "--batch-size", "2", "--skip", "patch", "load",
-         "--out", str(out))
-    recs = {r["figure"]: r for r in map(json.loads, out.read_text().splitlines())}
-    scan = recs["scan smollm2-135m float32"]
-    for key in ("time_ratio", "trunk_ratio", "bridge_ratio", "memory_ratio", "tokens_per_s"):
+def test_bench_records_on_the_tiny_model(scripts, monkeypatch, tiny_llama, tmp_path, capsys):
+    """bench.py's scan and origin figures and origin_phases.py's phases, computed end to end on the tiny model
+    (which stands in for the scripts' smollm2-135m)."""
+    import mi_massive
+
+    bench, origin_phases = scripts("bench"), scripts("origin_phases")
+
+    toks = bench.random_tokens(4, 12, tiny_llama.cfg.d_vocab, tiny_llama.tokenizer.bos_token_id, low=3)
+    scan = bench.bench_scan(tiny_llama, toks, "cpu", batch_size=2, label="tiny-llama float32", repeat=1)
+    for key in ("time_ratio", "trunk_ratio", "bridge_ratio", "tokens_per_s", "scan_over_trunk"):
         assert scan[key] is not None and scan[key] > 0, key
-    assert scan["date"] and scan["command"].startswith("bench.py")  # every figure says when and how
-    assert recs["trace_origin with causal check"]["forward_equivalents"] > 1
-    phases = json.loads(_run(str(BENCH / "origin_phases.py"), "--repeat", "1").splitlines()[-1])
-    assert phases["capture_fe"] > 0.5 and phases["run_variants_fe"] > 0 and phases["probe_fe"] > 0
+    assert scan["figure"] == "scan tiny-llama float32" and scan["tokens"] == 48 and "memory_ratio" in scan
+
+    monkeypatch.setattr(mi_massive, "load_model", lambda name, **kw: tiny_llama)  # the scripts' smollm2-135m
+    out = tmp_path / "records.jsonl"
+    monkeypatch.setattr(sys, "argv", ["bench.py"])
+    assert bench.main(["--skip", "scan", "patch", "load", "--out", str(out)]) == 0
+    (origin,) = map(json.loads, out.read_text().splitlines())
+    assert origin["figure"] == "trace_origin with causal check" and origin["forward_equivalents"] > 1
+    assert origin["date"] and origin["command"].startswith("bench.py --skip")  # every figure says when and how
+
+    import mi_massive._ablate as ab
+    import mi_massive._attribution as at
+    import mi_massive.origin as og
+
+    for mod, name in ((og, "capture"), (og, "_trace"), (og, "_neuron_table"), (at, "upstream"), (ab, "probe"),
+                      (ab, "run_variants")):
+        monkeypatch.setattr(mod, name, getattr(mod, name))  # origin_phases wraps them in timers: put back after
+    monkeypatch.setattr(sys, "argv", ["origin_phases.py", "--repeat", "1"])
+    capsys.readouterr()
+    origin_phases.main()
+    phases = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert phases["forward_equivalents"] > 1 and phases["capture_fe"] > 0 and phases["run_variants_fe"] > 0
 
 
 def test_arithmetic_floor_of_path_patching(monkeypatch, tiny_llama):
