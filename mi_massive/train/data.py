@@ -1,0 +1,129 @@
+"""Token streams for the lab: real English text offline (gensim's test data), and a synthetic copy task.
+
+``wiki-en+lee-news`` joins the paragraphs of the shortened English Wikipedia dump (CC BY-SA 3.0, Wikipedia
+contributors) and the Lee background corpus (300 Australian news articles, Lee, Pincombe & Welsh 2005), both
+shipped in gensim's wheel as test data (gensim is LGPL-2.1; see `mi_massive.corpus`), with <|endoftext|> between
+texts, tokenized with the embedded smollm2-135m tokenizer. Every 20th text is held out for validation and the scans.
+
+``copy``: random spans of a 512-token alphabet, each followed by itself (a second data set for induction; the
+first half of every span is unpredictable, the second half is a copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LICENCES = {
+    "wiki-en": "Wikipedia text, CC BY-SA 3.0 (Wikipedia contributors), via gensim's test data (gensim: LGPL-2.1)",
+    "lee-news": "Lee background corpus (Lee, Pincombe & Welsh 2005), redistributed as gensim test data (LGPL-2.1)",
+    "copy": "synthetic, generated here",
+}
+
+
+@dataclass(frozen=True)
+class TokenData:
+    """A training stream and a held-out stream of token ids (1-D int64), with where they came from."""
+
+    name: str
+    train: Tensor
+    val: Tensor
+    description: str
+    licence: str
+
+    def info(self) -> dict:
+        return {"name": self.name, "train_tokens": int(self.train.numel()), "val_tokens": int(self.val.numel()),
+                "description": self.description, "licence": self.licence}
+
+
+def tokenizer_of(name: str = "smollm2-135m"):
+    """The tokenizer of an embedded model (from its cache; fetched once if absent)."""
+    from transformers import AutoTokenizer
+
+    from ..models import fetch_embedded
+
+    return AutoTokenizer.from_pretrained(fetch_embedded(name))
+
+
+def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
+                  max_texts: int | None = None) -> TokenData:
+    """Offline English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out."""
+    from ..corpus import load_corpus
+
+    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    train, val = [], []
+    for name in corpora:
+        texts = load_corpus(name, n=max_texts)
+        for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            (val if i % every == every - 1 else train).extend([*ids, sep])
+    return TokenData("+".join(corpora), torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long),
+                     f"{' and '.join(corpora)} (gensim test data), <|endoftext|> between texts, every {every}th "
+                     "text held out", "; ".join(LICENCES[c] for c in corpora))
+
+
+def copy_tokens(*, n_train: int = 1 << 20, n_val: int = 1 << 15, span: int = 32, alphabet: int = 512,
+                offset: int = 3, seed: int = 0) -> TokenData:
+    """The synthetic copy task: spans of `span` random tokens (ids offset..offset+alphabet-1), each repeated once."""
+    g = torch.Generator().manual_seed(seed)
+
+    def stream(n: int) -> Tensor:
+        spans = torch.randint(offset, offset + alphabet, (n // (2 * span) + 1, span), generator=g)
+        return torch.cat([spans, spans], dim=1).flatten()[:n]
+
+    return TokenData("copy", stream(n_train), stream(n_val),
+                     f"random spans of {span} tokens from a {alphabet}-token alphabet, each followed by itself",
+                     LICENCES["copy"])
+
+
+class Batches:
+    """The same windows in the same order for every arm: epoch by epoch, a seeded permutation of window starts.
+
+    Each window holds n_ctx + 1 tokens; arms without a sink token read inputs w[:-1] and targets w[1:]; the
+    sink_token arm reads [sink] + w[:-2] and predicts w[:-1] (the same number of predictions, one token earlier).
+    """
+
+    def __init__(self, stream: Tensor, *, n_ctx: int, batch_size: int, seed: int):
+        self.stream, self.n_ctx, self.batch_size, self.seed = stream, n_ctx, batch_size, seed
+        self.n_windows = (len(stream) - 1) // (n_ctx + 1)
+        if self.n_windows <= batch_size:
+            raise ValueError(f"the stream holds {len(stream)} tokens: too few for a batch of {batch_size} windows "
+                             f"of {n_ctx + 1}")
+        self._epoch, self._order = -1, None
+
+    def window_starts(self, step: int) -> Tensor:
+        per_epoch = (self.n_windows - 1) // self.batch_size  # a shifted epoch may lose its last window
+        epoch, i = divmod(step, per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            shift = int(torch.randint(0, self.n_ctx + 1, (1,), generator=g))  # windows start anywhere across epochs
+            self._order = torch.randperm(self.n_windows, generator=g) * (self.n_ctx + 1) + shift
+            self._order = self._order[self._order + self.n_ctx + 1 <= len(self.stream)]
+            self._epoch = epoch
+        return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def windows(self, step: int) -> Tensor:
+        starts = self.window_starts(step)
+        idx = starts[:, None] + torch.arange(self.n_ctx + 1)
+        return self.stream[idx]  # (batch, n_ctx + 1)
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.batch_size / max(self.n_windows, 1)
+
+
+def inputs_targets(windows: Tensor, sink_id: int | None) -> tuple[Tensor, Tensor]:
+    """(inputs, targets) of shape (batch, n_ctx) from windows of n_ctx + 1 tokens."""
+    if sink_id is None:
+        return windows[:, :-1], windows[:, 1:]
+    sink = torch.full_like(windows[:, :1], sink_id)
+    return torch.cat([sink, windows[:, :-2]], dim=1), windows[:, :-1]
+
+
+def held_out(val: Tensor, *, n: int, n_ctx: int, sink_id: int | None) -> tuple[Tensor, Tensor]:
+    """The first `n` non-overlapping held-out windows as (inputs, targets)."""
+    n = min(n, (len(val) - 1) // (n_ctx + 1))
+    if n < 1:
+        raise ValueError(f"the held-out stream holds {len(val)} tokens: too few for one window of {n_ctx + 1}")
+    windows = val[: n * (n_ctx + 1)].view(n, n_ctx + 1)
+    return inputs_targets(windows, sink_id)

@@ -1,0 +1,257 @@
+"""`train`: one small causal LM per attention variant, same seed, data order, schedule and steps, scanned as it learns.
+
+    >>> from mi_massive.train import train, LabSpec
+    >>> run = train(("default", "attn_bias"), LabSpec(steps=300, eval_every=50))   # doctest: +SKIP
+    >>> run.to_dataframe().tail()                                                  # doctest: +SKIP
+
+Each arm ends as a checkpoint folder that `load_model` opens (default and sink_token are plain Llama checkpoints;
+the attention variants are `MiMassiveLabForCausalLM`, see `modeling`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import data as _data
+from . import modeling
+
+H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """Model size, data and schedule shared by every arm (nanoGPT-style: one commented config)."""
+
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    d_mlp: int | None = None  # None: 8/3 d_model rounded up to 64 (a SwiGLU MLP)
+    n_ctx: int = 128  # tokens per training window
+    batch_size: int = 32  # windows per step
+    steps: int = 1000
+    lr: float = 1e-3  # peak learning rate, AdamW (0.9, 0.95), weight decay 0.1 on matrices
+    warmup: int = 100  # linear warm-up steps, then cosine to lr / 10
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100  # scan every this many steps (and at 0 and the end)
+    eval_windows: int = 16  # held-out windows per scan
+    val_windows: int = 64  # held-out windows for the validation loss
+    seed: int = 0
+    data: str = "wiki-en+lee-news"  # or "copy" (the synthetic task)
+    tokenizer: str = "smollm2-135m"  # an embedded model whose tokenizer is used
+    threshold: float = 100.0  # the paper's rule, never lowered here
+    ratio: float = 1000.0
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "n_ctx", "batch_size", "steps", "eval_every",
+                     "eval_windows", "val_windows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.data not in ("wiki-en+lee-news", "wiki-en", "lee-news", "copy"):
+            raise ValueError(f"unknown data {self.data!r}: use 'wiki-en+lee-news', 'wiki-en', 'lee-news' or 'copy'")
+
+
+def load_data(spec: LabSpec, tokenizer: Any) -> _data.TokenData:
+    if spec.data == "copy":
+        return _data.copy_tokens(seed=spec.seed)
+    return _data.corpus_tokens(tokenizer, tuple(spec.data.split("+")))
+
+
+def _flops_per_token(model: torch.nn.Module, spec: LabSpec) -> float:
+    """Training FLOPs per token: 6 x (parameters in matrix products, the unembedding included, the input embedding
+    not) + 12 x n_layers x d_model x n_ctx for the attention scores and mixing (PaLM, appendix B)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    n += model.config.vocab_size * model.config.hidden_size  # lm_head (tied or not, it is a matmul)
+    return 6 * n + 12 * spec.n_layers * spec.d_model * spec.n_ctx
+
+
+def _lr(step: int, spec: LabSpec) -> float:
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _optimizer(model: torch.nn.Module, spec: LabSpec, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def _arm_config(arm: str, spec: LabSpec, tokenizer: Any):
+    return modeling.lab_config(arm, d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
+                               vocab_size=len(tokenizer), d_mlp=spec.d_mlp, n_ctx=spec.n_ctx,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+class _Scanner:
+    """A bridge over an eval copy of the arm's model, refreshed from the training weights before each scan."""
+
+    def __init__(self, config: Any, tokenizer: Any, device: torch.device):
+        import warnings
+
+        from ..models import load_model
+
+        modeling.register()
+        hf = modeling.build_model(config).to(device)
+        self.params = dict(hf.named_parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.bridge = load_model(hf, tokenizer=tokenizer, device=str(device))
+
+    @torch.no_grad()
+    def refresh(self, model: torch.nn.Module) -> Any:
+        for name, p in model.named_parameters():
+            self.params[name].copy_(p.float())
+        return self.bridge
+
+
+@torch.no_grad()
+def _val_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bool, batch: int) -> float:
+    was = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), batch):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(input_ids=x[i:i + batch]).logits
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y[i:i + batch].flatten(), reduction="sum"))
+    model.train(was)
+    return total / y.numel()
+
+
+def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer: Any, out_dir: str | Path | None,
+              device: str | torch.device | None = None, compile: bool | None = None, amp: bool | None = None,
+              progress: bool | None = None) -> dict:
+    """Train one arm; returns its records (eval rows, throughput, checkpoint path)."""
+    from tqdm.auto import tqdm
+
+    from .probe import probe
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp  # bf16 autocast pays on the GPU; on the CPU it is slower
+    compile = cuda if compile is None else compile
+    sink_id = tokenizer.bos_token_id if arm == "sink_token" else None
+    config = _arm_config(arm, spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = modeling.build_model(config).to(device)
+    model.train()
+    step_fn = torch.compile(model) if compile else model
+    opt = _optimizer(model, spec, device)
+    batches = _data.Batches(token_data.train, n_ctx=spec.n_ctx, batch_size=spec.batch_size, seed=spec.seed)
+    vx, vy = _data.held_out(token_data.val, n=spec.val_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
+    sx, _ = _data.held_out(token_data.val, n=spec.eval_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
+    vx, vy = vx.to(device), vy.to(device)
+    scanner = _Scanner(config, tokenizer, device)
+    flops = _flops_per_token(model, spec)
+
+    rows: list[dict] = []
+    train_losses: list[float] = []
+    train_time, first_steps_time = 0.0, None
+    eval_steps = sorted({0, spec.steps, *range(spec.eval_every, spec.steps, spec.eval_every)})
+    bar = tqdm(total=spec.steps, desc=f"train {arm}", disable=not (progress if progress is not None else not cuda))
+
+    def evaluate(step: int) -> None:
+        loss = _val_loss(model, vx, vy, amp=amp, batch=max(1, spec.batch_size))
+        bridge = scanner.refresh(model)
+        recent = train_losses[-spec.eval_every:]
+        for r in probe(bridge, sx, threshold=spec.threshold, ratio=spec.ratio, batch_size=min(16, len(sx))):
+            rows.append({"arm": arm, "step": step, "tokens": step * spec.batch_size * spec.n_ctx, "val_loss": loss,
+                         "train_loss": sum(recent) / len(recent) if recent else float("nan"), **r})
+
+    for step in range(spec.steps + 1):
+        if step in eval_steps:
+            evaluate(step)
+        if step == spec.steps:
+            break
+        x, y = _data.inputs_targets(batches.windows(step), sink_id)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, spec)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = step_fn(input_ids=x).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if step < 10:  # compilation and warm-up, kept out of the throughput
+            first_steps_time = (first_steps_time or 0.0) + dt
+        else:
+            train_time += dt
+        train_losses.append(float(loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
+    bar.close()
+
+    timed_tokens = max(0, spec.steps - 10) * spec.batch_size * spec.n_ctx
+    tok_s = timed_tokens / train_time if train_time else float("nan")
+    record = {
+        "arm": arm, "rows": rows, "n_params": sum(p.numel() for p in model.parameters()),
+        "flops_per_token": flops, "tokens_per_s": tok_s,
+        "mfu": tok_s * flops / H200_BF16_PEAK if cuda else float("nan"),
+        "warmup_s": first_steps_time or 0.0, "train_s": train_time, "epochs": batches.epochs(spec.steps),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "amp": amp, "compile": compile,
+        "checkpoint": None,
+    }
+    if out_dir is not None:
+        record["checkpoint"] = str(save_checkpoint(model, tokenizer, Path(out_dir) / arm, arm=arm, spec=spec))
+    return record
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path, *, arm: str, spec: LabSpec) -> Path:
+    """A folder `load_model` opens: HF weights (float32) and config, the tokenizer, and lab.json (how it was made)."""
+    path.mkdir(parents=True, exist_ok=True)
+    model = model.float()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    sink = tokenizer.bos_token if arm == "sink_token" else None
+    (path / "lab.json").write_text(json.dumps({"arm": arm, "sink_token": sink, "spec": dataclasses.asdict(spec)},
+                                              indent=1))
+    return path
+
+
+def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bias", "softmax1", "gated"),
+          spec: LabSpec | None = None, *, out_dir: str | Path | None = None, device: str | None = None,
+          compile: bool | None = None, amp: bool | None = None, progress: bool | None = None):
+    """Train every arm in turn on the same data order and schedule; returns a `TrainingRun`.
+
+    `arms` from `modeling.VARIANTS`; `out_dir` receives one checkpoint folder per arm (None: no checkpoints);
+    `compile` and `amp` (bf16 autocast) default to on for CUDA and off on the CPU, where a progress bar shows.
+    """
+    from .result import TrainingRun
+
+    spec = spec or LabSpec()
+    spec.validate()
+    arms = tuple(arms)
+    if not arms:
+        raise ValueError("give at least one arm")
+    bad = [a for a in arms if a not in modeling.VARIANTS]
+    if bad:
+        raise ValueError(f"unknown arm {bad[0]!r}: known arms are {', '.join(modeling.VARIANTS)}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"arms repeat: {arms}")
+    tokenizer = _data.tokenizer_of(spec.tokenizer)
+    token_data = load_data(spec, tokenizer)
+    records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,
+                         compile=compile, amp=amp, progress=progress) for a in arms]
+    return TrainingRun.from_records(records, spec=spec, data=token_data.info())
