@@ -341,7 +341,7 @@ def _screenshot(page: Path, shot: Path, tmp_path: Path) -> None:
         pytest.fail("headless Chromium is missing: apt-get install -y chromium (.ci/run does it)")
     subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
                     "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--hide-scrollbars",
-                    "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1100,800",
+                    "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1100,1400",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=300, check=True)
 
 

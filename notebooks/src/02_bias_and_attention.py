@@ -77,15 +77,16 @@ display(sinks["gemma3-270m"].show())
 lines = []
 for name, s in sinks.items():
     by_layer, first = s.by_layer(), s.first_massive_layer
-    before, after = by_layer[by_layer.layer < first], by_layer[by_layer.layer >= first]
+    # block `first`'s attention runs before its MLP writes the massive activation: it counts as before
+    before, after = by_layer[by_layer.layer <= first], by_layer[by_layer.layer > first]
     early = before[before.sink_mass >= 0.3]
     line = (f"- **{name}** ({'with' if s.prepend_bos else 'without'} BOS): the first massive activation appears in "
-            f"block {first}. From there on, queries put {after.sink_mass.mean():.0%} of their attention on the sink "
+            f"the output of block {first}. In later blocks, queries put {after.sink_mass.mean():.0%} of their attention on the sink "
             f"tokens ({after.sink_mass.min():.0%} to {after.sink_mass.max():.0%} by layer) and "
             f"{after.sink_heads.mean():.0%} of the heads are sink heads. ")
     if len(early):
-        line += (f"**Counterexample to the ordering**: in block(s) {', '.join(map(str, early.layer))}, *before* any "
-                 f"massive activation, the same tokens already take {early.sink_mass.min():.2f}-"
+        line += (f"**Counterexample to the ordering**: in block(s) {', '.join(map(str, early.layer))}, before the "
+                 f"massive activation exists, the same tokens already take {early.sink_mass.min():.2f}-"
                  f"{early.sink_mass.max():.2f} of the attention. The sink exists before the massive activation does.")
     elif len(before):
         line += (f"Before it, {before.sink_mass.mean():.0%} (at most {before.sink_mass.max():.0%} in one block): "

@@ -151,7 +151,8 @@ found.show()
 
 # %% [answer]
 s1 = found.summary()
-parts = [f"dim {int(r.dim)} at position(s) {list(r.positions)} ({', '.join(map(repr, r.tokens))}), layers "
+listed = lambda v: v if isinstance(v, str) else ", ".join(map(str, v))  # noqa: E731  ("all positions" for a feature)
+parts = [f"dim {int(r.dim)} at position(s) {listed(r.positions)} ({listed(r.tokens)}), layers "
          f"{int(r.first_layer)}..{int(r.last_layer)}, |x| up to {r.max_abs:,.0f}, in {int(r.n_prompts)} of "
          f"{len(PROMPTS)} prompts" for r in s1.itertuples()]
 answer(f"{len(s1)} massive dimension(s) ({found}): " + "; ".join(parts) + ". "
@@ -234,7 +235,7 @@ answer(f"The top-1 magnitude grows {float(top1[j] / top1[j - 1]):.0f}x in layer 
 scans = {bos: find_massive_activations(model, PROMPTS, prepend_bos=bos) for bos in (True, False)}
 for bos, scan in scans.items():
     sites = scan.sites()
-    print(f"prepend_bos={bos}: {scan}\n    positions {sorted(set(sites.pos))}, tokens {sorted(set(sites.token))}")
+    print(f"prepend_bos={bos}: {scan}\n    positions {sorted(set(map(int, sites.pos)))}, tokens {sorted(set(sites.token))}")
 
 # %% [markdown]
 # ### Exercise 1.4: token or position?
