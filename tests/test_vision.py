@@ -193,3 +193,15 @@ def test_attention_sinks_are_the_planted_tokens(planted):
     assert ((sinks.sink_mass >= 0) & (sinks.sink_mass <= 1 + 1e-6)).all() and torch.isfinite(sinks.alpha).all()
     given = attention_sinks(model, IMAGES, sink_positions=[0])
     assert given.sink_positions[0] == (0,) and given.first_massive_layer is None
+
+
+def test_pictures():
+    from mi_massive.vision.detect import find_massive_activations
+    from mi_massive.vision.viz import attention_grid, magnitudes_3d, patch_grid
+
+    model, plants = model_of("dinov2_registers")
+    fig = patch_grid(find_massive_activations(model, IMAGES[:1]))
+    assert "reg 0" in fig.layout.annotations[0].text and len(fig.data) == model.cfg.n_layers - 1
+    assert np.nanargmax(fig.data[-1].z) == 1 * 4 + 2  # patch (1, 2) of the 4 x 4 grid
+    assert len(attention_grid(model, IMAGES[0], layer=3).data) == 1 + 4  # CLS and 4 registers
+    assert "CLS dim 5" in magnitudes_3d(model, IMAGES[0], layer=3).layout.title.text
