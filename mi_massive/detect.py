@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs, _rule, engine, sites
+from . import _dist, _inputs, _rule, engine, sites
 from ._hooks import check_weights
 from ._results import Result
 from .arch import hook
@@ -240,7 +240,8 @@ class LayerProfile(Result):
 def _progress(total: int, progress: bool | None, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total > 8))
+    shown = progress if progress is not None else total > 8
+    return tqdm(total=total, desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
 
 
 def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
@@ -252,10 +253,11 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     hits: list[np.ndarray] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each cheaper
     med_sum = np.zeros(n_layers)  # than torch's on a host that a small model's GPU scan is bound by
+    mine = _dist.shard(len(prompts))  # under torchrun, this rank's contiguous share of the prompts
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
     bar = _progress(len(prompts), progress, "scanning")
-    batches = list(_inputs.batches(prompts, batch_size=batch_size))
-    str_toks: list[tuple[str, ...]] = [()] * len(prompts)
+    batches = list(_inputs.batches(prompts[mine.start:mine.stop], batch_size=batch_size))
+    str_toks: list[tuple[str, ...]] = [()] * len(mine)
 
     def mask(med: np.ndarray, topv: np.ndarray) -> np.ndarray:  # (layer, batch), (layer, batch, kk)
         return _rule.passes(topv, med[..., None], threshold=threshold, ratio=ratio)
@@ -277,9 +279,13 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
             l, b, j = hit.nonzero()
             if len(l):
                 flat_idx = topi[l, b, j]
-                hits.append(np.stack([np.asarray(batch.index)[b], l, flat_idx // d_model, flat_idx % d_model,
+                hits.append(np.stack([np.asarray(batch.index)[b] + mine.start, l, flat_idx // d_model, flat_idx % d_model,
                                       signed[l, b, j], med[l, b]], 1).astype(np.float64))
-            bar.update(len(batch.index))
+            bar.update(len(batch.index) * _dist.world()[1])  # rank 0's bar counts the global work
+    if _dist.world()[1] > 1:  # exact merge: sums all-reduced, hits and token strings gathered in input order
+        hits = _dist.concat(_dist.gather(hits))
+        str_toks = _dist.concat(_dist.gather(str_toks))
+        top_sum, med_sum, nonfinite = (_dist.sum_(torch.from_numpy(a)).numpy() for a in (top_sum, med_sum, nonfinite))
     bar.close()
     rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
