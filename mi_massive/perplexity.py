@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _inputs
+from . import _dist, _inputs
 from ._hooks import check_finite
 from ._loss import next_token_nll
 from ._results import Result
@@ -172,15 +172,22 @@ def perplexity(
     nll = []
     bar = _progress(max_chunks or 0, progress if progress is not None else bool(max_chunks and max_chunks > 8),
                     "perplexity")
+    rank, size = _dist.world()
+    chunks = itertools.islice(chunks, rank, None, size)  # under torchrun, chunks rank, rank + size, ... here
     with torch.inference_mode(), (intervene(model, iv) if iv is not None else nullcontext()):
         while batch := list(itertools.islice(chunks, batch_size)):
             tokens = torch.stack(batch).to(model.cfg.device)  # (batch, seq_len [+ 1])
             logits = model(tokens, return_type="logits")  # (batch, pos, d_vocab)
             loss = next_token_nll(logits[:, :-1], tokens[:, 1:])  # (batch, pos - 1)
             nll.append(loss.double().mean(1).cpu())
-            bar.update(len(batch))
+            bar.update(len(batch) * size)  # rank 0's bar counts the global work
     bar.close()
-    per_chunk = torch.cat(nll)
+    per_chunk = torch.cat(nll) if nll else torch.zeros(0, dtype=torch.float64)
+    if size > 1:  # every rank's chunks back in text order
+        parts = _dist.gather(per_chunk)
+        per_chunk = torch.zeros(sum(map(len, parts)), dtype=torch.float64)
+        for r, part in enumerate(parts):
+            per_chunk[r::size] = part
     check_finite(model, per_chunk)  # NaN/inf weights raise; a dtype overflow warns instead of a silent inf
     mean = float(per_chunk.mean())  # every chunk scores the same number of tokens
     return Perplexity(
