@@ -53,7 +53,7 @@ class MassiveActivations(Result):
     n_layers: int
     d_model: int
     nonfinite: Int[Tensor, "layer"]  # inf/nan entries per layer among the top |x| kept per prompt (dtype overflow)
-    hook_template: str = HOOK_TEMPLATE
+    hook_names: tuple[str, ...] = (HOOK_TEMPLATE,)  # provenance: the hooks read, {layer} for every block
     prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
 
     def __len__(self) -> int:
@@ -100,7 +100,7 @@ class MassiveActivations(Result):
     def sites(self, *, features: bool = True) -> pd.DataFrame:
         """One row per (prompt, pos, dim) of a token's massive activation: where it first and last appears, its peak
         value, and its kind (`sites.position_kind`: "start token", "BOS", "first delimiter", "other") and name
-        ("other ('onga')"). A feature-wide dim is one row per prompt (pos <NA>, token "all positions" or "k of n
+        ("other ('onga')"). A feature-wide dim is one row per prompt (pos None, token "all positions" or "k of n
         positions", kind "feature-wide"); `features=False` leaves those rows out."""
         cols = ["prompt", "pos", "token", "dim", "first_layer", "last_layer", "peak", "kind", "site"]
         df = self.to_dataframe()
@@ -112,17 +112,16 @@ class MassiveActivations(Result):
             first_layer=("layer", "min"), last_layer=("layer", "max"), peak=peak).reset_index()
         tok["kind"] = [sites.position_kind(self.str_tokens[p], q, bos=self._bos()) for p, q in zip(tok.prompt, tok.pos)]
         tok["site"] = [sites.site_name(self.str_tokens[p], q, bos=self._bos()) for p, q in zip(tok.prompt, tok.pos)]
-        tok["pos"] = tok.pos.astype("Int64")
         if not features or not wide.any():
             return tok[cols].reset_index(drop=True)
         rows = []
         for (p, d), g in df[wide].groupby(["prompt", "dim"], sort=True):
             where = self._where(g.pos, [len(self.str_tokens[p])])
-            rows.append({"prompt": p, "pos": pd.NA, "token": where, "dim": d, "first_layer": g.layer.min(),
+            rows.append({"prompt": p, "pos": None, "token": where, "dim": d, "first_layer": g.layer.min(),
                          "last_layer": g.layer.max(), "peak": g.value.iloc[g.value.abs().argmax()],
                          "kind": "feature-wide", "site": where})
-        wide_df = pd.DataFrame(rows, columns=cols).astype({"pos": "Int64"})
-        return pd.concat([tok[cols], wide_df], ignore_index=True)
+        both = pd.concat([tok[cols].astype({"pos": object}), pd.DataFrame(rows, columns=cols)], ignore_index=True)
+        return both.astype({c: "int64" for c in ("prompt", "dim", "first_layer", "last_layer")})
 
     @staticmethod
     def _where(pos: pd.Series, lengths: list[int]) -> str:
@@ -211,7 +210,7 @@ class LayerProfile(Result):
     median: Float[Tensor, "layer"]
     n_prompts: int
     model_name: str
-    hook_template: str = HOOK_TEMPLATE
+    hook_names: tuple[str, ...] = (HOOK_TEMPLATE,)  # provenance: the hooks read, {layer} for every block
     prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
 
     @property
@@ -253,8 +252,8 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     hits: list[np.ndarray] = []  # rows (prompt, layer, pos, dim, value, median)
     top_sum = np.zeros((n_layers, k))  # host-side bookkeeping in numpy: a dozen small ops per batch, each cheaper
     med_sum = np.zeros(n_layers)  # than torch's on a host that a small model's GPU scan is bound by
-    mine = _dist.shard(len(prompts))  # under torchrun, this rank's contiguous share of the prompts
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
+    mine = _dist.shard(len(prompts))  # under torchrun, this rank's contiguous share of the prompts
     bar = _progress(len(prompts), progress, "scanning")
     batches = list(_inputs.batches(prompts[mine.start:mine.stop], batch_size=batch_size))
     str_toks: list[tuple[str, ...]] = [()] * len(mine)
@@ -282,11 +281,11 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
                 hits.append(np.stack([np.asarray(batch.index)[b] + mine.start, l, flat_idx // d_model, flat_idx % d_model,
                                       signed[l, b, j], med[l, b]], 1).astype(np.float64))
             bar.update(len(batch.index) * _dist.world()[1])  # rank 0's bar counts the global work
+    bar.close()
     if _dist.world()[1] > 1:  # exact merge: sums all-reduced, hits and token strings gathered in input order
         hits = _dist.concat(_dist.gather(hits))
         str_toks = _dist.concat(_dist.gather(str_toks))
         top_sum, med_sum, nonfinite = (_dist.sum_(torch.from_numpy(a)).numpy() for a in (top_sum, med_sum, nonfinite))
-    bar.close()
     rows = torch.from_numpy(np.concatenate(hits)) if hits else torch.zeros(0, 6, dtype=torch.float64)
     rows = rows[torch.argsort(rows[:, 0] * 1e12 + rows[:, 1] * 1e8 + rows[:, 2] * 1e5 + rows[:, 3])]
     if nonfinite.any():  # (numpy here; a tensor in the result)

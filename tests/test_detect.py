@@ -115,8 +115,8 @@ def test_smollm2_profile_jump_and_decline(smollm2, prompts):
 @pytest.mark.real
 def test_gemma3_massive_at_bos(gemma3, prompts):
     acts = find_massive_activations(gemma3, prompts)
-    sites = acts.sites()
-    assert len(acts) > 0
+    sites = acts.sites(features=False)
+    assert len(acts) > 0 and acts.prepend_bos is True and set(sites[sites.pos == 0].kind) == {"BOS"}
     assert (sites.pos == 0).any()
     peak = sites[sites.pos == 0].peak.abs().max()
     assert peak > 50_000

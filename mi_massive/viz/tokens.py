@@ -41,9 +41,12 @@ def dims_table(found: Any) -> pd.DataFrame:
     for _, row in df.iterrows():
         g = hits[hits.dim == row.dim]
         everywhere = all(len(set(gp.pos)) == len(found.str_tokens[p]) for p, gp in g.groupby("prompt"))
+        if isinstance(row.positions, str):  # a feature-wide dim: summary() says "all positions" / "k of n positions"
+            everywhere = True
         rows.append({
             "dim": row.dim, "layers": f"{row.first_layer}..{row.last_layer}",
-            "positions": "all positions" if everywhere else _few(row.positions),
+            "positions": (row.positions if isinstance(row.positions, str) else "all positions") if everywhere
+            else _few(row.positions),
             "tokens": "" if everywhere else _few([repr(t) for t in pretty(row.tokens)]),
             "|x| range": f"{row.min_abs:.4g}..{row.max_abs:.4g}", "n_prompts": row.n_prompts, "n_hits": row.n_hits,
         })
