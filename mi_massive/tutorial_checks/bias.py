@@ -16,6 +16,12 @@ TEXT = " ".join(PROMPTS) * 8  # enough tokens for a few chunks
 SEQ_LEN, N_CHUNKS = 24, 3
 
 
+def chunk_tokens(model: Any, texts: str | list[str], seq_len: int, n_chunks: int, bos: bool) -> torch.Tensor:
+    """(n_chunks, seq_len [+ 1]) token chunks cut as `perplexity` cuts its text (a BOS first if `bos`)."""
+    chunks = _chunks(model, [texts] if isinstance(texts, str) else texts, seq_len, n_chunks, bos)
+    return chunks if isinstance(chunks, torch.Tensor) else torch.stack(list(chunks))
+
+
 @reference
 def _loss_with_value(model: Any, prompt: str, layer: int, pos: int, dim: int, value: float) -> torch.Tensor:
     iv = build_intervention(model, prompt, mode="value", value=value, dims=[dim], layers=[layer], positions=[pos],
@@ -48,7 +54,7 @@ def _perplexity(model: Any, iv: Any) -> float:
 
 def check_chunk_perplexity(fn: Callable, model: Any) -> None:
     """fn(model, chunks) -> exp(mean next-token loss) over (chunk, pos) tokens, also inside `intervene`."""
-    chunks = _chunks(model, TEXT, SEQ_LEN, N_CHUNKS, True)  # (chunk, 1 + seq_len): BOS, then text
+    chunks = chunk_tokens(model, TEXT, SEQ_LEN, N_CHUNKS, True)  # (chunk, 1 + seq_len): BOS, then text
     clean = fn(model, chunks)
     with intervene(model, _zero(model)):
         zeroed = fn(model, chunks)

@@ -41,22 +41,14 @@ for table in tables.values():
 tables[("smollm2-135m", False)].show()
 
 # %%
-def trivial(table) -> bool:
-    """The mean row equals the original to every digit: one distinct token at every massive site."""
-    flag = getattr(table, "trivial", None)
-    r = table.to_dataframe().iloc[0]
-    return bool(flag[0]) if flag is not None and len(flag) else bool(r["mean"] == r.original)
-
-
 lines = []
 for (name, bos), table in tables.items():
     r = table.to_dataframe().iloc[0]
     lines.append(f"- **{name}**, {'with' if bos else 'without'} BOS: {r.original:.2f} original, {r.zero:.4g} zeroed "
                  f"({r.zero / r.original:,.0f}x), {r['mean']:.2f} with the mean ({r['mean'] / r.original - 1:+.2%}), "
                  f"{r.control:.2f} control ({r.control / r.original - 1:+.2%})"
-                 + (" — **trivial**: the mean is the clean value (the same BOS token at every massive site), so this "
-                    "row is no evidence." if trivial(table) else " — evidence: the mean is an average over "
-                    "different tokens."))
+                 + (f" — **trivial** ({table.trivial[0]}): the mean is the clean value by construction, no evidence."
+                    if table.is_trivial("wiki-en") else " — evidence: the mean is an average over different tokens."))
 display(Markdown(f"What we find on wiki-en ({tables[('smollm2-135m', False)].n_chunks} chunks of "
                  f"{tables[('smollm2-135m', False)].seq_len} tokens per row):\n\n" + "\n".join(lines)))
 

@@ -20,7 +20,6 @@ from IPython.display import Markdown
 
 from mi_massive import (bias_term_table, build_intervention, find_massive_activations, intervene, load_corpus,
                         load_model, massive_stats)
-from mi_massive.perplexity import _chunks
 from mi_massive.tutorial_checks import answer
 from mi_massive.tutorial_checks import bias as checks
 
@@ -135,7 +134,7 @@ checks.check_chunk_perplexity(chunk_perplexity, model)
 # %%
 texts = load_corpus("wiki-en")
 calibration, scored = texts[:8], texts[8:]
-chunks = _chunks(model, scored, 64, 4, False)  # (4, 64): text only
+chunks = checks.chunk_tokens(model, scored, 64, 4, False)  # (4, 64): text cut as `perplexity` cuts it, no BOS
 zero = build_intervention(model, calibration, mode="zero", prepend_bos=False)
 print(zero)
 clean = chunk_perplexity(model, chunks)
@@ -187,7 +186,9 @@ stats.summary()
 first = stats.summary()[lambda d: d.kind == "first"].set_index("prepend_bos")
 Markdown("\n".join(f"- {'with' if bos else 'without'} BOS: dim {int(r.dim)} at layer {int(r.layer)} has mean "
                     f"{r['mean']:,.1f} and std {r['std']:,.1f} over {int(r.n)} texts"
-                    + (" (one distinct value: a mean of itself)" if not r['std'] > 0 else "")
+                    + (f" ({r.note})" if isinstance(r.get("note"), str) and r.note else "")
+                    + (" (one distinct token at position 0: a mean of itself)"
+                       if dict(zip(stats.dims, stats.constant_by_construction(bos))).get(int(r.dim)) else "")
                     for bos, r in first.iterrows()))
 
 # %% [markdown]
@@ -228,7 +229,7 @@ Markdown(f"SmolLM2-135M on wiki-en, {tables[False].n_chunks} chunks of {tables[F
 # massive activations?
 
 # %% [answer]
-same = {bos: abs(r['mean'] - r.original) <= 1e-9 * r.original for bos, r in rows.items()}
+same = {bos: t.is_trivial("wiki-en") for bos, t in tables.items()}  # the library's flag: mean = original by construction
 answer(("With BOS the mean leaves perplexity unchanged to every digit "
         f"({rows[True].original:.4f} -> {rows[True]['mean']:.4f}): the massive activation sits on the BOS token, "
         "the same token in every text, so its mean over the calibration texts is its own value and the "
