@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _inputs
-from .arch import hook
+from .arch import hook, kv_head_of
 from .models import model_name
 
 SinkPositions = Sequence[int] | Sequence[Sequence[int]] | None
@@ -140,7 +140,7 @@ def split(pattern: Tensor, v: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
     KV head h // (n_heads // n_kv_heads), as in grouped-query attention.
     """
     n_heads, n_kv = pattern.shape[1], v.shape[2]
-    v = v.float().repeat_interleave(n_heads // n_kv, dim=2)  # (batch, key_pos, head, d_head)
+    v = v.float()[:, :, kv_head_of(n_heads, n_kv)]  # (batch, key_pos, head, d_head)
     p = pattern.float()
     s = sink[:, None, None, :].float()  # (batch, 1, 1, key_pos)
     return (torch.einsum("bhqk,bkhd->bqhd", p * s, v), torch.einsum("bhqk,bkhd->bqhd", p * (1 - s), v))

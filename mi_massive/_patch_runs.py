@@ -60,7 +60,6 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
     block where each entry first appears, as with sites found beforehand. The clean residual is kept after
     every block from `resid_layer` on (None: the first block with a massive entry): patched rows resume there.
     """
-    from ._ablate import down_proj_out
     from ._rule import massive_mask
 
     n, kind = len(tokens), sender[0]
@@ -110,7 +109,7 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
             x[n:, :, dim] += act["a"] * (_corrupt(corruption, old.clone()) - old).to(x.dtype)
             return x
 
-        hooks += [(hook.mlp_post(layer), keep), (down_proj_out(layer), shift)]
+        hooks += [(hook.mlp_post(layer), keep), (hook.mlp_down_out(layer), shift)]
 
     def saver(name: str) -> Callable:
         def fn(x: Tensor, _hook: Any) -> None:

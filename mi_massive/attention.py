@@ -35,10 +35,10 @@ from . import _inputs, sites
 from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, sink_batches, split
 from ._hooks import hooked, run_with_hooks
 from ._results import Result
+from .arch import hook, n_kv_heads
 from .models import model_name
 
-HOOKS = {"pattern": "blocks.{layer}.attn.hook_pattern", "k": "blocks.{layer}.attn.hook_k",
-         "v": "blocks.{layer}.attn.hook_v", "z": "blocks.{layer}.attn.hook_z"}
+HOOKS = {kind: hook.templates[kind] for kind in ("pattern", "k", "v", "z")}
 
 
 # --- attention sinks -----------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def attention_sinks(
     prompts, sinks, first, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,
                                                batch_size=batch_size, prepend_bos=prepend_bos)
     cfg = model.cfg
-    n_layers, n_heads, n_kv = cfg.n_layers, cfg.n_heads, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    n_layers, n_heads, n_kv = cfg.n_layers, cfg.n_heads, n_kv_heads(cfg)
     mass = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     alpha = torch.zeros_like(mass)
     n_query = n_sink = 0

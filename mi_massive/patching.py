@@ -43,7 +43,7 @@ from torch import Tensor
 from . import _inputs
 from ._patch_runs import Corruption, Metric, Receiver, clean_and_corrupted, count, hook_name, patched_metrics
 from ._results import Result
-from .arch import hook
+from .arch import hook, kv_head_of, n_kv_heads
 from .models import model_name
 
 PATHS = ("k", "v", "q", "direct")
@@ -96,8 +96,7 @@ class PathPatching(Result):
             return ()
         if path == "q":
             return (head,)
-        group = self.n_heads // self.n_kv_heads
-        return tuple(range(head * group, (head + 1) * group))
+        return tuple(q for q, kv in enumerate(kv_head_of(self.n_heads, self.n_kv_heads)) if kv == head)
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per receiver: layer, head, path, metric, effect (metric - clean), query_heads."""
@@ -327,7 +326,7 @@ def _plan(model: Any, sites: list[list[tuple[int, int, int]]], sender: tuple, pa
     sender_layer = first if sender[0] == "massive" else sender[1]
     recv_layers = _receiver_layers(model, layers, sender_layer)
     cfg = model.cfg
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    n_kv = n_kv_heads(cfg)
     recv: list[Receiver] = [(p, l, h) for p in paths if p != "direct" for l in recv_layers
                             for h in range(n_kv if p in ("k", "v") else cfg.n_heads)]
     recv += [("direct", cfg.n_layers, -1)] if "direct" in paths else []

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from mi_massive import Origin, trace_origin
-from mi_massive._ablate import neuron_hook, reference_causal_table, zeroed_weights
+from mi_massive._ablate import neuron_hook, zeroed_weights
 from mi_massive._hooks import capture, run_with_hooks
 from mi_massive.arch import hook
 from mi_massive.testing import TINY_CONFIGS, planted, tiny_model
+from origin_reference import reference_causal_table
 
 PROMPT = "In 1905, Albert Einstein published four papers that changed physics."
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..arch import n_kv_heads
 from ..detect import find_massive_activations
 from ..origin import trace_origin
 from ..patching import path_patch
@@ -87,7 +88,7 @@ PATCH_LAYERS = (12, 15)
 def check_patched_value_loss(fn: Callable, model: Any) -> None:
     """fn(model, prompt, sites=, layer=, kv_head=) -> loss with one KV head's value read from the corrupted run."""
     sites = [(WRITER, 0, 507)]  # where the massive activation of PROMPTS[0] appears; checked below
-    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    n_kv = n_kv_heads(model.cfg)
     cases = [(layer, kv) for layer in PATCH_LAYERS for kv in range(n_kv)]
     got = [fn(model, PROMPTS[0], sites=list(sites), layer=layer, kv_head=kv) for layer, kv in cases]
     if list(_sites(model)) != sites:
