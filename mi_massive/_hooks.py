@@ -14,8 +14,8 @@ HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 def check_eval(model: Any) -> None:
     """Analyses need a deterministic model: raise if any module is in training mode (dropout would be on)."""
-    stack, seen = [model], {id(model)}  # what model.modules() walks, without its name bookkeeping (0.54 ms for
-    push = stack.append  # smollm2's bridge of 2,000 modules, against 1.17 ms by modules())
+    stack, seen = [model], {id(model)}  # what model.modules() walks, without its name bookkeeping (half the time
+    push = stack.append  # on a bridge of thousands of modules; benchmarks/RESULTS.md)
     while stack:
         m = stack.pop()
         if m.training:
@@ -39,8 +39,8 @@ def check_finite(model: Any, out: Any) -> None:
     """A non-finite output: raise if the weights hold NaN/inf, else warn that the activations overflow the dtype."""
     if not isinstance(out, torch.Tensor):
         return
-    # any NaN/inf entry makes the sum NaN/inf, so a finite sum clears them all (30x cheaper than isfinite over
-    # the logits); only a sum that overflows needs the entry-wise check
+    # any NaN/inf entry makes the sum NaN/inf, so a finite sum clears them all (much cheaper than isfinite over
+    # the logits; benchmarks/RESULTS.md); only a sum that overflows needs the entry-wise check
     if bool(torch.isfinite(out.sum())) or bool(torch.isfinite(out).all()):
         return
     check_weights(model)

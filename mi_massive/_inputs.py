@@ -167,7 +167,8 @@ def batches(prompts: list[Tensor], *, batch_size: int = 8) -> Iterator[Batch]:
 
 def str_tokens(model: Any, toks: Tensor) -> tuple[str, ...]:
     """The tokenizer's string for each id (`convert_ids_to_tokens`; None for an id the tokenizer lacks), looked up
-    in a table of the model's whole vocabulary made once per tokenizer: a scan's 16k tokens cost 0.5 ms, not 7."""
+    in a table of the model's whole vocabulary made once per tokenizer (far cheaper per scan than asking the
+    tokenizer for each id; benchmarks/RESULTS.md)."""
     ids, tok = toks.tolist(), model.tokenizer
     if not ids:
         return ()

@@ -1,8 +1,7 @@
 """CUDA graphs of a scan's passes, where they pay.
 
-A small model's scan on a GPU is bound by the host. Each batch costs about 25 ms of Python and a thousand
-kernel launches, while the GPU works for a fraction of that: smollm2 in bf16 on an H200 kept it busy for 51 of
-224 ms. Every batch of a chunked corpus has the same shape, so one capture of a batch's whole pass (the trunk's
+A small model's scan on a GPU is bound by the host: each batch costs Python and a thousand kernel launches,
+while the GPU works for a fraction of that time (benchmarks/RESULTS.md). Every batch of a chunked corpus has the same shape, so one capture of a batch's whole pass (the trunk's
 forward, the hooks' copies, the statistics) can be replayed for each later batch of that shape. A replay costs
 the GPU's time alone and runs the kernels the eager pass launches, on the same inputs.
 

@@ -9,14 +9,13 @@ the next digit of the entries whose higher bits match what is known so far, per 
 the row's histogram by atomics. Triton's histogram costs about entries x bins whatever the mask, so a
 chunk holding few matching entries (most chunks after the first two rounds) adds them one atomic each
 instead. Between rounds one program per row resolves the digits found so far from the histograms
-(`_RESOLVE`); deriving them in every program of the next round instead saves those launches but costs more on
-the device: on an H200 a call on 64 x 524,288 entries (the 1.1B LLaMA's group of layers) takes 0.89 against
-1.27 ms in fp32, 0.54 against 0.59 ms in bf16. A last pass writes the median and collects the entries above the k-th
+(`_RESOLVE`); deriving them in every program of the next round instead saves those launches but costs more
+device time on a scan's groups of layers. A last pass writes the median and collects the entries above the k-th
 largest, and as many entries equal to it as fit; a top-k over those 2k candidates orders them.
 
 fp32 takes 4 rounds (31 bits), bf16 and fp16 take 2 (15 bits). Nothing leaves the device; nothing syncs.
-On an H200 it takes 0.25-0.29 of the sort's time on a scan's statistics call of 64 x 524,288 or 208 x 147,456
-entries (benchmarks/stats_micro.py; more on short rows, where launches dominate).
+It takes a fraction of the sort's time on a scan's statistics calls (benchmarks/stats_micro.py; figures in
+benchmarks/RESULTS.md).
 `available()` says whether Triton can run here; `median_topk` is the entry point; tests/test_select.py
 checks it against the sort in Triton's interpreter (CPU) and compiled (CUDA).
 """
@@ -38,8 +37,7 @@ _SPARSE = 256  # a chunk with at most this many entries to count adds them one b
 _WARPS = 8
 _RESOLVE = True  # the digits found so far resolved once per row between rounds (a launch of `rows` programs)
 # instead of in every program of the next round
-_BLOCK_16, _WARPS_16 = 2048, 4  # bf16/fp16: 0.69-0.74x the time of 4096 entries with 8 warps on an H200 (scan
-# groups of 48 x 524,288 and 208 x 147,456); 8192 took 0.95-1.04x, 16384 3.3x (benchmarks/raw/*s4*blocks*)
+_BLOCK_16, _WARPS_16 = 2048, 4  # bf16/fp16: the fastest block measured on a scan's groups (benchmarks/RESULTS.md)
 
 
 def available() -> bool:
