@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _inputs, sites
+from . import _dist, _inputs, sites
 from ._hooks import capture
 from ._results import Result
 from ._rule import check as _check_rule
@@ -180,8 +180,9 @@ def massive_stats(
     site_ids: list[dict[int, set[int]]] = [{} for _ in settings]  # dim -> token ids at its other sites
     names = [hook.resid_post(l) for l in range(L)]
     bar = _progress(sum(map(len, per_setting)), progress, "massive stats")
+    mine = _dist.shard(len(per_setting[0]))  # under torchrun, this rank's contiguous share of the texts
     for si, prompts in enumerate(per_setting):
-        for batch in _inputs.batches(prompts, batch_size=batch_size):
+        for batch in _inputs.batches(prompts[mine.start:mine.stop], batch_size=batch_size):
             _, cache = capture(model, batch.tokens, names)
             x = torch.stack([cache[n].float().cpu() for n in names])  # (layer, batch, pos, d_model)
             hit = massive_mask(x.flatten(0, 1), threshold=threshold, ratio=ratio).view_as(x)
@@ -199,8 +200,15 @@ def massive_stats(
             sums[si, 0] += torch.stack([torch.full_like(first[:, 0], first.shape[1]), first.sum(1), (first**2).sum(1)])
             w = site.double()  # (batch, pos, d_model)
             sums[si, 1] += torch.stack([w.sum((0, 1)).expand(L, D), (x * w).sum((1, 2)), (x**2 * w).sum((1, 2))])
-            bar.update(len(batch.index))
+            bar.update(len(batch.index) * _dist.world()[1])  # rank 0's bar counts the global work
     bar.close()
+    if _dist.world()[1] > 1:  # exact merge: counts and sums all-reduced, token sets joined
+        sums, n_sites, n_positions, n_layer_hits = map(_dist.sum_, (sums, n_sites, n_positions, n_layer_hits))
+        layers_hit = _dist.sum_(layers_hit.long()) > 0
+        first_parts, site_parts = _dist.gather(first_ids), _dist.gather(site_ids)
+        first_ids = [set().union(*(part[si] for part in first_parts)) for si in range(S)]
+        site_ids = [{d: set().union(*(part[si].get(d, ()) for part in site_parts))
+                     for d in set().union(*(part[si] for part in site_parts))} for si in range(S)]
     fraction = n_sites / n_positions.clamp(min=1)[:, None]
     candidates = layers_hit.any(dim=(0, 1)).nonzero().flatten().tolist()
     wide = sites.is_feature_wide(n_layer_hits.numpy(), n_positions.numpy()[:, None, None], share=max_fraction)
