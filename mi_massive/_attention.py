@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _inputs
+from . import _dist, _inputs
 from .arch import hook, kv_head_of
 from .models import model_name
 
@@ -33,6 +33,11 @@ class VecStats:
         self.unit += (x / norm.clamp_min(1e-30)[..., None]).sum(0).double().cpu()
         self.norm += norm.sum(0).double().cpu()
         self.sq += norm.square().sum(0).double().cpu()
+
+    def merge_ranks(self) -> None:
+        """Under torchrun, the sums of every rank's vectors (an exact merge); nothing in one process."""
+        self.n = int(_dist.sum_(torch.tensor(self.n)))
+        self.sum, self.unit, self.norm, self.sq = map(_dist.sum_, (self.sum, self.unit, self.norm, self.sq))
 
     @property
     def mean(self) -> Tensor:
