@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pkgutil
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,12 @@ def test_each_tutorial_asks_questions_with_folded_computed_answers(source):
             assert "answer(" in "".join(c["source"])
 
 
+@pytest.mark.parametrize("source", TUTORIALS, ids=lambda p: p.stem)
+def test_each_tutorial_marks_one_key_figure(source):
+    marked = [c for c in build.parse(source) if c.kind == "code" and c.text.startswith(KEY_FIGURE)]
+    assert len(marked) == 1 and ".show()" in marked[0].text
+
+
 def test_answer_is_folded():
     from mi_massive.tutorial_checks import answer
 
@@ -132,7 +139,7 @@ def test_builder_splits_stub_and_solution(tmp_path):
     (GOOD + "# %% [markdown]\n# ### Question: why?\n# %% [answer]\nprint('x')\n", "with answer(...)"),
 ])
 def test_builder_rejects_a_broken_exercise(tmp_path, broken, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build.build(_write(tmp_path, broken))
 
 

@@ -264,7 +264,7 @@ checks.check_holder(holder, model, PROMPTS)
 # biases (tutorial 2 tests that claim causally).
 
 # %% [markdown]
-# ### Exercise 1.4: one entry across prompts
+# ### Exercise 1.5: one entry across prompts
 #
 # Return the value (not the magnitude) of the residual entry `(layer, pos, dim)` for each prompt, as a
 # tensor of shape `(n_prompts,)`. Prompts have different lengths, so run them one at a time (or pad with
