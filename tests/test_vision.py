@@ -156,11 +156,13 @@ def test_fix_reg_mean_changes_outputs_less_than_zeroing():
     from mi_massive.vision.interventions import fix_reg_mean
 
     model, _ = model_of("dinov2_registers")
-    fix = fix_reg_mean(model, IMAGES)
-    mean, zero = fix.relative_change.mean(1).tolist()
-    print(f"\nFix-Reg-Mean on tiny DINOv2-registers, {len(IMAGES)} photos: relative output change {mean:.4g} "
-          f"(mean) vs {zero:.4g} (zero)")
-    assert mean < zero
+    for calibration, images, what in ((None, IMAGES, "the same photos"),
+                                      (IMAGES[:2], sample_images(8)[4:], "2 other photos")):
+        fix = fix_reg_mean(model, images, calibration=calibration)
+        mean, zero = fix.relative_change.mean(1).tolist()
+        print(f"\nFix-Reg-Mean on tiny DINOv2-registers, {len(images)} photos, mean over {what}: relative output "
+              f"change {mean:.3g} (mean) vs {zero:.3g} (zero); cosine {fix.cosine.mean(1).tolist()}")
+        assert mean < 0.1 * zero
     with pytest.raises(ValueError, match="no register"):
         fix_reg_mean(model_of("vit")[0], IMAGES)
 
@@ -171,6 +173,7 @@ def test_origin_finds_the_planted_neuron_and_super_weight(planted):
     model, plants = planted
     for p in plants:
         o = trace_origin(model, IMAGES[0], pos=_pos(model, p), dim=p.dim, n_random=1)
+        assert "output change" in repr(o) and o.causal.loss.isna().all()
         assert (o.layer, o.writer_layer, o.dim) == (p.layer, p.layer, p.dim)
         assert o.str_tokens[o.pos] == {"cls": "CLS", "register": "reg 0", "patch": "patch (1, 2)"}[p.kind]
         assert math.isclose(o.components.contribution.sum(), o.value, rel_tol=1e-6)

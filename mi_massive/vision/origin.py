@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -35,6 +36,19 @@ from .images import Layout, layout, prepare_images
 
 NOTE = ("Vision Transformer: the causal table's 'loss' is NaN (no next-token loss); 'output_change' is "
         "|out' - out| / |out| of the model's output (logits or embedding) on this image")
+
+
+@dataclass(frozen=True, repr=False)
+class VisionOrigin(Origin):
+    """The language models' `Origin` of one image's massive activation; its causal table has `output_change`
+    (relative change of the model's output) where a language model's has a next-token loss (NaN here)."""
+
+    def sentence(self) -> str:
+        s = Origin.sentence(dataclasses.replace(self, causal=self.causal.iloc[:0]))  # (without the loss clause)
+        if len(self.causal) > 1:
+            after = self.causal.iloc[1]
+            s += f"; {after.ablation}: value {after.massive_value:.4g}, output change {after.output_change:.3g}"
+        return s
 
 
 class _TokenNames:
@@ -64,7 +78,7 @@ def _positions_as_tokens(model: Any, lay: Layout) -> Iterator[Tensor]:
 
 def trace_origin(model: Any, image: Any, *, layer: int | None = None, pos: int | None = None, dim: int | None = None,
                  top_k: int = 5, ablate: bool = True, n_random: int = 3, seed: int = 0, threshold: float = 100.0,
-                 ratio: float = 1000.0) -> Origin:
+                 ratio: float = 1000.0) -> VisionOrigin:
     """Who wrote x[layer, pos, dim] of one image: components, writing block, neurons, super weight (the language
     models' `Origin`); with `ablate`, the massive value and the output change when the top neurons, the super
     weight or as many random neurons of the same block are zeroed."""
@@ -76,6 +90,7 @@ def trace_origin(model: Any, image: Any, *, layer: int | None = None, pos: int |
     with _positions_as_tokens(model, lay) as tokens:
         origin = _trace_origin(model, tokens, layer=layer, pos=pos, dim=dim, top_k=top_k, ablate=False, cache=cache,
                                threshold=threshold, ratio=ratio)
+    origin = VisionOrigin(**{f.name: getattr(origin, f.name) for f in dataclasses.fields(origin)})
     if not (ablate and origin.found):
         return dataclasses.replace(origin, note=NOTE)
     L, P, D, W = origin.layer, origin.pos, origin.dim, origin.writer_layer

@@ -75,6 +75,10 @@ def tiny_hf_vision_model(family: str, *, seed: int = 0) -> tuple[Any, Any]:
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()
     model.config._name_or_path = f"tiny-{family}"
+    for name, p in model.named_parameters():  # transformers starts registers at zero; trained ones are vectors
+        if name.endswith("register_tokens"):  # as large as a token's (what makes them biases: Fix-Reg-Mean)
+            with torch.no_grad():
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed + 2))
     return model, getattr(transformers, proc_cls)(**proc_kwargs)
 
 
