@@ -148,63 +148,57 @@ def kv_head_of(n_heads: int, n_kv: int) -> list[int]:
     return [h // (n_heads // n_kv) for h in range(n_heads)]
 
 
+def _named(templates: dict[str, str], kind: str) -> staticmethod:
+    template = templates[kind]
+
+    def name(layer: int) -> str:
+        return template.format(layer=layer)
+
+    name.__name__, name.__doc__ = kind, f"`{template}` of block `layer`."
+    return staticmethod(name)
+
+
 class hook:
-    """TransformerLens hook names (compatibility mode), one function each."""
+    """TransformerLens hook names (compatibility mode): every one the package uses, as a template with {layer}
+    (`hook.templates`) and one function each.
+
+        >>> hook.pattern(2), hook.templates["pattern"]
+        ('blocks.2.attn.hook_pattern', 'blocks.{layer}.attn.hook_pattern')
+    """
 
     embed = "hook_embed"
-    resid_post_template = "blocks.{layer}.hook_resid_post"  # results record it as their provenance
+    templates = {
+        "resid_pre": "blocks.{layer}.hook_resid_pre",
+        "resid_mid": "blocks.{layer}.hook_resid_mid",
+        "resid_post": "blocks.{layer}.hook_resid_post",
+        "attn_out": "blocks.{layer}.hook_attn_out",
+        "mlp_out": "blocks.{layer}.hook_mlp_out",
+        "mlp_pre": "blocks.{layer}.mlp.hook_pre",  # the gate's pre-activation in a gated MLP
+        "mlp_pre_linear": "blocks.{layer}.mlp.hook_pre_linear",  # the up projection in a gated MLP
+        "mlp_post": "blocks.{layer}.mlp.hook_post",
+        "mlp_down_out": "blocks.{layer}.mlp.out.hook_out",  # the down projection's output, before any post-MLP norm
+        "q": "blocks.{layer}.attn.hook_q",
+        "k": "blocks.{layer}.attn.hook_k",
+        "v": "blocks.{layer}.attn.hook_v",
+        "z": "blocks.{layer}.attn.hook_z",
+        "pattern": "blocks.{layer}.attn.hook_pattern",
+    }
+    resid_post_template = templates["resid_post"]  # results record it as their provenance
 
-    @staticmethod
-    def resid_pre(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_pre"
-
-    @staticmethod
-    def resid_mid(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_mid"
-
-    @staticmethod
-    def resid_post(layer: int) -> str:
-        return hook.resid_post_template.format(layer=layer)
-
-    @staticmethod
-    def attn_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_attn_out"
-
-    @staticmethod
-    def mlp_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_mlp_out"
-
-    @staticmethod
-    def mlp_post(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_post"
-
-    @staticmethod
-    def mlp_pre(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_pre"
-
-    @staticmethod
-    def mlp_pre_linear(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_pre_linear"
-
-    @staticmethod
-    def z(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_z"
-
-    @staticmethod
-    def q(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_q"
-
-    @staticmethod
-    def k(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_k"
-
-    @staticmethod
-    def v(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_v"
-
-    @staticmethod
-    def pattern(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_pattern"
+    resid_pre = _named(templates, "resid_pre")
+    resid_mid = _named(templates, "resid_mid")
+    resid_post = _named(templates, "resid_post")
+    attn_out = _named(templates, "attn_out")
+    mlp_out = _named(templates, "mlp_out")
+    mlp_pre = _named(templates, "mlp_pre")
+    mlp_pre_linear = _named(templates, "mlp_pre_linear")
+    mlp_post = _named(templates, "mlp_post")
+    mlp_down_out = _named(templates, "mlp_down_out")
+    q = _named(templates, "q")
+    k = _named(templates, "k")
+    v = _named(templates, "v")
+    z = _named(templates, "z")
+    pattern = _named(templates, "pattern")
 
     @staticmethod
     def ln_scale(layer: int, which: str) -> str:

@@ -112,8 +112,8 @@ def block_stats(model: Any, batches: Sequence[Tensor], *, hook_names: Sequence[s
             for tokens in batches:
                 kk = first_kk(tokens)
                 if x_device.type != "cuda":  # nothing to overlap on the CPU; results kept through the next
-                    yield collected(tokens, kk, launch(tokens, kk))  # forward would fragment its heap (+140 MB
-                    continue  # of peak RSS in a smollm2 scan)
+                    yield collected(tokens, kk, launch(tokens, kk))  # forward would fragment its heap (peak RSS:
+                    continue  # benchmarks/RESULTS.md)
                 collect = launch(tokens, kk)
                 if pending is not None:
                     yield collected(*pending)
