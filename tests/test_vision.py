@@ -208,3 +208,39 @@ def test_pictures():
     assert np.nanargmax(fig.data[-1].z) == 1 * 4 + 2  # patch (1, 2) of the 4 x 4 grid
     assert len(attention_grid(model, IMAGES[0], layer=3).data) == 1 + 4  # CLS and 4 registers
     assert "CLS dim 5" in magnitudes_3d(model, IMAGES[0], layer=3).layout.title.text
+
+
+def test_whole_clip_checkpoint_loads_its_vision_tower(tmp_path):
+    """openai/clip-vit-large-patch14 is a whole CLIPModel: its vision tower and projection are what loads."""
+    import transformers
+
+    from mi_massive.vision import _run
+
+    vision = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    torch.manual_seed(0)
+    full = transformers.CLIPModel(transformers.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16))
+    full.eval().save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path)
+    model = load_vision_model(tmp_path)
+    px = prepare_images(model, IMAGES[:2])
+    want = full.get_image_features(pixel_values=px)
+    want = getattr(want, "pooler_output", want)
+    assert arch.spec(model).name == "clip_vision" and type(model.original_model).__name__.endswith("WithProjection")
+    torch.testing.assert_close(_run.forward(model, px), want, rtol=0, atol=1e-5)
+
+
+def test_swiglu_dinov2_the_giants_mlp():
+    """DINOv2-with-registers-giant has gated (SwiGLU) MLPs: a gated family spec, the planted neurons still found."""
+    from mi_massive.vision.detect import find_massive_activations
+    from mi_massive.vision.origin import trace_origin
+
+    model = tiny_vision_model("dinov2_registers", overrides={"use_swiglu_ffn": True})
+    assert arch.spec(model).gated_mlp and "blocks.0.mlp.hook_pre_linear" in model.hook_dict
+    plants = model_plants(model)
+    sites = find_massive_activations(model, IMAGES[:2]).sites()
+    assert {(int(r.pos), int(r.dim)) for r in sites.itertuples()} == {(_pos(model, p), p.dim) for p in plants}
+    o = trace_origin(model, IMAGES[0], pos=0, dim=plants[0].dim, ablate=False)
+    assert int(o.neurons.neuron.iloc[0]) == plants[0].neuron and o.writer_layer == plants[0].layer

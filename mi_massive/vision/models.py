@@ -124,7 +124,11 @@ def load_vision_model(
             raise ValueError(f"{name}: model type {config.model_type!r} is not a Vision Transformer mi_massive knows "
                              f"({', '.join(arch.known_vision_families())}); load language models with load_model")
         cls = getattr(transformers, _class_for(config, fam, head))
-        hf_model = cls.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+        extra = {}
+        if getattr(config, "vision_config", None) is not None:  # a whole CLIP checkpoint: its vision tower, and
+            extra["config"] = config.vision_config  # the projection's width from the top-level config
+            extra["config"].projection_dim = getattr(config, "projection_dim", extra["config"].projection_dim)
+        hf_model = cls.from_pretrained(source, dtype=dtype, attn_implementation="eager", **extra)
         processor = processor or transformers.AutoImageProcessor.from_pretrained(source)
     except OSError as exc:
         raise ValueError(f"could not load {name!r}: not a local directory, not in the Hugging Face cache, and the Hub "

@@ -64,14 +64,15 @@ def model_plants(model: Any) -> tuple[VisionPlant, ...]:
     return _PLANTS.get(model, ())
 
 
-def tiny_hf_vision_model(family: str, *, seed: int = 0) -> tuple[Any, Any]:
-    """A randomly initialised transformers Vision Transformer of `family` and its image processor."""
+def tiny_hf_vision_model(family: str, *, seed: int = 0, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """A randomly initialised transformers Vision Transformer of `family` and its image processor; `overrides` change
+    its config (``{"use_swiglu_ffn": True}``: DINOv2-giant's gated MLP)."""
     import transformers
 
     if family not in TINY_VISION_CONFIGS:
         raise ValueError(f"no tiny config for {family!r}: known {', '.join(TINY_VISION_CONFIGS)}")
     cfg_cls, model_cls, kwargs, proc_cls, proc_kwargs = TINY_VISION_CONFIGS[family]
-    config = getattr(transformers, cfg_cls)(**kwargs)
+    config = getattr(transformers, cfg_cls)(**{**kwargs, **(overrides or {})})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()
     model.config._name_or_path = f"tiny-{family}"
@@ -140,9 +141,10 @@ def plant_vision_activations(model: Any, plants: tuple[VisionPlant, ...], pixels
     for u, p in zip(U, plants):
         mlp = model.blocks[p.layer].mlp
         fc1, fc2 = getattr(mlp, "in").original_component, mlp.out.original_component
-        fc1.weight.data[p.neuron] = 2.0 * u  # the normalised input at the token is ~ sqrt(d_model) * u
-        if fc1.bias is not None:
-            fc1.bias.data[p.neuron] = 0.0
+        for lin in (fc1, *([mlp.gate.original_component] if hasattr(mlp, "gate") else [])):  # gated: both read u
+            lin.weight.data[p.neuron] = 2.0 * u  # the normalised input at the token is ~ sqrt(d_model) * u
+            if lin.bias is not None:
+                lin.bias.data[p.neuron] = 0.0
         fc2.weight.data[:, p.neuron] = 0.0
         fc2.weight.data[p.dim] = 0.0  # only the planted neuron writes the dim in its block
         if fc2.bias is not None:
@@ -157,14 +159,15 @@ def plant_vision_activations(model: Any, plants: tuple[VisionPlant, ...], pixels
         model.blocks[p.layer].mlp.out.original_component.weight.data[p.dim, p.neuron] = p.magnitude / act
 
 
-def tiny_vision_model(family: str = "dinov2_registers", *, plant: bool = True, seed: int = 0) -> Any:
+def tiny_vision_model(family: str = "dinov2_registers", *, plant: bool = True, seed: int = 0,
+                      overrides: dict[str, Any] | None = None) -> Any:
     """A tiny vision bridge of `family` with massive activations planted at CLS, register 0 (where the family has
     registers) and patch (1, 2), in dims 5, 9 and 13 (`default_plants`; see `model_plants(model)`); calibrated on
     scikit-image's astronaut photo."""
     from .images import prepare_images, sample_images
     from .models import load_vision_model
 
-    hf, processor = tiny_hf_vision_model(family, seed=seed)
+    hf, processor = tiny_hf_vision_model(family, seed=seed, overrides=overrides)
     model = load_vision_model(hf, processor=processor)
     model._mi_massive_name = f"tiny-{family}" + ("" if plant else "-random")
     if plant:
