@@ -3,7 +3,7 @@ analyses merge their accumulators exactly (sums all-reduced, hits gathered in in
 
 Outside ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment, no process group) every call here is the
 identity, so the analyses read the same in one process. Under ``torchrun`` the process group is started on
-first use: NCCL where CUDA is available, gloo otherwise.
+first use: NCCL where CUDA is available, gloo otherwise (``MI_MASSIVE_DIST_BACKEND`` chooses another).
 
     >>> from mi_massive import _dist
     >>> _dist.world(), list(_dist.shard(5))
@@ -31,11 +31,16 @@ def _init() -> bool:
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    backend = os.environ.get("MI_MASSIVE_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_local_gpu())
+    dist.init_process_group(backend=backend)
     return True
+
+
+def _local_gpu() -> int:
+    """This rank's GPU: LOCAL_RANK, wrapped round the GPUs there are (gloo ranks may share one)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
 
 
 def world() -> tuple[int, int]:
@@ -55,7 +60,7 @@ def is_main() -> bool:
 def local_device() -> torch.device | None:
     """The GPU this rank should use under ``torchrun`` with CUDA (``LOCAL_RANK``), else None."""
     if world()[1] > 1 and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", _local_gpu())
     return None
 
 
