@@ -229,7 +229,10 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
     # are; overflow warnings name it
     # no device: TransformerLens's choice (CUDA where there is one), which the bridge already put in cfg.device
     # without moving the weights of a model passed in; the weights go where the inputs will
-    want, have = torch.device(device or bridge.cfg.device or "cpu"), next(bridge.parameters()).device
+    from . import _dist  # under torchrun with CUDA, each rank's own GPU
+
+    want = torch.device(device or _dist.local_device() or bridge.cfg.device or "cpu")
+    have = next(bridge.parameters()).device
     if have.type != want.type or (want.index is not None and have.index != want.index):
         bridge.to(want)
     bridge.cfg.device = str(next(bridge.parameters()).device)  # where the weights are: inputs follow cfg.device
