@@ -196,6 +196,12 @@ def test_attention_sinks_are_the_planted_tokens(planted):
     assert ((sinks.sink_mass >= 0) & (sinks.sink_mass <= 1 + 1e-6)).all() and torch.isfinite(sinks.alpha).all()
     given = attention_sinks(model, IMAGES, sink_positions=[0])
     assert given.sink_positions[0] == (0,) and given.first_massive_layer is None
+    from mi_massive._hooks import capture
+
+    _, c = capture(model, prepare_images(model, IMAGES), [arch.hook.pattern(2)])
+    p = c[arch.hook.pattern(2)].double()  # (image, head, query, key)
+    torch.testing.assert_close(given.sink_mass[2].double(), p[:, :, 1:, 0].mean((0, 2)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(given.alpha[2].double(), p[:, :, :, 0].mean((0, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_pictures():

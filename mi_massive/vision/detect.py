@@ -122,8 +122,9 @@ class TokenStats(Result):
         if not self.sites:
             return f"no massive activations in {self.model_name} over {self.n_images} image(s)"
         last = self.mean.shape[1] - 1
-        parts = [f"{t} dim {d}: mean {float(self.mean[i, last]):.4g}, CV {float(self.cv[i, last]):.2%}"
-                 for i, (t, d) in enumerate(self.sites[:4])]
+        cv = (lambda i: "CV undefined (one image: no spread)") if self.n_images < 2 else (
+            lambda i: f"CV {float(self.cv[i, last]):.2%}")
+        parts = [f"{t} dim {d}: mean {float(self.mean[i, last]):.4g}, {cv(i)}" for i, (t, d) in enumerate(self.sites[:4])]
         return f"{self.model_name} over {self.n_images} image(s), last layer: " + "; ".join(parts)
 
 

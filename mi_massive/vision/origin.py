@@ -121,8 +121,8 @@ def trace_origin(model: Any, image: Any, *, layer: int | None = None, pos: int |
 def attention_sinks(model: Any, images: Any, *, sink_positions: Sequence[int] | None = None, epsilon: float = 0.3,
                     threshold: float = 100.0, ratio: float = 1000.0, batch_size: int = 8) -> AttentionSinks:
     """Per layer and head, the attention every query puts on the sink tokens (the language models'
-    `AttentionSinks`). Sinks: `sink_positions`, else the tokens holding a massive activation in every image (CLS,
-    registers; a patch only where the same patch holds it in all of them). Queries are every non-sink token; a
+    `AttentionSinks`). Sinks: `sink_positions` in every image, else each image's own tokens holding a massive
+    activation (CLS and registers; patches, which may differ between images). Queries are every non-sink token; a
     sink's alpha is the mean attention it receives over all queries (attention is bidirectional)."""
     if not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be an attention probability in 0..1, got {epsilon!r}")
@@ -131,24 +131,29 @@ def attention_sinks(model: Any, images: Any, *, sink_positions: Sequence[int] | 
     first = None
     if sink_positions is None:
         sites = find_massive_activations(model, pixels, threshold=threshold, ratio=ratio, batch_size=batch_size).sites()
-        held = sites.groupby("pos").prompt.nunique()
-        sinks = sorted(int(p) for p, k in held.items() if k == n)
-        if not sinks:
-            raise ValueError(f"no token holds a massive activation in every image in {model_name(model)}: pass "
-                             "sink_positions=[0] to name the sink tokens yourself")
-        first = int(sites[sites.pos.isin(sinks)].first_layer.min())
+        per_image = [tuple(sorted({int(p) for p in sites.pos[sites.prompt == i]})) for i in range(n)]
+        if not all(per_image):
+            raise ValueError(f"no massive activation in image(s) {[i for i, s in enumerate(per_image) if not s][:5]} "
+                             f"of {model_name(model)}: pass sink_positions=[0] to name the sink tokens yourself")
+        first = int(sites.first_layer.min())
     else:
-        sinks = sorted({int(p) for p in sink_positions})
+        sinks = tuple(sorted({int(p) for p in sink_positions}))
         if not sinks or not all(0 <= p < lay.n_tokens for p in sinks):
             raise ValueError(f"sink_positions must name tokens in 0..{lay.n_tokens - 1}, got {sink_positions!r}")
+        per_image = [sinks] * n
     cfg = model.cfg
     L, H = cfg.n_layers, cfg.n_heads
-    sink = torch.zeros(lay.n_tokens, dtype=torch.bool)
-    sink[sinks] = True
+    sink_all = torch.zeros(n, lay.n_tokens, dtype=torch.bool)  # (image, pos)
+    for i, pos in enumerate(per_image):
+        sink_all[i, list(pos)] = True
     mass = torch.zeros(L, H, dtype=torch.float64)
     alpha = torch.zeros_like(mass)
     vec = {(kind, part): [VecStats((H,), cfg.d_head) for _ in range(L)] for kind in "kv" for part in ("sink", "other")}
     kept: dict[tuple[int, str], Tensor] = {}
+    rows = [0]
+
+    def sink_of(x: Tensor) -> Tensor:  # (batch, pos) of this batch
+        return sink_all[rows[0]: rows[0] + len(x)].to(x.device)
 
     def save(layer: int, kind: str):
         def fn(x: Tensor, hook: Any) -> None:
@@ -158,24 +163,27 @@ def attention_sinks(model: Any, images: Any, *, sink_positions: Sequence[int] | 
     def on_pattern(layer: int):
         def fn(p: Tensor, hook: Any) -> None:
             p = p.detach().float()  # (batch, head, query_pos, key_pos)
-            s = sink.to(p.device)
-            mass[layer] += p[:, :, ~s][..., s].sum(-1).sum((0, 2)).double().cpu()  # queries that are not sinks
-            alpha[layer] += p[..., s].mean(2).sum((0, 2)).double().cpu()  # mean over every query
+            s = sink_of(p)[:, None].float()  # (batch, 1, pos)
+            on_sink = (p * s[:, :, None, :]).sum(-1)  # (batch, head, query_pos)
+            mass[layer] += (on_sink * (1 - s)).sum((0, 2)).double().cpu()  # from queries that are not sinks
+            alpha[layer] += (p.mean(2) * s).sum((0, 2)).double().cpu()  # mean over every query, per sink
         return fn
 
     def on_v(layer: int):
         def fn(v: Tensor, hook: Any) -> None:
+            s = sink_of(v)
             for kind in "kv":
                 x = kept.pop((layer, kind)) if kind == "k" else v.detach().float()  # (batch, pos, head, d_head)
-                vec[(kind, "sink")][layer].add(x[:, sink.to(x.device)].flatten(0, 1))
-                vec[(kind, "other")][layer].add(x[:, ~sink.to(x.device)].flatten(0, 1))
+                vec[(kind, "sink")][layer].add(x[s])
+                vec[(kind, "other")][layer].add(x[~s])
         return fn
 
     hooks = []
     for l in range(L):
         hooks += [(hook.k(l), save(l, "k")), (hook.v(l), on_v(l)), (hook.pattern(l), on_pattern(l))]
-    _run.forward(model, pixels, hooks, batch_size=batch_size)
-    n_query, n_sink = n * int((~sink).sum()), n * len(sinks)
+    _run.forward(model, pixels, hooks, batch_size=batch_size, on_batch=lambda start: rows.__setitem__(0, start))
+    n_sink = int(sink_all.sum())
+    n_query = n * lay.n_tokens - n_sink
     k_other = vec[("k", "other")]
 
     def stat(kind: str, part: str) -> Tensor:
@@ -187,6 +195,6 @@ def attention_sinks(model: Any, images: Any, *, sink_positions: Sequence[int] | 
         k_cos_sink=torch.stack([s.cos_to(o.mean) for s, o in zip(vec[("k", "sink")], k_other)]).float(),
         k_cos_other=torch.stack([o.cos_to(o.mean) for o in k_other]).float(),
         v_norm_sink=stat("v", "sink"), v_norm_other=stat("v", "other"),
-        sink_positions=(tuple(sinks),) * n, first_massive_layer=first, str_tokens=(lay.names(),) * n,
+        sink_positions=tuple(per_image), first_massive_layer=first, str_tokens=(lay.names(),) * n,
         epsilon=float(epsilon), model_name=model_name(model),
     )
