@@ -3,6 +3,9 @@
     >>> from mi_massive import load_model, find_massive_activations
     >>> model = load_model()                                    # doctest: +SKIP
     >>> find_massive_activations(model, "Summer is warm.")      # doctest: +SKIP
+    >>> from mi_massive.testing import tiny_model               # no download: a massive activation planted
+    >>> find_massive_activations(tiny_model("llama"), "Summer is warm.").dims
+    [5]
 """
 
 import importlib

@@ -13,10 +13,13 @@ computed inside hooks, one layer at a time, so no attention cache is ever kept.
 Queries at a sink position are excluded from every statistic over queries (position 0 can only attend to
 itself, so its "sink mass" is 1 by construction); so are queries before the first sink, which cannot see it.
 
-    >>> from mi_massive import load_model, attention_sinks, implicit_bias
-    >>> model = load_model("smollm2-135m")                                  # doctest: +SKIP
-    >>> attention_sinks(model, ["Summer is warm. Winter is cold."])          # doctest: +SKIP
-    >>> implicit_bias(model, ["Summer is warm. Winter is cold."]).swap       # doctest: +SKIP
+    >>> from mi_massive import attention_sinks, implicit_bias
+    >>> from mi_massive.testing import tiny_model
+    >>> model = tiny_model("llama")           # planted at BOS; load_model("smollm2-135m") for the paper's
+    >>> attention_sinks(model, ["Summer is warm. Winter is cold."]).sink_positions
+    ((0,),)
+    >>> implicit_bias(model, ["Summer is warm. Winter is cold."]).layers
+    (2, 3)
 """
 
 from __future__ import annotations
@@ -137,8 +140,9 @@ def attention_sinks(
     one list per prompt. Queries at sink positions (and before the
     first sink) are left out of `sink_mass`: position 0 attends only to itself.
 
-        >>> sinks = attention_sinks(model, ["Summer is warm."])        # doctest: +SKIP
-        >>> sinks.by_layer()                                           # doctest: +SKIP
+        >>> sinks = attention_sinks(model, ["Summer is warm."])
+        >>> list(sinks.by_layer().index)
+        [0, 1, 2, 3]
     """
     if not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
         raise ValueError(f"epsilon must be an attention probability in 0..1, got {epsilon!r}")
@@ -293,7 +297,8 @@ def swap_implicit_bias(model: Any, bias: ImplicitBias, *, mode: str = "swap",
     `sink_positions` (default: `bias.common_sinks`) are the sink tokens of every prompt run inside. The hooks
     must fire and always come off.
 
-        >>> with swap_implicit_bias(model, bias):                       # doctest: +SKIP
+        >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])
+        >>> with swap_implicit_bias(model, bias):
         ...     loss = model("Summer is warm.", return_type="loss")
     """
     if mode not in ("swap", "remove"):
@@ -342,8 +347,9 @@ def implicit_bias(
     cosine to the mean is 1 by construction: the result says so (`by_construction`) and `size_cv` (how much
     p_q0 varies) is the informative number.
 
-        >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])   # doctest: +SKIP
-        >>> bias.swap                                                           # doctest: +SKIP
+        >>> bias = implicit_bias(model, ["Summer is warm. Winter is cold."])
+        >>> bias.by_construction != ""      # one sink token in one prompt: its cosine is 1 by construction
+        True
     """
     layers = check_layers(model, layers)
     prompts, sinks, first, str_toks = prepare(model, inputs, sink_positions, threshold=threshold, ratio=ratio,

@@ -5,9 +5,11 @@ value (delimiters such as "." or "\\n"), once without BOS and once with BOS. The
 BOS; with BOS, position 0 is the BOS token, which under causal attention sees only itself, so its value is
 the same for every input and its CV is trivially zero.
 
-    >>> from mi_massive import load_model, massive_stats
-    >>> stats = massive_stats(load_model(), ["Summer is warm.", "Winter is cold."])   # doctest: +SKIP
-    >>> stats.summary()                                                               # doctest: +SKIP
+    >>> from mi_massive import massive_stats
+    >>> from mi_massive.testing import tiny_model
+    >>> stats = massive_stats(tiny_model("llama"), ["Summer is warm.", "Winter is cold."])   # load_model() for real
+    >>> stats.dims
+    (5,)
 """
 
 from __future__ import annotations
@@ -161,8 +163,9 @@ def massive_stats(
     token's bias term, and are listed in `excluded_dims` instead. A std or CV of fewer than two values is NaN
     (`summary()` says why); a mean over one distinct starting token is flagged (`constant_by_construction`).
 
-        >>> stats = massive_stats(model, load_corpus("wiki-en", n=32))    # doctest: +SKIP
-        >>> stats.summary()                                              # doctest: +SKIP
+        >>> stats = massive_stats(model, ["Summer is warm.", "Winter is cold."])   # load_corpus("wiki-en", n=32)
+        >>> stats.dims
+        (5,)
     """
     _check_rule(threshold, ratio)
     settings = (prepend_bos,) if isinstance(prepend_bos, bool) else tuple(prepend_bos)

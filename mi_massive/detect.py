@@ -5,10 +5,11 @@ prompt. Statistics are computed inside the hooks, batch by batch: no activation 
 scan over thousands of prompts costs about one forward pass each. How the passes run (the bare Hugging Face
 trunk, CUDA graphs, Triton statistics) is the engine's business (`mi_massive.engine`).
 
-    >>> from mi_massive import load_model, find_massive_activations
-    >>> model = load_model("smollm2-135m")                       # doctest: +SKIP
-    >>> find_massive_activations(model, "Summer is warm.")        # doctest: +SKIP
-    <MassiveActivations: 1 massive dimension (507) at 1 position ...>
+    >>> from mi_massive import find_massive_activations
+    >>> from mi_massive.testing import tiny_model
+    >>> model = tiny_model("llama")         # planted in dim 5; load_model("smollm2-135m") for the paper's
+    >>> find_massive_activations(model, "Summer is warm.")
+    <MassiveActivations: 1 massive dimension(s) (5) at 1 (prompt, position) site(s) ...>
 """
 
 from __future__ import annotations
@@ -338,8 +339,9 @@ def find_massive_activations(
     (`mi_massive.sites`): a token's massive activation (start token, BOS, first delimiter, other) or a
     feature-wide outlier dim, which `first_layer` leaves out.
 
-        >>> acts = find_massive_activations(model, ["Summer is warm.", "Winter is cold."])   # doctest: +SKIP
-        >>> acts.summary()                                                                    # doctest: +SKIP
+        >>> acts = find_massive_activations(model, ["Summer is warm.", "Winter is cold."])
+        >>> acts.dims, acts.positions(prompt=1)
+        ([5], [0])
     """
     return scan(model, inputs, threshold=threshold, ratio=ratio, batch_size=batch_size, prepend_bos=prepend_bos,
                 progress=progress)[0]

@@ -11,8 +11,10 @@ in the single block where the value appears, how much of the clean value comes b
 it comes back, it warns, records it (`rebuilt`, `recovery`) and, with ``layers="auto"``, sets the value in
 every block from its first to its last massive layer.
 
-    >>> iv = build_intervention(model, calibration_texts, mode="mean")     # doctest: +SKIP
-    >>> with intervene(model, iv):                                         # doctest: +SKIP
+    >>> from mi_massive.testing import tiny_model
+    >>> model = tiny_model("llama")
+    >>> iv = build_intervention(model, ["Summer is warm.", "Winter is cold."], mode="mean")
+    >>> with intervene(model, iv):
     ...     loss = model("The sky is blue.", return_type="loss")
 """
 
@@ -164,7 +166,8 @@ def intervene(model: Any, intervention: Intervention) -> _Intervening:
     """Apply `intervention` to every forward pass in the body; hooks come off in `finally`, and a hook that
     never fired raises. The returned object can be entered again.
 
-        >>> with intervene(model, iv):                            # doctest: +SKIP
+        >>> iv = build_intervention(model, ["Summer is warm.", "Winter is cold."])
+        >>> with intervene(model, iv):
         ...     logits = model("Summer is warm.")
     """
     _inputs.check_model(model)
@@ -244,7 +247,9 @@ def build_intervention(
     positions; a negative position counts from each prompt's end, as in Python (-1: its last token). `stats` (massive_stats of the calibration text)
     saves measuring them again. `prepend_bos=None` follows the model's default.
 
-        >>> iv = build_intervention(model, load_corpus("wiki-en", n=32), mode="mean")   # doctest: +SKIP
+        >>> iv = build_intervention(model, ["Summer is warm.", "Winter is cold."], mode="mean")  # or load_corpus(...)
+        >>> iv.dims
+        (5,)
     """
     _inputs.check_model(model)
     if mode not in MODES:

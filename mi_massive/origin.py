@@ -10,10 +10,11 @@ Families with a norm after each sub-layer (Gemma 2/3: ln1_post, ln2_post) are at
 norm's scale frozen at its value in this run, so parts still sum exactly to what was added; the MLP output
 is then not linear in its neurons, and an ablation changes that scale (the causal table measures it).
 
-    >>> from mi_massive import load_model, trace_origin
-    >>> model = load_model("smollm2-135m")                              # doctest: +SKIP
-    >>> trace_origin(model, "Summer is warm. Winter is cold.")          # doctest: +SKIP
-    <Origin: x[11, pos 0, dim 507] = 2.49e+04 in smollm2-135m is written by block 11 ...>
+    >>> from mi_massive import trace_origin
+    >>> from mi_massive.testing import tiny_model
+    >>> model = tiny_model("llama")        # planted in block 1's MLP; load_model("smollm2-135m") for the paper's
+    >>> trace_origin(model, "Summer is warm. Winter is cold.")
+    <Origin: x[1, pos 0 '<bos>', dim 5] = 1000 in tiny-llama is written by block 1's MLP ...>
 """
 
 from __future__ import annotations
@@ -250,8 +251,9 @@ def trace_origin(
     weight, trace again, zero the next). With `cache` (from `model.run_with_cache(tokens)`) and
     `ablate=False`, no forward pass is run.
 
-        >>> origin = trace_origin(model, "Summer is warm.", dim=507)     # doctest: +SKIP
-        >>> origin.neurons, origin.super_weight, origin.causal           # doctest: +SKIP
+        >>> origin = trace_origin(model, "Summer is warm.", dim=5)
+        >>> origin.writer_layer, origin.super_weight
+        (1, down_proj[1][5, 7] = 4.968 (|w| rank 1 of 8,192))
     """
     _check_rule(threshold, ratio)
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)

@@ -22,10 +22,12 @@ not run again. Where every massive position is the first token, query-only varia
 first query meets only its own key (softmax weight exactly 1), so their metric is exactly the clean one
 (``method="naive"`` runs one whole pass per receiver and prompt, for reference).
 
-    >>> from mi_massive import load_model, path_patch
-    >>> model = load_model("smollm2-135m")                          # doctest: +SKIP
-    >>> pp = path_patch(model, ["Summer is warm. Winter is cold."])  # doctest: +SKIP
-    >>> pp.summary()                                                 # doctest: +SKIP
+    >>> from mi_massive import path_patch
+    >>> from mi_massive.testing import tiny_model
+    >>> model = tiny_model("llama")          # planted in block 1; load_model("smollm2-135m") for the paper's
+    >>> pp = path_patch(model, ["Summer is warm. Winter is cold."])
+    >>> pp.sender_layer
+    1
 """
 
 from __future__ import annotations
@@ -228,8 +230,9 @@ def path_patch(
     per prompt and averaged. `batch_size` is rows per forward pass; `method="naive"` is the one-pass-per-
     receiver reference. Pass `massive=` (a MassiveActivations for the same inputs) to skip detection.
 
-        >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))   # doctest: +SKIP
-        >>> pp.to_dataframe().sort_values("effect").tail()                    # doctest: +SKIP
+        >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))
+        >>> sorted(set(pp.to_dataframe().path))
+        ['k', 'k+v', 'v']
     """
     if layers is not None and (isinstance(layers, (int, str)) or not isinstance(layers, Sequence)):
         raise TypeError(f"layers must be a list of receiver layers or None, got {layers!r}"

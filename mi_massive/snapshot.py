@@ -7,7 +7,7 @@ so a picture can be saved and redrawn without the model.
     >>> from mi_massive.testing import tiny_model
     >>> model = tiny_model("llama")
     >>> layer_magnitudes(model, "hello world", 1)
-    <LayerMagnitudes: |x| of blocks.1.hook_resid_post in tiny-llama over 12 tokens: peak 1e+03 at token 0 ('<bos>'), dim 5>
+    <LayerMagnitudes: |x| of blocks.1.hook_resid_post in tiny-llama over 12 tokens: peak ... at token 0 ('<bos>'), dim 5>
     >>> attention_patterns(model, "hello world", 2).sinks
     (0,)
 """
@@ -171,7 +171,7 @@ def explore(model: Any, *, prompt: str = "Summer is warm. Winter is cold.", laye
     analyses above on each new prompt and hands their results to `viz.explore.Explorer`, which only draws.
 
         >>> app = explore(model)         # doctest: +SKIP
-        >>> app                          # displays in Jupyter
+        >>> app                          # doctest: +SKIP
         >>> app.layer.value = 12         # drive it from Python
     """
     from .detect import find_massive_activations

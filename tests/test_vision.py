@@ -216,6 +216,19 @@ def test_pictures():
     assert "CLS dim 5" in magnitudes_3d(model, IMAGES[0], layer=3).layout.title.text
 
 
+def test_every_vision_result_shows_itself():
+    from mi_massive.viz import View
+    from mi_massive.vision.detect import scan, token_stats
+    from mi_massive.vision.interventions import fix_reg_mean
+    from mi_massive.vision.origin import attention_sinks, trace_origin
+
+    model, _ = model_of("dinov2_registers")
+    acts, profile = scan(model, IMAGES[:2])
+    for result in (acts, profile, token_stats(model, IMAGES[:2]), fix_reg_mean(model, IMAGES[:2]),
+                   trace_origin(model, IMAGES[0], n_random=1), attention_sinks(model, IMAGES[:2])):
+        assert isinstance(result.show(), View), type(result).__name__
+
+
 def test_whole_clip_checkpoint_loads_its_vision_tower(tmp_path):
     """openai/clip-vit-large-patch14 is a whole CLIPModel: its vision tower and projection are what loads."""
     import transformers

@@ -91,6 +91,8 @@ class TokenStats(Result):
     """Per massive site (CLS, a register, or the patches holding it) and dim: its value's mean, std and count
     across images at every layer. For "patches", each image's value is its largest-|x| patch in that dim."""
 
+    VIEW = "interventions:show_result_table"  # the sentence and the table
+
     sites: tuple[tuple[str, int], ...]  # (token kind, dim)
     mean: Float[Tensor, "site layer"]
     std: Float[Tensor, "site layer"]

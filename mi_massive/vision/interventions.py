@@ -41,6 +41,8 @@ class TokenIntervention(Result):
     the calibration images (`value[layer, token, dim]`; for patches one value per dim, written where the rule finds
     the dim massive in a patch of the image at hand)."""
 
+    VIEW = "interventions:show_result_table"  # the sentence and the table
+
     tokens: str
     mode: str
     positions: tuple[int, ...]  # CLS / register positions; () for patches (found per image)
@@ -190,6 +192,8 @@ def intervene_tokens(model: Any, iv: TokenIntervention) -> Iterator[Any]:
 class OutputChange(Result):
     """How an intervention changes the model's output on each image: relative L2 change and cosine to the clean
     output, and for a classifier whether the top-1 class is kept."""
+
+    VIEW = "interventions:show_result_table"  # the sentence and the table
 
     interventions: tuple[str, ...]  # each intervention's sentence
     kind: str  # "classifier" or "embedding"
