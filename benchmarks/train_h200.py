@@ -119,6 +119,7 @@ def main() -> int:
         run.paper_figure(out / "lab.png")
     except ImportError as exc:
         checks["figure"] = f"not drawn: {exc}"
+    (out / "checks.json").write_text(json.dumps(checks, indent=1, default=str))  # kept if the analyses time out
     if not args.no_analyses:
         from mi_massive.train import data as _data
         from mi_massive.train.lab import LabSpec, load_data

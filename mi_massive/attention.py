@@ -18,8 +18,6 @@ itself, so its "sink mass" is 1 by construction); so are queries before the firs
     >>> model = tiny_model("llama")           # planted at BOS; load_model("smollm2-135m") for the paper's
     >>> attention_sinks(model, ["Summer is warm. Winter is cold."]).sink_positions
     ((0,),)
-    >>> implicit_bias(model, ["Summer is warm. Winter is cold."]).layers
-    (2, 3)
 """
 
 from __future__ import annotations

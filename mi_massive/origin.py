@@ -14,7 +14,7 @@ is then not linear in its neurons, and an ablation changes that scale (the causa
     >>> from mi_massive.testing import tiny_model
     >>> model = tiny_model("llama")        # planted in block 1's MLP; load_model("smollm2-135m") for the paper's
     >>> trace_origin(model, "Summer is warm. Winter is cold.")
-    <Origin: x[1, pos 0 '<bos>', dim 5] = 1000 in tiny-llama is written by block 1's MLP ...>
+    <Origin: x[1, pos 0 '<bos>', dim 5] = 1000 in tiny-llama is written by block 1's MLP...>
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ def trace_origin(
     `ablate=False`, no forward pass is run.
 
         >>> origin = trace_origin(model, "Summer is warm.", dim=5)
-        >>> origin.writer_layer, origin.super_weight
-        (1, down_proj[1][5, 7] = 4.968 (|w| rank 1 of 8,192))
+        >>> origin.writer_layer, origin.super_weight.row, origin.super_weight.col   # down_proj[1][5, 7]
+        (1, 5, 7)
     """
     _check_rule(threshold, ratio)
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)

@@ -232,7 +232,7 @@ def path_patch(
 
         >>> pp = path_patch(model, "Summer is warm.", receivers=("k", "v"))
         >>> sorted(set(pp.to_dataframe().path))
-        ['k', 'k+v', 'v']
+        ['k', 'v']
     """
     if layers is not None and (isinstance(layers, (int, str)) or not isinstance(layers, Sequence)):
         raise TypeError(f"layers must be a list of receiver layers or None, got {layers!r}"

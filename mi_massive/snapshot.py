@@ -172,7 +172,7 @@ def explore(model: Any, *, prompt: str = "Summer is warm. Winter is cold.", laye
 
         >>> app = explore(model)         # doctest: +SKIP
         >>> app                          # doctest: +SKIP
-        >>> app.layer.value = 12         # drive it from Python
+        >>> app.layer.value = 12         # doctest: +SKIP
     """
     from .detect import find_massive_activations
     from .viz.explore import Explorer

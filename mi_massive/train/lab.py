@@ -48,6 +48,7 @@ class LabSpec:
     seed: int = 0
     data: str = "wiki-en+lee-news"  # or "copy" (the synthetic task)
     tokenizer: str = "smollm2-135m"  # an embedded model whose tokenizer is used
+    vocab_size: int | None = None  # None: the tokenizer's; smaller only for the copy task (its ids are < 515)
     threshold: float = 100.0  # the paper's rule, never lowered here
     ratio: float = 1000.0
 
@@ -59,6 +60,10 @@ class LabSpec:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 515):
+            raise ValueError(f"vocab_size must be None or an int >= 515 (the copy task's ids), got {self.vocab_size!r}")
+        if self.vocab_size is not None and self.data != "copy":
+            raise ValueError("vocab_size below the tokenizer's is only for data='copy' (text uses every id)")
         if self.data not in ("wiki-en+lee-news", "wiki-en", "lee-news", "copy"):
             raise ValueError(f"unknown data {self.data!r}: use 'wiki-en+lee-news', 'wiki-en', 'lee-news' or 'copy'")
 
@@ -93,7 +98,7 @@ def _optimizer(model: torch.nn.Module, spec: LabSpec, device: torch.device) -> t
 
 def _arm_config(arm: str, spec: LabSpec, tokenizer: Any):
     return modeling.lab_config(arm, d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
-                               vocab_size=len(tokenizer), d_mlp=spec.d_mlp, n_ctx=spec.n_ctx,
+                               vocab_size=spec.vocab_size or len(tokenizer), d_mlp=spec.d_mlp, n_ctx=spec.n_ctx,
                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 

@@ -31,7 +31,8 @@ def probe(bridge: Any, tokens: Tensor, *, threshold: float = 100.0, ratio: float
     top_rest = torch.zeros_like(top0)
     median = torch.zeros_like(top0)
     bias_mass = torch.full((n_layers,), float("nan"))
-    has_bias = hasattr(bridge.blocks[0].attn, "hook_bias_weight")
+    variant = getattr(getattr(bridge.blocks[0].attn, "original_component", None), "variant", None)
+    has_bias = variant in ("attn_bias", "softmax1")  # hook_bias_weight fires only where k' (or the 1) exists
     bias_sum = torch.zeros(n_layers)
 
     for start in range(0, len(tokens), batch_size):

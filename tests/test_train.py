@@ -1,0 +1,155 @@
+"""The training lab on the CPU: a tiny two-arm run, its curves and checkpoints, and k'/v' receiving attention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from mi_massive.train import LabSpec, TrainingRun, train
+from mi_massive.train import modeling
+
+SPEC = LabSpec(d_model=32, n_layers=2, n_heads=2, n_ctx=16, batch_size=4, steps=4, eval_every=2, warmup=2,
+               eval_windows=2, val_windows=2, data="copy", vocab_size=515, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(("default", "attn_bias"), SPEC, out_dir=out, device="cpu", progress=False)
+    return run, out
+
+
+@pytest.fixture(scope="module")
+def bias_model(lab):
+    from mi_massive import load_model
+
+    run, _ = lab
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(run.arm_info.set_index("arm").at["attn_bias", "checkpoint"], device="cpu")
+
+
+def test_curves_per_arm_and_scan(lab, tmp_path):
+    run, _ = lab
+    assert run.arms == ("default", "attn_bias")
+    df = run.to_dataframe()
+    assert sorted(df.step.unique()) == [0, 2, 4] and len(df) == 6  # scans at 0, every 2 steps and the end
+    assert len(run.curves) == 6 * SPEC.n_layers
+    assert (run.curves.ratio_pos0 > 0).all() and (run.curves["median"] > 0).all()
+    assert run.curves[run.curves.arm == "default"].bias_mass.isna().all()  # no k': undefined, not 0
+    bias = run.curves[run.curves.arm == "attn_bias"].bias_mass
+    assert ((bias > 0) & (bias < 1)).all()
+    assert (df.val_loss > 0).all() and df.train_loss.iloc[1:].notna().any()
+    # saved and loaded without the models, both ways
+    run.save(tmp_path / "run.safetensors")
+    again = TrainingRun.load(tmp_path / "run.safetensors")
+    assert again.arms == run.arms and again.to_dataframe().equals(run.to_dataframe())
+    back = TrainingRun.from_json(run.to_json())
+    assert back.to_dataframe().round(6).equals(run.to_dataframe().round(6))
+    view = run.show()
+    assert "Training lab" in view.local_src
+
+
+def test_checkpoints_reload_with_load_model(lab, bias_model):
+    from mi_massive import load_model
+    from mi_massive.engine._bare import unwired
+
+    run, out = lab
+    info = run.arm_info.set_index("arm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = load_model(info.at["default", "checkpoint"], device="cpu")
+    assert plain.original_model.config.architectures == ["LlamaForCausalLM"]  # the default arm is a plain Llama
+    assert type(bias_model.blocks[0].attn).__name__ == "LabAttentionBridge"  # the bridge computes k'/v'
+    x = torch.randint(3, 515, (2, 12))
+    with torch.no_grad():
+        logits = bias_model(x)
+        with unwired(bias_model) as hf:
+            bare = hf(x).logits  # the HF module's own attention
+    torch.testing.assert_close(logits, bare, atol=1e-5, rtol=1e-5)
+
+
+def test_attn_bias_k_v_receive_attention(bias_model):
+    x = torch.randint(3, 515, (2, 12))
+    _, cache = bias_model.run_with_cache(x)
+    for layer in range(SPEC.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"]  # (batch, head, query_pos, key_pos)
+        w = cache[f"blocks.{layer}.attn.hook_bias_weight"]  # (batch, head, query_pos): attention on k'
+        torch.testing.assert_close(p.sum(-1) + w, torch.ones_like(w), atol=1e-5, rtol=0)
+        assert float(w.mean()) > 0.01
+    attn = bias_model.original_model.model.layers[0].self_attn
+    attn = getattr(attn, "original_component", attn)
+    torch.manual_seed(SPEC.seed)  # the arm's initial k' (same seed, same config): training moved it
+    init = modeling.build_model(bias_model.original_model.config).model.layers[0].self_attn
+    assert not torch.allclose(init.k_bias, attn.k_bias) and not torch.allclose(init.v_bias, attn.v_bias)
+    with torch.no_grad():
+        before = bias_model(x)
+        saved = attn.v_bias.clone()
+        attn.v_bias.zero_()
+        try:
+            after = bias_model(x)
+        finally:
+            attn.v_bias.copy_(saved)
+    assert not torch.allclose(before, after)  # v' reaches the output
+
+
+@pytest.mark.parametrize("variant", ["attn_bias", "softmax1", "sigmoid", "gated"])
+def test_bridge_computes_the_variant(variant):
+    from mi_massive import load_model
+
+    config = modeling.lab_config(variant, d_model=32, n_layers=2, n_heads=2, vocab_size=515, n_ctx=16)
+    torch.manual_seed(0)
+    hf = modeling.build_model(config)
+    x = torch.randint(3, 515, (2, 10))
+    with torch.no_grad():
+        hf.train()
+        fast = hf(x).logits  # scaled_dot_product_attention path (training)
+        hf.eval()
+        eager = hf(x).logits
+    from mi_massive.testing import char_tokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = load_model(hf, tokenizer=char_tokenizer(), device="cpu")
+    with torch.no_grad():
+        out = bridge(x)
+    torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
+    assert type(bridge.blocks[0].attn).__name__ == "LabAttentionBridge"
+
+
+def test_package_analyses_run_on_a_lab_checkpoint(bias_model):
+    from mi_massive import attention_sinks, find_massive_activations, path_patch, trace_origin
+    from mi_massive.testing import Plant, plant_massive_activation
+
+    plant_massive_activation(bias_model, Plant(layer=0, neuron=3, dim=5, magnitude=1000.0))
+    bos = bias_model.tokenizer.bos_token_id
+    x = torch.cat([torch.full((2, 1), bos), torch.randint(3, 515, (2, 11))], dim=1)
+    acts = find_massive_activations(bias_model, x)
+    assert acts.positions(0) == [0] and 5 in acts.dims
+    assert trace_origin(bias_model, x[:1], ablate=False).writer_layer == 0
+    sinks = attention_sinks(bias_model, x)
+    assert sinks.sink_positions[0] == (0,)
+    pp = path_patch(bias_model, x, receivers=("k", "v"), progress=False)
+    assert len(pp.to_dataframe())
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="unknown arm 'softmax2'"):
+        train(("default", "softmax2"), SPEC)
+    with pytest.raises(ValueError, match="n_heads"):
+        train(("default",), LabSpec(d_model=30, n_heads=4))
+    with pytest.raises(ValueError, match="vocab_size"):
+        LabSpec(vocab_size=515).validate()
+
+
+def test_train_help_imports_no_torch():
+    code = ("import sys; from mi_massive.cli import build_parser; build_parser(); "
+            "print(any(m.startswith(('torch', 'transformers')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
