@@ -498,6 +498,12 @@ def add_report_command(sub: Any) -> None:
     p.set_defaults(func=_report)
 
 
+def add_train_command(sub: Any) -> None:
+    from .train.cli import add_train_command as add  # argparse only: nothing heavy
+
+    add(sub, _positive_int)
+
+
 _COMMANDS: dict[str, Callable] = {
     "scan": add_scan_command,
     "table3": add_table3_command,
@@ -505,6 +511,7 @@ _COMMANDS: dict[str, Callable] = {
     "patch": add_patch_command,
     "report": add_report_command,
     "sinks": add_sinks_command,
+    "train": add_train_command,
 }
 
 

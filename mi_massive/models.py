@@ -247,8 +247,13 @@ def _boot(hf_model: Any, tokenizer: Any, hf_id: str, *, device: str | None, name
 def _from_hf(source: str, *, device: str | None, dtype: torch.dtype, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .train.modeling import is_lab_checkpoint, load_hf
+
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if is_lab_checkpoint(source):  # trained by mi_massive.train with an attention variant: its own HF class
+            hf_model = load_hf(source, dtype=dtype)  # and bridge adapter (the bridge recomputes attention)
+        else:
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         if name in EMBEDDED:  # a cache written by a killed or older process, or changed on disk
