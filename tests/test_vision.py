@@ -130,18 +130,18 @@ def test_interventions_per_token_kind_remove_the_value_and_restore_the_model(pla
     from mi_massive.vision.interventions import build_token_intervention, intervene_tokens, output_change
 
     model, plants = planted
-    px = prepare_images(model, IMAGES)
+    px = prepare_images(model, IMAGES[:2])
     clean = _run.forward(model, px)
     for p in plants:
         tokens = {"cls": "cls", "register": "registers", "patch": "patches"}[p.kind]
-        zero = build_token_intervention(model, IMAGES, tokens=tokens, mode="zero", dims="massive")
-        mean = build_token_intervention(model, IMAGES, tokens=tokens, mode="mean", dims="massive")
+        zero = build_token_intervention(model, IMAGES[:2], tokens=tokens, mode="zero", dims="massive")
+        mean = build_token_intervention(model, IMAGES[:2], tokens=tokens, mode="mean", dims="massive")
         assert zero.dims == (p.dim,)
         with intervene_tokens(model, zero):
             left = find_massive_activations(model, px).to_dataframe()
             assert not ((left.dim == p.dim) & (left.pos == _pos(model, p))).any()
         torch.testing.assert_close(_run.forward(model, px), clean, rtol=0, atol=0)  # restored
-        change = output_change(model, IMAGES, [mean, zero])
+        change = output_change(model, IMAGES[:2], [mean, zero])
         assert 0 <= change.relative_change[0].mean() < change.relative_change[1].mean()  # the mean keeps more
         assert ((change.cosine <= 1 + 1e-5) & (change.cosine >= -1 - 1e-5)).all()
         if change.kind == "classifier":
@@ -149,7 +149,7 @@ def test_interventions_per_token_kind_remove_the_value_and_restore_the_model(pla
         else:
             assert torch.isnan(change.top1_kept).all()
     with pytest.raises(ValueError):
-        build_token_intervention(model, IMAGES, tokens="heads")
+        build_token_intervention(model, IMAGES[:2], tokens="heads")
 
 
 def test_fix_reg_mean_changes_outputs_less_than_zeroing():
@@ -224,8 +224,8 @@ def test_every_vision_result_shows_itself():
 
     model, _ = model_of("dinov2_registers")
     acts, profile = scan(model, IMAGES[:2])
-    for result in (acts, profile, token_stats(model, IMAGES[:2]), fix_reg_mean(model, IMAGES[:2]),
-                   trace_origin(model, IMAGES[0], n_random=1), attention_sinks(model, IMAGES[:2])):
+    for result in (acts, profile, token_stats(model, IMAGES[:2]), fix_reg_mean(model, IMAGES[:1]),
+                   trace_origin(model, IMAGES[0], ablate=False), attention_sinks(model, IMAGES[:1])):
         assert isinstance(result.show(), View), type(result).__name__
 
 
