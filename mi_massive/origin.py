@@ -40,6 +40,9 @@ from .models import model_name
 
 NEURON_COLUMNS = ["layer", "neuron", "activation", "weight", "contribution", "share", "cum_share"]
 GATED_COLUMNS = ["gate", "linear"]  # hook_pre (gate pre-activation) and hook_pre_linear (up projection)
+WRITER_SHARE = 0.5  # a block that adds at least this share of the value writes it; below, the value is built up
+BUILD_SHARE = 0.8  # builders: the fewest blocks adding this share of what all blocks add in the value's direction
+OUTLIER_RANK = 10  # a super weight is an outlier of its matrix: among its OUTLIER_RANK largest |entries|
 POST_NORM_NOTE = ("head and neuron parts go through the post-sublayer norm scales frozen at this run "
                   "(the MLP output is not linear in its neurons under ln2_post)")
 
@@ -59,10 +62,17 @@ class SuperWeight:
         return (f"down_proj[{self.layer}][{self.row}, {self.col}] = {self.value:.4g} "
                 f"(|w| rank {self.rank} of {self.n_entries:,})")
 
+    @property
+    def is_outlier(self) -> bool:
+        """Among the largest |entries| of its matrix (rank <= OUTLIER_RANK): a super weight, not a typical one."""
+        return self.rank <= OUTLIER_RANK
+
 
 @dataclass(frozen=True, repr=False)
 class Origin(Result):
     """Who wrote x[layer, pos, dim]: components, writing block, neurons, super weight, upstream, causal check."""
+
+    VIEW = "origin:show_origin"
 
     model_name: str
     tokens: Int[Tensor, "pos"]
@@ -84,6 +94,11 @@ class Origin(Result):
     ratio: float
     hook_names: tuple[str, ...]
     note: str = ""
+    builders: tuple[int, ...] = ()  # the fewest blocks adding BUILD_SHARE of the blocks' parts, largest first
+    norm_gain: tuple[float, int, int] | None = None  # post-sublayer norm's gain at dim: (gain, rank, d_model)
+    peak_layer: int | None = None  # where |x[:, pos, dim]| is largest (at or after `layer`)
+    peak_value: float | None = None
+    peak_builders: tuple[int, ...] = ()  # the builders of the peak value
 
     @property
     def found(self) -> bool:
@@ -94,17 +109,63 @@ class Origin(Result):
 
     def by_layer(self) -> pd.DataFrame:
         """One row per block: attention and MLP parts of the value, and the running total after the block."""
-        df = self.components
-        if df.empty:
-            return pd.DataFrame(columns=["layer", "attn", "mlp", "total"])
-        blocks = df[df.component != "embedding"].assign(part=lambda d: d.component.map(
-            {"head": "attn", "attn_bias": "attn", "mlp": "mlp"}))
-        out = blocks.pivot_table(index="layer", columns="part", values="contribution", aggfunc="sum", fill_value=0.0)
-        out = out.reindex(columns=["attn", "mlp"], fill_value=0.0).reset_index()
-        out["layer"] = out.layer.astype(int)
-        embed = float(df.contribution[df.component == "embedding"].sum())
-        out["total"] = embed + (out.attn + out.mlp).cumsum()
-        return out
+        return _by_layer(self.components)
+
+    @property
+    def writer_share(self) -> float:
+        """Share of the value added by the writing block (NaN when nothing was traced)."""
+        if not self.found:
+            return float("nan")
+        w = self.by_layer().set_index("layer").loc[self.writer_layer]
+        return float((w.attn + w.mlp) / self.value)
+
+    @property
+    def built_up(self) -> bool:
+        """True when no block writes most of the value: it is built up over several (`builders`)."""
+        return self.found and self.writer_share < WRITER_SHARE
+
+    @property
+    def mechanism(self) -> str:
+        """How the value is written: "built up", "attention", "super weight", "post-norm gain" or "MLP neurons"."""
+        if not self.found:
+            return ""
+        if self.built_up:
+            return "built up"
+        w = self.by_layer().set_index("layer").loc[self.writer_layer]
+        if abs(w.attn) > abs(w.mlp):
+            return "attention"
+        if self.super_weight is not None and self.super_weight.is_outlier:
+            return "super weight"
+        return "post-norm gain" if self.norm_gain is not None else "MLP neurons"
+
+    def explanation(self) -> str:
+        """One sentence on how the value is written, for the picture and the repr."""
+        if not self.found:
+            return ""
+        kind = self.mechanism
+        if kind == "built up":
+            s = (f"built up over blocks {_shares(self.builders, self.by_layer(), self.value)}: no block writes most "
+                 f"of it (the largest, block {self.writer_layer}, adds {self.writer_share:.0%}), so no super weight "
+                 "is named")
+        elif kind == "attention":
+            s = f"written by block {self.writer_layer}'s attention, not its MLP: no super weight"
+        elif kind == "super weight":
+            n = self.neurons.iloc[0]
+            s = (f"written by block {self.writer_layer}'s MLP: top neuron {int(n.neuron)} gives {n.share:.0%} of its "
+                 f"part through super weight {self.super_weight}")
+        else:
+            n, sw = self.neurons.iloc[0], self.super_weight
+            s = (f"written by block {self.writer_layer}'s MLP (top neuron {int(n.neuron)}: {n.share:.0%} of its "
+                 f"part), but its down_proj entry {sw.value:.4g} is only |w| rank {sw.rank:,} of {sw.n_entries:,}: "
+                 "no super weight")
+            if kind == "post-norm gain":
+                gain, rank, d = self.norm_gain
+                s += (f"; the size comes from the post-MLP norm's gain {gain:.4g} on dim {self.dim} "
+                      f"(rank {rank} of {d})")
+        if self.peak_layer is not None and self.peak_layer != self.layer and self.peak_builders != self.builders:
+            s += (f"; it then grows to {self.peak_value:.4g} at layer {self.peak_layer}, built up over blocks "
+                  f"{', '.join(map(str, self.peak_builders))}")
+        return s
 
     def writers(self, min_share: float = 0.05) -> list[int]:
         """Blocks that each add at least `min_share` of the value (in its direction), largest first."""
@@ -121,16 +182,62 @@ class Origin(Result):
         tok = self.str_tokens[self.pos]
         writes = self.by_layer().set_index("layer").loc[self.writer_layer]
         s = (f"x[{self.layer}, pos {self.pos} {tok!r}, dim {self.dim}] = {self.value:.4g} in {self.model_name} is "
-             f"written by block {self.writer_layer} ({(writes.attn + writes.mlp) / self.value:.0%}: "
+             f"{self.explanation()} (block {self.writer_layer} adds {self.writer_share:.0%}: "
              f"attn {writes.attn:.4g}, MLP {writes.mlp:.4g})")
-        if len(self.neurons):
-            n = self.neurons.iloc[0]
-            s += (f", top neuron {int(n.neuron)} giving {n.share:.0%} of that MLP's part through "
-                  f"super weight {self.super_weight}")
         if len(self.causal) > 1:
             base, after = self.causal.iloc[0], self.causal.iloc[1]
             s += (f"; {after.ablation}: value {after.massive_value:.4g}, loss {base.loss:.3g} -> {after.loss:.3g}")
         return s
+
+
+def _by_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Components summed per block: attention and MLP parts, and the running total after the block."""
+    if df.empty:
+        return pd.DataFrame(columns=["layer", "attn", "mlp", "total"])
+    blocks = df[df.component != "embedding"].assign(part=lambda d: d.component.map(
+        {"head": "attn", "attn_bias": "attn", "mlp": "mlp"}))
+    out = blocks.pivot_table(index="layer", columns="part", values="contribution", aggfunc="sum", fill_value=0.0)
+    out = out.reindex(columns=["attn", "mlp"], fill_value=0.0).reset_index()
+    out["layer"] = out.layer.astype(int)
+    embed = float(df.contribution[df.component == "embedding"].sum())
+    out["total"] = embed + (out.attn + out.mlp).cumsum()
+    return out
+
+
+def _builders(df: pd.DataFrame, value: float) -> tuple[int, ...]:
+    """The fewest blocks, largest part first, adding BUILD_SHARE of what the blocks add in the value's direction."""
+    blocks = _by_layer(df)
+    share = ((blocks.attn + blocks.mlp) / value).to_numpy()
+    goal = BUILD_SHARE * share[share > 0].sum()
+    out, total = [], 0.0
+    for i in share.argsort()[::-1]:
+        if share[i] <= 0 or total >= goal:
+            break
+        out.append(int(blocks.layer.iloc[i]))
+        total += share[i]
+    return tuple(out)
+
+
+def _shares(blocks: tuple[int, ...], by_layer: pd.DataFrame, value: float) -> str:
+    parts = by_layer.set_index("layer")
+    return ", ".join(f"{b} ({(parts.attn[b] + parts.mlp[b]) / value:.0%})" for b in blocks)
+
+
+def _norm_gain(model: Any, layer: int, dim: int) -> tuple[float, int, int] | None:
+    """The gain of block `layer`'s post-MLP norm at `dim` and its rank (1 = largest) on post-norm families."""
+    if not spec(model).post_sublayer_norm:
+        return None
+    gain = attr.norm_gain(model.blocks[layer].ln2_post)  # (d_model,)
+    return float(gain[dim]), int((gain > gain[dim]).sum()) + 1, len(gain)
+
+
+def _peak(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...]]:
+    """Where |x[l, pos, dim]| peaks at or after `layer`, its value, and the blocks that build it (no forward)."""
+    col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(layer, model.cfg.n_layers)])
+    peak = layer + int(col.abs().argmax())
+    value = float(acts[hook.resid_post(peak)][pos, dim])
+    comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=peak)
+    return peak, value, _builders(comps, value)
 
 
 def _massive_sites(resid: Float[Tensor, "layer pos d_model"], threshold: float, ratio: float) -> Tensor:
@@ -300,6 +407,8 @@ def trace_origin(
             search_steps=search_steps, threshold=threshold, names=names,
             baseline=None if loss is None else (float(acts[hook.resid_post(L)][P, D]), loss),
         )
+    peak_layer, peak_value, peak_builders = _peak(model, acts, L, P, D)
     return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
                   neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,
-                  search=search, **base)
+                  search=search, builders=_builders(comps, value), norm_gain=_norm_gain(model, writer, D),
+                  peak_layer=peak_layer, peak_value=peak_value, peak_builders=peak_builders, **base)

@@ -52,6 +52,13 @@ PATHS = ("k", "v", "q", "direct")
 METHODS = ("batched", "naive")
 
 
+def receiver_name(path: str, layer: int, head: int) -> str:
+    """"direct", "L12H3 q" or "L12 KV1 k"."""
+    if path == "direct":
+        return "direct"
+    return f"L{layer} KV{head} {path}" if path in ("k", "v") else f"L{layer}H{head} {path}"
+
+
 @dataclass(frozen=True, repr=False)
 class PathPatching(Result):
     """Metric when one receiver (layer, head, path) reads the corrupted residual of the massive token(s)."""
@@ -108,6 +115,18 @@ class PathPatching(Result):
             "query_heads": [self.query_heads(p, int(h)) for p, h in zip(self.path, self.head)],
         }, columns=["layer", "head", "path", "metric", "effect", "query_heads"])
 
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """Each receiver as a reader names it: "direct" (the final residual, read by the unembedding), "L12H3 q",
+        "L12 KV1 k" (a KV head, read by several query heads)."""
+        return tuple(receiver_name(p, int(l), int(h)) for p, l, h in zip(self.path, self.layer, self.head))
+
+    def top(self, n: int = 10) -> pd.DataFrame:
+        """The `n` receivers with the largest |effect|, named: receiver, path, effect, query_heads."""
+        df = self.to_dataframe().assign(receiver=list(self.receivers))
+        df = df.loc[df.effect.abs().sort_values(ascending=False).index[:n]]
+        return df[["receiver", "path", "effect", "query_heads"]].reset_index(drop=True)
+
     def summary(self) -> pd.DataFrame:
         """Share of the total effect through each path alone (all heads together), K+V jointly, and all paths.
 
@@ -132,11 +151,8 @@ class PathPatching(Result):
     def sentence(self) -> str:
         s = self.summary().set_index("path")
         shares = ", ".join(f"{p} {s.share[p]:.0%}" for p in s.index if p in PATHS)
-        df = self.to_dataframe()
-        top = df.loc[df.effect.abs().idxmax()] if len(df) else None
-        where = "" if top is None else (
-            f"; largest single receiver: {top.path} of layer {top.layer}" +
-            (f" head {int(top['head'])}" if top.path != "direct" else "") + f" ({top.effect:+.3g})")
+        top = self.top(1)
+        where = "" if top.empty else f"; largest single receiver: {top.receiver[0]} ({top.effect[0]:+.3g})"
         return (f"{self.corruption} the {self.sender} in {self.model_name} moves {self.metric_name} "
                 f"{self.clean_metric:.4g} -> {self.corrupted_metric:.4g} over {len(self.str_tokens)} prompt(s); "
                 f"share through each path alone: {shares}{where}")
@@ -219,6 +235,7 @@ def path_patch(
     batch_size: int = 32,
     method: str = "batched",
     prepend_bos: bool | None = None,
+    progress: bool | None = None,
 ) -> PathPatching:
     """Effect of the massive activation's removal through each receiver: K, V, Q of each later head, and direct.
 
@@ -270,7 +287,7 @@ def path_patch(
                                             for l in (range(cfg.n_layers) if layers is None else layers)})
     n = len(prompts)
     clean, corrupt, patched = torch.empty(n), torch.empty(n), None
-    for batch in batches:
+    for batch in _inputs.progress_bar(batches, progress, "path patching"):
         idx = list(batch.index)
         pair = clean_and_corrupted(
             model, batch.tokens, sender, corruption, metric, names, sites=None if sites is None else [sites[i] for i in idx],

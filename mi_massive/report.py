@@ -26,6 +26,7 @@ class _Context:
     found: Any
     profile: Any
     layer: int
+    size: dict[str, Any]
 
 
 def _detection(ctx: _Context) -> list[Any]:
@@ -37,22 +38,23 @@ def _profile(ctx: _Context) -> list[Any]:
 
 
 def _magnitudes(ctx: _Context) -> list[Any]:
-    from .viz import magnitudes_3d
+    from .snapshot import layer_magnitudes
 
     return [text(f"Prompt 0, block {ctx.layer}: drag to rotate; hover for token, dim and |x|."),
-            magnitudes_3d(ctx.model, ctx.prompts[0], ctx.layer)]
+            layer_magnitudes(ctx.model, ctx.prompts[0], ctx.layer).show()]
 
 
 def _attention(ctx: _Context) -> list[Any]:
-    from .viz import attention_patterns
+    from .snapshot import attention_patterns
 
-    return [attention_patterns(ctx.model, ctx.prompts[0], ctx.layer)]
+    return [attention_patterns(ctx.model, ctx.prompts[0], ctx.layer).show()]
 
 
 def _origin(ctx: _Context) -> list[Any]:
     from .origin import trace_origin
 
-    origin = trace_origin(ctx.model, ctx.prompts[0], n_random=1)  # one random-neuron control keeps it quick
+    origin = trace_origin(ctx.model, ctx.prompts[0], n_random=ctx.size["origin_random"],
+                          search_steps=ctx.size["origin_search"])
     return [text(origin.sentence()), origin.show(), origin.causal] if origin.found else [text(origin.sentence())]
 
 
@@ -75,8 +77,11 @@ def _patching(ctx: _Context) -> list[Any]:
 
     if ctx.found.first_layer is None:
         return [text("nothing massive to patch")]
-    result = path_patch(ctx.model, ctx.prompts)
-    return [text(result.sentence()), result.show(), result.summary()]
+    result = path_patch(ctx.model, ctx.prompts[: ctx.size["patch_prompts"]])
+    patched = (f"{len(result.str_tokens)} of {len(ctx.prompts)} prompts patched (quick mode; full=True patches all)"
+               if len(result.str_tokens) < len(ctx.prompts) else f"all {len(ctx.prompts)} prompts patched")
+    return [text(f"{result.sentence()} ({patched})"), result.show(), result.summary(),
+            text("receivers with the largest effect:"), result.top(8)]
 
 
 def _interventions(ctx: _Context) -> list[Any]:
@@ -84,11 +89,20 @@ def _interventions(ctx: _Context) -> list[Any]:
     from .perplexity import bias_term_table
 
     stats = massive_stats(ctx.model, ctx.prompts)
-    table = bias_term_table(ctx.model, ("wiki-en",), **TABLE3)
+    table = bias_term_table(ctx.model, ("wiki-en",), **ctx.size["table3"])
     return [text(stats.sentence()), stats.show(), text(table.sentence()), table.show(), table.to_dataframe().reset_index()]
 
 
-TABLE3 = {"seq_len": 128, "max_chunks": 4, "n_calibration": 8}  # a quick Table 3; `mi-massive table3` for the full one
+# What the sections run: QUICK (the default) finishes in under 3 minutes for smollm2-135m on a 2-core CPU
+# (benchmarks/RESULTS.md); FULL is the paper's size (every prompt patched, Table 3 as in `mi-massive table3 --full`).
+QUICK = {"patch_prompts": 1, "origin_random": 1, "origin_search": 1,
+         "table3": {"seq_len": 64, "max_chunks": 2, "n_calibration": 4}}
+MODES = {False: "quick mode; full=True (--full) for the paper's size", True: "the paper's full size"}
+FULL = {"patch_prompts": None, "origin_random": 3, "origin_search": 3,
+        "table3": {"seq_len": 256, "max_chunks": 32, "n_calibration": 32}}
+
+# the sections' cost in prompt-passes (the scan's time per prompt), measured on smollm2-135m with 4 prompts
+COST = {"fixed": 19.0, "per_prompt": 25.0, "per_patched_prompt": 58.0, "per_table3_token": 1.6}
 
 # (anchor, title, section): each section returns views (View, plotly Figure or HTML strings), in page order.
 SECTIONS: list[tuple[str, str, Callable[[_Context], list[Any]]]] = [
@@ -102,6 +116,27 @@ SECTIONS: list[tuple[str, str, Callable[[_Context], list[Any]]]] = [
     ("patching", "Path patching through attention", _patching),
     ("interventions", "Interventions: constancy and Table 3", _interventions),
 ]
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def _about(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _cost(size: dict[str, Any], n_prompts: int, n_tokens: int) -> float:
+    """The report's time in prompt-passes (its scan's time per prompt), from section times measured on smollm2-135m
+    (benchmarks/RESULTS.md): a fixed part, a part per prompt, per patched prompt and per Table 3 token."""
+    patched = n_prompts if size["patch_prompts"] is None else min(size["patch_prompts"], n_prompts)
+    t3 = size["table3"]
+    t3_tokens = t3["seq_len"] * (4 * t3["max_chunks"] + t3["n_calibration"])
+    per = n_tokens / n_prompts  # a Table 3 token costs about 1/per of a prompt-pass
+    return (COST["fixed"] + COST["per_prompt"] * n_prompts + COST["per_patched_prompt"] * patched
+            + COST["per_table3_token"] * t3_tokens / per)
 
 
 def _focus_layer(found: Any, profile: Any, n_layers: int) -> int:
@@ -128,13 +163,18 @@ def _page(title: str, header: str, sections: list[tuple[str, str, list[Any]]]) -
 
 
 def write_report(model: Any, path: str | Path, inputs: str | Sequence[str] | None = None, *, layer: int | None = None,
-                 progress: bool | None = None) -> Path:
+                 full: bool = False, progress: bool | None = None) -> Path:
     """Write one self-contained HTML report of `model`'s massive activations (works offline); returns the path.
 
     `inputs` is a prompt or a list of prompts (a bare string is one prompt); None: four built-in prompts.
+    By default the costly sections run at a quick size (`QUICK`: path patching of the first prompt, a small
+    Table 3); `full=True` runs the paper's size (`FULL`). With `progress` (default on), it says what it will do
+    and about how long (scaled from the time of its first pass, the scan), then shows a bar over the sections.
 
         >>> write_report(load_model("smollm2-135m"), "report.html")   # doctest: +SKIP
     """
+    import time
+
     from tqdm.auto import tqdm
 
     from importlib.metadata import version
@@ -148,14 +188,23 @@ def write_report(model: Any, path: str | Path, inputs: str | Sequence[str] | Non
     if not path.parent.exists() or path.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: {'it is a directory' if path.is_dir() else 'no such directory'}")
     prompts = [inputs] if isinstance(inputs, str) else list(DEFAULT_PROMPTS if inputs is None else inputs)
-    _inputs.tokenize(model, prompts)  # validates before the long work
+    n_tokens = sum(len(t) for t in _inputs.tokenize(model, prompts))  # validates before the long work
     if layer is not None:
         layer = _inputs.check_index("layer", layer, model.cfg.n_layers)
-    found, profile = scan(model, prompts, progress=progress)
+    size = FULL if full else QUICK
+    start = time.perf_counter()
+    found, profile = scan(model, prompts, progress=False)
+    if progress is not False:
+        scanned = time.perf_counter() - start
+        _say(f"report on {model_name(model)}: {len(SECTIONS)} sections over {len(prompts)} prompt(s) into {path} "
+             f"({MODES[full]}); "
+             f"about {_about(scanned / len(prompts) * _cost(size, len(prompts), n_tokens))} on this machine")
     ctx = _Context(model, prompts, found, profile,
-                   layer if layer is not None else _focus_layer(found, profile, model.cfg.n_layers))
+                   layer if layer is not None else _focus_layer(found, profile, model.cfg.n_layers), size)
     done = []
-    for anchor, name, section in tqdm(SECTIONS, desc="report", disable=progress is False):
+    bar = tqdm(SECTIONS, desc="report", disable=progress is False, unit="section")
+    for anchor, name, section in bar:
+        bar.set_postfix_str(anchor)
         try:
             done.append((anchor, name, section(ctx)))
         except Exception as exc:  # one failed analysis must not lose the others: say so in its section
@@ -163,6 +212,7 @@ def write_report(model: Any, path: str | Path, inputs: str | Sequence[str] | Non
                           stacklevel=2)
             done.append((anchor, name, [f'<div class="mi-error" style="color:#b00">this analysis failed: '
                                         f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>"]))
+    bar.close()
     cfg = model.cfg
     header = text(f"{model_name(model)}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads; "
                   f"{len(prompts)} prompt(s); mi_massive {version('mi_massive')}; "

@@ -323,3 +323,56 @@ def test_gemma3_origin_through_post_norms(gemma3, gemma3_origin):
     assert late.value == pytest.approx(103795, rel=1e-3) and late.writer_layer == 5
     assert late.components.contribution.sum() == pytest.approx(late.value, rel=1e-6)
     assert set(late.writers(0.09)) == {3, 4, 5, 6, 7, 8} and late.neurons.share.iloc[0] > 0.98
+
+
+# --- one writer or built up: what the result and its picture say ----------------------------------------------
+
+def test_planted_value_has_one_writer_and_a_super_weight(tiny_llama, tiny_origin):
+    o, plant = tiny_origin, planted(tiny_llama)
+    assert o.mechanism == "super weight" and not o.built_up and o.builders == (plant.layer,)
+    assert o.super_weight.is_outlier and o.writer_share > 0.99
+    fig = o.show().figure
+    assert "super weight down_proj" in fig.layout.title.text and "built up" not in fig.layout.title.text
+
+
+def test_built_up_value_names_its_blocks_not_a_super_weight(tiny_llama):
+    """A residual entry no block writes most of (found by search on the tiny model): the result says it is built up,
+    names the fewest blocks adding 80% of what the blocks add, and neither its sentence nor its picture calls a weight super."""
+    for dim in range(tiny_llama.cfg.d_model):
+        o = trace_origin(tiny_llama, "hello world", layer=3, pos=5, dim=dim, ablate=False)
+        if o.built_up and o.value and abs(o.value) > 0.05:
+            break
+    else:
+        pytest.fail("no built-up entry at layer 3, pos 5 of the tiny model")
+    assert o.mechanism == "built up" and o.writer_share < 0.5 and len(o.builders) >= 2
+    parts = o.by_layer().set_index("layer").pipe(lambda d: (d.attn + d.mlp) / o.value)
+    assert parts[list(o.builders)].sum() >= 0.8 * parts[parts > 0].sum()
+    assert o.writer_layer in o.builders
+    assert "built up over blocks" in repr(o) and "through super weight" not in repr(o)
+    title = o.show().figure.layout.title.text
+    assert "built up over blocks" in title and "no super weight" in title
+    assert o.show().meta == {"mechanism": "built up", "builders": list(o.builders)}
+
+
+@pytest.mark.real
+def test_smollm2_one_block_writes_dim_507(smollm2_origin):
+    o = smollm2_origin
+    assert o.mechanism == "super weight" and o.builders == (11,) and not o.built_up
+    assert "through super weight down_proj[11][507, 1229]" in repr(o)
+
+
+@pytest.mark.real
+def test_gemma3_value_is_no_super_weight(gemma3, gemma3_origin):
+    """gemma3-270m: block 3 writes dim 163 (99%), but the down_proj entry of its top neuron is |w| rank 212 (-0.12):
+    the size comes from the post-MLP norm's gain on dim 163 (584, its largest); the value then keeps growing and at
+    its peak (layer 14) is built up over blocks 3-8."""
+    o = gemma3_origin
+    assert o.mechanism == "post-norm gain" and not o.super_weight.is_outlier and o.super_weight.rank > 100
+    gain, rank, d = o.norm_gain
+    assert gain == pytest.approx(584, rel=0.01) and rank == 1 and d == 640
+    assert o.builders == (3,) and o.peak_layer == 14 and set(o.peak_builders) >= {3, 4, 5, 6, 7}
+    text = repr(o)
+    assert "no super weight" in text and "through super weight" not in text and "post-MLP norm's gain 584" in text
+    assert "built up over blocks" in text  # the peak
+    title = o.show().figure.layout.title.text
+    assert "no super weight" in title and "orange" not in " ".join(a.text for a in o.show().figure.layout.annotations)

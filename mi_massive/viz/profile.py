@@ -25,7 +25,7 @@ def show_profile(profile: Any, *, height: int = 380) -> View:
                   annotation_text=f"largest jump: layer {jump}", annotation_position="top left")
     fig.update_layout(
         title=f"Largest |x| per layer: {profile.model_name} ({profile.n_prompts} prompt(s))",
-        xaxis_title=f"layer ({profile.hook_template.format(layer='L')})", yaxis_title="|x| (mean over prompts)",
+        xaxis_title=f"layer ({profile.hook_names[0].format(layer='L')})", yaxis_title="|x| (mean over prompts)",
         yaxis={"type": "log", "dtick": 1, "exponentformat": "power"},  # one label per decade, no minor labels
         height=height, template="plotly_white", margin={"t": 50, "b": 40, "l": 60, "r": 20},
     )
