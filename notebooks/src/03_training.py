@@ -1,0 +1,125 @@
+# %% [markdown]
+# # Training lab: do massive activations emerge, and does an explicit attention bias remove them? (paper Sec. 4.3)
+#
+# Sun et al. (2024) train GPT-2 from scratch three ways: as is, with a learnable sink token in front of every
+# sequence, and with an explicit attention bias, one learned key $k'$ and value $v'$ per head that every query
+# also attends to:
+#
+# $$\mathrm{Attention}(Q, K, V; k', v') = \mathrm{softmax}\!\left(\frac{Q\,[K^\top\; k']}{\sqrt{d_\text{head}}}\right)\begin{bmatrix} V \\ v'^\top \end{bmatrix}$$
+#
+# The default model develops massive activations at the first token, the sink-token model on the sink token,
+# and the attention-bias model none at all, at the same validation loss. `mi_massive.train` runs this
+# comparison, with three more variants of later work: `softmax1` (an extra 1 in the softmax denominator),
+# `sigmoid` (unnormalised sigmoid attention) and `gated` (a sigmoid gate on each head's output, Qiu et al. 2025).
+# Every arm has the same seed, data order, schedule and step count, and is scanned every 400 steps with the
+# package's own rule on held-out text.
+#
+# This notebook draws the records of one run on an H200 (`benchmarks/train_h200.py`), saved in
+# `benchmarks/raw/`; it trains nothing. To train yourself:
+#
+# ```python
+# from mi_massive.train import train, LabSpec
+# run = train(("default", "sink_token", "attn_bias"), LabSpec(steps=4000, eval_every=400), out_dir="lab")
+# ```
+#
+# or `mi-massive train --steps 4000 --out lab`. Every arm's checkpoint opens with `load_model("lab/attn_bias")`.
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from mi_massive.train import TrainingRun
+
+here = Path.cwd().resolve()
+root = next(p for p in (here, *here.parents) if (p / "benchmarks" / "raw").is_dir())
+run = TrainingRun.from_json(root / "benchmarks" / "raw" / "2026-12-03_h200_train_lab.json")
+speed = pd.read_json(root / "benchmarks" / "raw" / "2026-12-03_h200_train_speed.jsonl", lines=True)
+spec, data = run.spec, run.data
+display(Markdown(
+    f"**Model** (every arm): {spec['n_layers']} Llama blocks, d_model {spec['d_model']}, {spec['n_heads']} heads, "
+    f"{int(run.arm_info.n_params.iloc[0]) / 1e6:.1f}M parameters; windows of {spec['n_ctx']} tokens, "
+    f"{spec['batch_size']} per step, {spec['steps']} steps, peak lr {spec['lr']:g}.  \n"
+    f"**Data**: {data['description']}; {data['train_tokens']:,} training tokens, {data['val_tokens']:,} held out, "
+    f"so {float(run.arm_info.epochs.iloc[0]):.0f} epochs. Licences: {data['licence']}."))
+run
+
+# %% [markdown]
+# ## Emergence curves
+#
+# Per arm, over training tokens: the top-1 |x| / median of the block outputs at position 0 and elsewhere (the
+# largest over layers; the dotted line is the rule's ratio of 1000), the share of layers where the rule hits at
+# one fixed position in at least half of the held-out windows, the attention on the first token, the attention
+# on $k'$ (or on softmax1's extra 1), and the validation loss.
+
+# %%
+run.show()
+
+# %% [markdown]
+# ## The paper's criteria, computed from the records
+
+# %%
+final = run.final().set_index("arm")
+df = run.to_dataframe()
+best = df.loc[df.groupby("arm", sort=False).val_loss.idxmin()].set_index("arm")
+d, a = final.loc["default"], final.loc["attn_bias"]
+n_layers = spec["n_layers"]
+lines = [
+    f"- default: rule hits at one fixed position in {d.fixed_pos_layers * n_layers:.0f} of {n_layers} layers "
+    f"(needed at least a third), largest top-1/median {d.max_ratio:.1f} (needed {run.ratio:g}): "
+    f"{'met' if d.fixed_pos_layers >= 1 / 3 and d.max_ratio >= run.ratio else 'not met'}.",
+    f"- attn_bias: {int(a.n_hits)} rule hits, top-1/median {a.max_ratio:.1f}, {d.max_ratio / a.max_ratio:.1f}x below "
+    f"the default's (needed no hit and 10x): {'met' if a.n_hits == 0 and d.max_ratio / a.max_ratio >= 10 else 'not met'}.",
+    f"- sink_token: {int(final.loc['sink_token'].n_hits)} rule hits, largest top-1/median at the sink "
+    f"{final.loc['sink_token'].max_ratio_pos0:.1f} against {final.loc['sink_token'].max_ratio_other:.1f} elsewhere.",
+    f"- validation loss, default vs attn_bias: {abs(d.val_loss - a.val_loss):.3f} nats apart at the end, "
+    f"{abs(best.loc['default'].val_loss - best.loc['attn_bias'].val_loss):.3f} at each arm's best scan "
+    f"(steps {int(best.loc['default'].step)} and {int(best.loc['attn_bias'].step)}; needed 0.05).",
+]
+display(Markdown("\n".join(lines)))
+final[["val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "first_token_mass", "bias_mass"]].round(4)
+
+# %% [markdown]
+# ## Layer by layer, at the end of training
+#
+# Where position 0 stands against the rest of the sequence in each block output, for every arm.
+
+# %%
+import plotly.graph_objects as go
+from mi_massive.train.result import COLORS
+
+fig = go.Figure()
+for arm in run.arms:
+    g = run.by_layer(arm)
+    fig.add_trace(go.Scatter(x=g.layer, y=g.ratio_pos0, name=f"{arm}, position 0", line={"color": COLORS[arm]}))
+    fig.add_trace(go.Scatter(x=g.layer, y=g.ratio_other, name=f"{arm}, elsewhere",
+                             line={"color": COLORS[arm], "dash": "dot"}))
+fig.add_hline(y=run.ratio, line={"dash": "dot", "color": "#888"})
+fig.update_layout(yaxis={"type": "log", "title": "top-1 |x| / median"}, xaxis_title="layer", height=420,
+                  template="plotly_white", title=f"Final scan (step {spec['steps']})")
+fig
+
+# %%
+g = run.curves[run.curves.arm == "default"]
+peak = g.loc[g.top_pos0.idxmax()]
+display(Markdown(
+    f"In the default arm the largest |x| at position 0 was {peak.top_pos0:.0f} (layer {int(peak.layer)}, step "
+    f"{int(peak.step)}), above the rule's {run.threshold:g}, but the median |x| of that block output was "
+    f"{peak['median']:.1f}, so the ratio was {peak.ratio_pos0:.0f}: the whole residual stream grew as the model "
+    f"memorised its {data['train_tokens']:,} tokens (training loss {final.loc['default'].train_loss:.2f}, "
+    f"validation loss {final.loc['default'].val_loss:.2f} at the end)."))
+
+# %% [markdown]
+# ## Throughput on the H200
+#
+# Model FLOPs per token: 6 x the parameters in matrix products (the unembedding included) + 12 x layers x d_model
+# x n_ctx; MFU against the H200's dense bf16 peak of 989.4 TFLOP/s (datasheet). One arm alone on the GPU, each
+# setting (`benchmarks/train_speed.py`), and the six arms of the run sharing it:
+
+# %%
+alone = speed[["setting", "tokens_per_s", "mfu"]].copy()
+shared = pd.DataFrame([{"setting": f"{len(run.arms)} arms at once (sum)", "tokens_per_s": run.arm_info.tokens_per_s.sum(),
+                        "mfu": (run.arm_info.tokens_per_s * run.arm_info.flops_per_token).sum() / 989.4e12}])
+pd.concat([alone, shared], ignore_index=True).round({"tokens_per_s": 0, "mfu": 3})
