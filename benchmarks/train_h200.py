@@ -28,12 +28,21 @@ def launch(arms: list[str], out: Path, extra: list[str]) -> float:
     for arm in arms:
         cmd = [sys.executable, "-m", "mi_massive.cli", "train", "--arms", arm, "--out", str(out / arm), *extra]
         log = open(out / f"{arm}.log", "w")
-        procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1")}
+        procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    seen: dict[str, float] = {}
+    while any(p.poll() is None for _, p, _ in procs):  # a process whose records are written is done: inductor's
+        time.sleep(2)  # compile-worker shutdown at exit once held two of them for minutes
+        for arm, p, _ in procs:
+            if p.poll() is None and any((out / arm).glob("run_*.json")):
+                seen.setdefault(arm, time.time())
+                if time.time() - seen[arm] > 30:
+                    p.terminate()
     for arm, p, log in procs:
         p.wait()
         log.close()
         print(f"{arm}: exit {p.returncode}", flush=True)
-        if p.returncode:
+        if p.returncode and not any((out / arm).glob("run_*.json")):
             print((out / f"{arm}.log").read_text()[-3000:], flush=True)
     return time.time() - t0
 

@@ -498,10 +498,54 @@ def add_report_command(sub: Any) -> None:
     p.set_defaults(func=_report)
 
 
-def add_train_command(sub: Any) -> None:
-    from .train.cli import add_train_command as add  # argparse only: nothing heavy
+# --- train -----------------------------------------------------------------------------------------------------
 
-    add(sub, _positive_int)
+TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
+TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "copy")
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.eval_every > args.steps:
+        raise BadArgument(f"--eval-every {args.eval_every} is more than --steps {args.steps}")
+    if args.d_model % args.n_heads:
+        raise BadArgument(f"--d-model {args.d_model} is not a multiple of --n-heads {args.n_heads}")
+    from .train.lab import LabSpec, train
+
+    spec = LabSpec(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_ctx=args.n_ctx,
+                   batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
+                   lr=args.lr, seed=args.seed, data=args.data)
+    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp)
+    print(run)
+    cols = ["arm", "step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",
+            "fixed_pos", "first_token_mass", "bias_mass", "tokens_per_s", "mfu"]
+    print(run.final()[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        run.to_json(Path(args.out) / f"run_{'_'.join(args.arms)}.json")
+    return 0
+
+
+def add_train_command(sub: Any) -> None:
+    p = sub.add_parser("train", help="train small LMs from scratch, one per attention variant, and watch massive "
+                                     "activations emerge")
+    p.add_argument("--arms", nargs="+", default=["default", "sink_token", "attn_bias", "softmax1", "gated"],
+                   choices=TRAIN_ARMS, help="attention variants, one model each (default: all but sigmoid)")
+    p.add_argument("--data", default="wiki-en+lee-news", choices=TRAIN_DATA,
+                   help="token data (default: offline English text)")
+    for name, default, what in (("d-model", 256, "residual width"), ("n-layers", 8, "blocks"),
+                                ("n-heads", 4, "heads per block"), ("n-ctx", 128, "tokens per window"),
+                                ("batch-size", 32, "windows per step"), ("steps", 1000, "optimizer steps"),
+                                ("eval-every", 100, "steps between scans"), ("warmup", 100, "warm-up steps")):
+        p.add_argument(f"--{name}", type=_positive_int, default=default, help=f"{what} (default {default})")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the init and the data order (default 0)")
+    p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (default: on CUDA only)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on CUDA only)")
+    p.set_defaults(func=_train)
 
 
 _COMMANDS: dict[str, Callable] = {

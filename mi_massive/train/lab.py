@@ -203,7 +203,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
             first_steps_time = (first_steps_time or 0.0) + dt
         else:
             train_time += dt
-        train_losses.append(float(loss))
+        train_losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
     bar.close()
