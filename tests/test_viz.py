@@ -47,17 +47,14 @@ FACTORIES = {
 
 
 def _result_types() -> dict[str, type]:
-    """Every result class of the package that names a view."""
+    """Every public result class of the package (those in mi_massive.__all__)."""
     import mi_massive
 
+    out = {}
     for name in mi_massive.__all__:
-        getattr(mi_massive, name)  # imports every module (the package imports lazily)
-    out, todo = {}, [Result]
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("mi_massive.") and cls.VIEW:
-            out[cls.__name__] = cls
+        obj = getattr(mi_massive, name)
+        if isinstance(obj, type) and issubclass(obj, Result):
+            out[name] = obj
     return out
 
 
@@ -247,3 +244,49 @@ def test_viz_never_calls_a_forward_pass():
         code = path.read_text()
         for call in ("run_with_cache", "run_with_hooks", "capture(", "hooked(", "model(", "to_tokens(", "tokenize("):
             assert call not in code, f"{path.name} calls {call}"
+
+
+def test_panels_show_what_varies_or_say_why_not(results):
+    """No panel repeats another or shows a constant as a finding; receivers and ticks read as a person names them."""
+    sinks = results["AttentionSinks"]
+    fig = sinks.show().figure  # where heads look, then what they read there: not alpha twice
+    ratio = sinks.v_norm_sink / sinks.v_norm_other
+    assert torch.allclose(torch.tensor(fig.data[1].z, dtype=torch.float32), ratio)
+    assert "alpha >" in fig.layout.annotations[0].text  # alpha marks the cells of the first panel
+
+    bias = results["ImplicitBias"]
+    view = bias.show()
+    fig = view.figure
+    assert torch.allclose(torch.tensor(fig.data[2].z, dtype=torch.float32), bias.spread)  # size spread, not cosine 1
+    assert "cosine to the mean" in fig.layout.title.text
+    if view.meta["direction_by_construction"]:  # the tiny model: one BOS sink in every prompt
+        assert "fixed by construction" in fig.layout.title.text
+
+    patch = results["PathPatching"]
+    fig = patch.show().figure
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[-1] == "direct" and fig.data[-1].y == ("final residual",)
+    assert str(patch.n_layers) not in {y for t in fig.data for y in t.y}  # no "layer n_layers" row
+    assert "direct" in patch.receivers and "direct" in set(patch.top(50).receiver)
+    if all(set(p) <= {0} for p in patch.positions):  # the plant sits at BOS: query paths are exactly clean
+        assert any("q: no effect by construction" in t for t in titles)
+
+    fig = results["LayerProfile"].show().figure
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1  # one label per decade
+
+
+def test_a_dim_at_every_position_is_one_row(results):
+    import dataclasses
+
+    from mi_massive.viz.tokens import dims_table
+
+    found = results["MassiveActivations"]
+    n = len(found.str_tokens[0])
+    extra = dict(prompt=torch.zeros(n, dtype=torch.long), layer=torch.full((n,), 2), pos=torch.arange(n),
+                 dim=torch.full((n,), 9), value=torch.linspace(200, 300, n), median=torch.full((n,), 0.1))
+    wide = dataclasses.replace(found, **{k: torch.cat([getattr(found, k), v.to(getattr(found, k).dtype)])
+                                         for k, v in extra.items()})
+    table = dims_table(wide).set_index("dim")
+    assert table.positions[9] == "all positions" and table.tokens[9] == ""
+    assert table["|x| range"][9] == "200..300" and table.layers[9] == "2..2"
+    assert table.positions[found.dims[0]] == "0"  # the planted dim: BOS only, listed

@@ -36,7 +36,8 @@ def heatmaps(panels: Sequence[tuple], *, title: str, height: int | None = None,
             hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}<br>{opt.get('hover', name)} = %{{z:.4g}}<extra></extra>",
         ), row=1, col=i + 1)
         fig.update_xaxes(title_text=x_title, type="category", row=1, col=i + 1)
-        fig.update_yaxes(title_text=y_title, type="category", autorange="reversed", row=1, col=i + 1)
+        fig.update_yaxes(title_text=y_title, type="category", autorange="reversed", row=1, col=i + 1,
+                         showticklabels=opt.get("yticks", True))
     n_rows = max(len(p[1]) for p in panels)
     fig.update_layout(title=title, template="plotly_white", height=height or max(300, 90 + 18 * n_rows),
                       margin={"t": 90, "b": 40, "l": 60, "r": 20})
@@ -101,14 +102,19 @@ def show_patching(result: Any) -> View:
     panels, widths = [], []
     for path, g in df.groupby("path", sort=False):
         if path == "direct":
-            cell = pd.DataFrame([[float(g.effect.sum())]], index=["final residual"], columns=["unembed"])
-            panels.append(("direct", cell, "RdBu", {"x": "", "y": "", "hover": "effect"}))
-            widths.append(0.35)
-        else:
-            grid = g.pivot_table(index="layer", columns="head", values="effect")
-            panels.append((f"{path} ({'KV heads' if path in ('k', 'v') else 'heads'})", grid, "RdBu",
-                           {"x": "KV head" if path in ("k", "v") else "head", "hover": "effect"}))
-            widths.append(1.0)
+            cell = pd.DataFrame([[float(g.effect.sum())]], index=["final residual"], columns=["direct"])
+            panels.append(("direct", cell, "RdBu", {"x": "final residual<br>to unembedding", "y": "",
+                                                    "hover": "effect", "yticks": False}))
+            widths.append(0.3)
+            continue
+        grid = g.pivot_table(index="layer", columns="head", values="effect")
+        name = f"{path} ({'KV heads' if path in ('k', 'v') else 'heads'})"
+        if path == "q" and all(set(p) <= {0} for p in result.positions):
+            name = "q: no effect by construction<br>(the massive token is first: its query sees only itself)"
+        elif grid.size and float(grid.max().max()) == float(grid.min().min()):
+            name += f": every receiver {float(grid.max().max()):+.3g}"
+        panels.append((name, grid, "RdBu", {"x": "KV head" if path in ("k", "v") else "head", "hover": "effect"}))
+        widths.append(1.0)
     fig = heatmaps(panels, widths=[w / sum(widths) for w in widths],
                    title=f"Path patching ({result.corruption} the massive activation from block "
                          f"{result.sender_layer}): change in {result.metric_name}, total {result.total_effect:+.4g}")

@@ -14,7 +14,7 @@ def show_table3(table: Any) -> View:
     df = table.to_dataframe()
     fig = go.Figure([go.Bar(name=col, x=list(df.index), y=df[col], text=[f"{v:.4g}" for v in df[col]],
                             textposition="outside") for col in df.columns])
-    fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="perplexity", template="plotly_white",
+    fig.update_layout(barmode="group", yaxis={"type": "log", "dtick": 1, "exponentformat": "power"}, yaxis_title="perplexity", template="plotly_white",
                       height=380, title=f"Table 3: {table.sentence()}"[:160],
                       margin={"t": 60, "b": 40, "l": 60, "r": 20})
     return View((fig,))
