@@ -47,7 +47,9 @@ for (name, bos), table in tables.items():
     lines.append(f"- **{name}**, {'with' if bos else 'without'} BOS: {r.original:.2f} original, {r.zero:.4g} zeroed "
                  f"({r.zero / r.original:,.0f}x), {r['mean']:.2f} with the mean ({r['mean'] / r.original - 1:+.2%}), "
                  f"{r.control:.2f} control ({r.control / r.original - 1:+.2%})"
-                 + (f" — **trivial** ({table.trivial[0]}): the mean is the clean value by construction, no evidence."
+                 + (f" — **trivial** ({table.trivial[0]}): at the massive sites the mean is the clean value, so the row "
+                    "is no evidence" + (f" (the {r['mean'] / r.original - 1:+.2%} it moves comes from elsewhere)."
+                                        if r['mean'] != r.original else ".")
                     if table.is_trivial("wiki-en") else " — evidence: the mean is an average over different tokens."))
 display(Markdown(f"What we find on wiki-en ({tables[('smollm2-135m', False)].n_chunks} chunks of "
                  f"{tables[('smollm2-135m', False)].seq_len} tokens per row):\n\n" + "\n".join(lines)))

@@ -229,26 +229,33 @@ Markdown(f"SmolLM2-135M on wiki-en, {tables[False].n_chunks} chunks of {tables[F
 # massive activations?
 
 # %% [answer]
-same = {bos: t.is_trivial("wiki-en") for bos, t in tables.items()}  # the library's flag: mean = original by construction
-answer(("With BOS the mean leaves perplexity unchanged to every digit "
-        f"({rows[True].original:.4f} -> {rows[True]['mean']:.4f}): the massive activation sits on the BOS token, "
-        "the same token in every text, so its mean over the calibration texts is its own value and the "
-        "intervention writes back what was there. That row is true by construction. " if same[True] else
-        f"With BOS the mean moves perplexity by {rows[True]['mean'] / rows[True].original - 1:+.3%}. ")
-       + (f"Without BOS the first token differs between texts, so the mean is a real average, yet perplexity "
-          f"moves only {rows[False]['mean'] / rows[False].original - 1:+.2%} while zero multiplies it by "
-          f"{rows[False].zero / rows[False].original:,.0f} and the control moves it "
-          f"{rows[False].control / rows[False].original - 1:+.2%}. That row is the evidence: the model needs the "
-          "massive activations' *value*, which barely depends on the input, the way it needs a bias."
-          if not same[False] else "Without BOS the mean also equals the original exactly: no evidence either way."))
+flagged = {bos: t.is_trivial("wiki-en") for bos, t in tables.items()}  # the library: mean = clean by construction
+moved = {bos: r['mean'] / r.original - 1 for bos, r in rows.items()}
+control = {bos: r.control / r.original - 1 for bos, r in rows.items()}
+with_bos = (f"With BOS the library flags the mean row trivial ({tables[True].trivial[0]}): at the massive sites the "
+            "mean over calibration texts is the clean value itself, so setting it cannot show anything. "
+            + (f"Perplexity is unchanged to every digit ({rows[True].original:.4f} -> {rows[True]['mean']:.4f}). "
+               if moved[True] == 0 else
+               f"The {moved[True]:+.2%} it still moves (the control moves {control[True]:+.2%}) comes from somewhere "
+               "else than replacing a varying value by its average. ")
+            + "That row is no evidence. " if flagged[True] else
+            f"With BOS the mean row is not flagged trivial and moves perplexity by {moved[True]:+.2%}. ")
+without_bos = (f"Without BOS the first token differs between texts, so the mean is a real average, yet perplexity moves "
+               f"only {moved[False]:+.2%} while zero multiplies it by {rows[False].zero / rows[False].original:,.0f} and "
+               f"the control moves it {control[False]:+.2%}. That row is the evidence: the model needs the massive "
+               "activations' *value*, which barely depends on the input, the way it needs a bias."
+               if not flagged[False] else "Without BOS the mean row is flagged trivial too: no evidence either way.")
+answer(with_bos + without_bos)
 
+
+# %% [markdown]
 # ## Summary
 #
 # - `loss_with_entry_set` is an intervention on one residual entry; `build_intervention` + `intervene` is
 #   the same idea for every massive entry, found per input, with the hooks always removed.
-# - Perplexity under zero / mean / control (`bias_term_table`) is the paper's evidence for the bias view,
-#   when the mean is taken over inputs whose first token differs (no BOS); with a BOS the "mean" row is an
-#   identity, not evidence.
+# - Perplexity under zero / mean / control (`bias_term_table`) is the paper's evidence for the bias view
+#   when the mean is an average over inputs whose first token differs (no BOS). With a BOS token in front,
+#   the library flags the "mean" row as trivial (`BiasTermTable.is_trivial`): read it as no evidence.
 #
 # Tutorial 3 follows the bias into attention: the massive token becomes an attention sink, and its value
 # update is the bias.
