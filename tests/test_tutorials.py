@@ -348,7 +348,7 @@ def _screenshot(page: Path, shot: Path, tmp_path: Path) -> None:
         pytest.fail("headless Chromium is missing: apt-get install -y chromium (.ci/run does it)")
     subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
                     "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--hide-scrollbars",
-                    "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1100,1400",
+                    "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1100,900",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=300, check=True)
 
 
@@ -360,7 +360,7 @@ def test_notebook_executes(path, tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, ARTEFACTS / path.name)  # executed, for reading the numbers the text was computed from
     if path.parent.name == "tutorials":
