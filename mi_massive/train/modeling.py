@@ -100,8 +100,8 @@ def _additive(mask: Tensor | None, q_len: int, kv_len: int, dtype: torch.dtype, 
     if mask is not None and mask.ndim == 4:
         mask = mask[..., -q_len:, :kv_len]
         if mask.dtype == torch.bool:
-            return torch.zeros((), dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
-        return mask.to(dtype).clamp(min=float("-inf"))
+            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
+        return mask.to(dtype)
     keep = _causal(q_len, kv_len, device)
     return torch.zeros(q_len, kv_len, dtype=dtype, device=device).masked_fill(~keep, float("-inf"))
 
@@ -213,6 +213,7 @@ def _lab_class():
 
     MiMassiveLabForCausalLM.__module__ = __name__
     _LAB = MiMassiveLabForCausalLM
+    register()  # a lab model can reach load_model as an object too: the bridge must know its attention
     return _LAB
 
 

@@ -133,7 +133,7 @@ class TrainingRun(Result):
         df = self.to_dataframe()
         panels = [("max_ratio_pos0", "top-1 |x| / median, position 0 (max over layers)", "log"),
                   ("max_ratio_other", "top-1 |x| / median, other positions", "log"),
-                  ("fixed_pos_layers", f"share of layers with rule hits at one position", "linear"),
+                  ("fixed_pos_layers", "share of layers with rule hits at one position", "linear"),
                   ("first_token_mass", "attention on the first token (mean over layers)", "linear"),
                   ("bias_mass", "attention on k' / the extra 1 (mean over layers)", "linear"),
                   ("val_loss", "validation loss (nats/token)", "linear")]
