@@ -143,6 +143,16 @@ def check_int(name: str, value: Any, low: int | None = None) -> int:
     return value
 
 
+def progress_bar(items: Sequence, progress: bool | None, desc: str):
+    """`items` under a tqdm bar: shown when `progress` is True, or, with None, when there are more than 8."""
+    from tqdm.auto import tqdm
+
+    from . import _dist
+
+    shown = progress if progress is not None else len(items) > 8
+    return tqdm(items, total=len(items), desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
+
+
 def check_model(model: Any) -> None:
     """A hooked model from load_model, in eval mode; raises naming what was passed instead."""
     if not all(hasattr(type(model), a) or hasattr(model, a) for a in ("cfg", "to_tokens", "hook_dict")):  # the

@@ -63,7 +63,7 @@ class AttentionSinks(Result):
     str_tokens: tuple[tuple[str, ...], ...]
     epsilon: float  # alpha threshold of the sink-rate metric
     model_name: str
-    hooks: tuple[str, ...] = tuple(HOOKS.values())
+    hook_names: tuple[str, ...] = tuple(HOOKS.values())
     prepend_bos: bool | None = None  # the BOS condition of the prompts (None: not recorded)
     undefined: str = ""  # why sink_mass is NaN (no query was measured), else ""
 
@@ -130,6 +130,7 @@ def attention_sinks(
     ratio: float = 1000.0,
     batch_size: int = 8,
     prepend_bos: bool | None = None,
+    progress: bool | None = None,
 ) -> AttentionSinks:
     """How much attention each head puts on the massive-activation tokens, and what their keys and values look like.
 
@@ -153,7 +154,8 @@ def attention_sinks(
     n_query = n_sink = 0
     vec = {(kind, part): [VecStats((n_kv,), cfg.d_head) for _ in range(n_layers)]
            for kind in "kv" for part in ("sink", "other")}
-    for tokens, sink, query in sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device):
+    batches = sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device)
+    for tokens, sink, query in _inputs.progress_bar(batches, progress, "attention sinks"):
         n_query += int(query.sum())
         n_sink += int(sink.sum())
 
@@ -211,7 +213,7 @@ class ImplicitBias(Result):
     first_massive_layer: int | None  # first block whose output holds a sink's massive activation (None: given)
     str_tokens: tuple[tuple[str, ...], ...]
     model_name: str
-    hooks: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
+    hook_names: tuple[str, ...] = (HOOKS["pattern"], HOOKS["v"], HOOKS["z"])
     size_cv: Float[Tensor, "layer head"] | None = None  # std / mean of |bias part| over the queries: its size's spread
     by_construction: str = ""  # why the bias part's direction cannot vary (one sink with the same value vector in
     # every prompt), else "": then `constancy` is 1 by construction and is no evidence
@@ -332,6 +334,7 @@ def implicit_bias(
     ratio: float = 1000.0,
     batch_size: int = 8,
     prepend_bos: bool | None = None,
+    progress: bool | None = None,
 ) -> ImplicitBias:
     """Split each head's attention output into the sink tokens' value updates and the rest (Eq. 2), and measure
     how constant the first part is across query positions and prompts.
@@ -365,7 +368,7 @@ def implicit_bias(
     loss_sum = torch.zeros(3, dtype=torch.float64)
     batches = sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device)
     weights = [tokens.numel() - tokens.shape[0] for tokens, _, _ in batches]  # predicted tokens per batch
-    for (tokens, sink, query), weight in zip(batches, weights):
+    for (tokens, sink, query), weight in _inputs.progress_bar(list(zip(batches, weights)), progress, "implicit bias"):
         n_query += int(query.sum())
 
         def on_z(layer: int, z: Tensor, kept: dict) -> None:

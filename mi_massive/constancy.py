@@ -67,7 +67,7 @@ class MassiveStats(Result):
     threshold: float
     ratio: float
     model_name: str
-    hook_template: str = HOOK_TEMPLATE
+    hook_names: tuple[str, ...] = (HOOK_TEMPLATE,)  # provenance: the hooks read, {layer} for every block
     n_tokens: Int[Tensor, "setting kind dim"] | None = None  # distinct token ids at the dim's sites (kind 0: the
     # starting token of every text; kind 1: the other positions where it is massive)
     first_tokens: tuple[tuple[str, ...], ...] = ()  # per setting: the distinct starting tokens (up to 5)
@@ -145,7 +145,7 @@ class MassiveStats(Result):
 
 def massive_stats(
     model: Any,
-    texts: _inputs.Inputs,
+    inputs: _inputs.Inputs,
     *,
     prepend_bos: tuple[bool, ...] = (False, True),
     max_tokens: int = 64,
@@ -174,7 +174,7 @@ def massive_stats(
     if not 0 < max_fraction <= 1:
         raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction!r}")
     L, D, S = model.cfg.n_layers, model.cfg.d_model, len(settings)
-    per_setting = [truncated_prompts(model, texts, prepend_bos=b, max_tokens=max_tokens) for b in settings]
+    per_setting = [truncated_prompts(model, inputs, prepend_bos=b, max_tokens=max_tokens) for b in settings]
     sums = torch.zeros(S, 2, 3, L, D, dtype=torch.float64)  # (setting, kind, [n, sum, sum of squares], layer, dim)
     layers_hit = torch.zeros(S, L, D, dtype=torch.bool)
     n_sites, n_positions = torch.zeros(S, D), torch.zeros(S)

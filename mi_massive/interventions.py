@@ -67,13 +67,9 @@ class Intervention(Result):
     threshold: float
     ratio: float
     model_name: str
-    hook_template: str = HOOK_TEMPLATE
+    hook_names: tuple[str, ...] = (HOOK_TEMPLATE,)  # provenance: the hooks written, {layer} for `layers`
     trivial: str = ""  # why the written mean is the clean value by construction (one distinct token at every massive
     # site of the calibration), else "": then the intervention changes nothing and its result is no evidence
-
-    @property
-    def hook_names(self) -> list[str]:
-        return [self.hook_template.format(layer=l) for l in sorted({l for ls in self.layers for l in ls})]
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (dim, block): what is written there."""
@@ -219,7 +215,7 @@ def _layer_list(kind: str, value: Any, n_layers: int) -> tuple[int, ...]:
 
 def build_intervention(
     model: Any,
-    calibration: _inputs.Inputs,
+    inputs: _inputs.Inputs,
     *,
     mode: str = "zero",
     dims: Sequence[int] | None = None,
@@ -237,7 +233,8 @@ def build_intervention(
     ratio: float = 1000.0,
     progress: bool | None = None,
 ) -> Intervention:
-    """An intervention on the massive activations found in the `calibration` texts.
+    """An intervention on the massive activations found in the calibration text `inputs` (a string, a list of
+    strings or a token tensor), held apart from the text it is used on.
 
     mode: "zero", "mean" (per-layer means at the starting token and at other massive positions, measured on
     the calibration text), "value" (`value`: one number or one per dim) or "control" (as many random
@@ -273,9 +270,9 @@ def build_intervention(
     L, D = model.cfg.n_layers, model.cfg.d_model
     bos = _inputs.resolve_bos(model, prepend_bos)  # None: what the model's own tokenizer does
     if stats is None:
-        stats = massive_stats(model, calibration, prepend_bos=(bos,), max_tokens=max_tokens, threshold=threshold,
+        stats = massive_stats(model, inputs, prepend_bos=(bos,), max_tokens=max_tokens, threshold=threshold,
                               ratio=ratio, progress=progress)
-    prompts = truncated_prompts(model, calibration, prepend_bos=bos, max_tokens=max_tokens)[:n_check]
+    prompts = truncated_prompts(model, inputs, prepend_bos=bos, max_tokens=max_tokens)[:n_check]
     si = stats.setting(bos)
     found = [d for d in stats.dims if int(stats.first_layer[si, stats.dims.index(d)]) >= 0]
     dims = tuple(found if dims is None else (_inputs.check_index("dim", d, D) for d in dims))

@@ -148,7 +148,7 @@ def perplexity(
     prepend_bos: bool | None = None,
     intervention: str | Intervention | None = None,
     calibration: list[str] | None = None,
-    batch_size: int = 4,
+    batch_size: int = 8,
     progress: bool | None = None,
 ) -> Perplexity:
     """Perplexity of the text `inputs` (a string or a list of texts, joined by blank lines) in chunks of
@@ -270,7 +270,7 @@ def bias_term_table(
     n_calibration: int = 32,
     prepend_bos: bool | None = None,
     layers: Any = "auto",
-    batch_size: int = 4,
+    batch_size: int = 8,
     progress: bool | None = None,
 ) -> BiasTermTable:
     """Original, set-to-zero, set-to-mean and control perplexity on each corpus (paper Table 3).

@@ -73,7 +73,7 @@ ERRORS = [
     ("float layer", lambda m, r, iv, b: trace_origin(m, P[0], layer=1.5), "layer must be an int"),
     ("two prompts to trace", lambda m, r, iv, b: trace_origin(m, P), "one prompt"),
     ("top_k 0", lambda m, r, iv, b: trace_origin(m, P[0], top_k=0), r"top_k must be an int in 1\.\.128"),
-    ("head out of range", lambda m, r, iv, b: mi_massive.viz.attention_patterns(m, P[0], 1, heads=[4]),
+    ("head out of range", lambda m, r, iv, b: mi_massive.attention_patterns(m, P[0], 1).show(heads=[4]),
      r"head 4 out of range: valid heads are 0\.\.3"),
     ("epsilon above 1", lambda m, r, iv, b: attention_sinks(m, P, epsilon=2.0), "epsilon"),
     ("sink position past the prompt", lambda m, r, iv, b: attention_sinks(m, P, sink_positions=[50]),
@@ -635,3 +635,25 @@ def test_11_one_intervene_object_can_be_entered_again(m, iv):
     with torch.no_grad():
         clean = m(toks)
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], clean)
+
+
+def test_one_vocabulary_across_functions_that_run_the_model_over_many_inputs():
+    """`inputs` first after the model; batch_size, progress and prepend_bos with one default each. Exceptions, on
+    purpose: path_patch's batch_size counts patched rows (prompt x receiver), massive_stats measures both BOS
+    settings unless told one."""
+    import inspect
+
+    funcs = ["find_massive_activations", "layer_profile", "massive_stats", "build_intervention", "perplexity",
+             "bias_term_table", "attention_sinks", "implicit_bias", "path_patch", "write_report"]
+    for name in funcs:
+        params = inspect.signature(getattr(mi_massive, name)).parameters
+        assert list(params)[1 if name != "write_report" else 2] == "inputs", name
+        assert params["progress"].default is None, name
+        if "batch_size" in params and name != "path_patch":
+            assert params["batch_size"].default == 8, name
+        if "prepend_bos" in params and name != "massive_stats":
+            assert params["prepend_bos"].default is None, name
+    fields = {cls: {f.name for f in __import__("dataclasses").fields(getattr(mi_massive, cls))}
+              for cls in ("MassiveActivations", "LayerProfile", "MassiveStats", "Intervention", "AttentionSinks",
+                          "ImplicitBias", "Origin", "PathPatching")}
+    assert all("hook_names" in f and "hook_template" not in f and "hooks" not in f for f in fields.values()), fields
