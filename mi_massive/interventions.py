@@ -21,7 +21,8 @@ every block from its first to its last massive layer.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,8 +69,9 @@ class Intervention(Result):
     ratio: float
     model_name: str
     hook_names: tuple[str, ...] = (HOOK_TEMPLATE,)  # provenance: the hooks written, {layer} for `layers`
-    trivial: str = ""  # why the written mean is the clean value by construction (one distinct token at every massive
-    # site of the calibration), else "": then the intervention changes nothing and its result is no evidence
+    trivial: str = ""  # why the mean written at position 0 is that token's clean value by construction (one
+    # distinct starting token in the calibration), else "": where nothing else is written, the row is no evidence
+    first_token: str | None = None  # that starting token (perplexity checks that its inputs start with it too)
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (dim, block): what is written there."""
@@ -242,7 +244,7 @@ def build_intervention(
     first becomes massive; every block up to its last massive layer if later blocks rebuild it), "first",
     "range", a block, a list of blocks, or {dim: blocks}. positions: "massive", "first_token" or a list of
     positions; a negative position counts from each prompt's end, as in Python (-1: its last token). `stats` (massive_stats of the calibration text)
-    saves measuring them again. `prepend_bos=None` follows the model's default.
+    saves measuring them again. `prepend_bos=None` does what the model's own tokenizer does.
 
         >>> iv = build_intervention(model, ["Summer is warm.", "Winter is cold."], mode="mean")  # or load_corpus(...)
         >>> iv.dims
@@ -330,6 +332,8 @@ def build_intervention(
     iv = Intervention(mode=mode, dims=dims, targets=targets, layers=tuple(per_dim), first_value=first_value,
                       other_value=other_value, positions=pos, prepend_bos=bos, rebuilt=None, recovery=None,
                       trivial=_trivial_mean(stats, bos, dims) if mode == "mean" else "",
+                      first_token=(stats.first_tokens[si][0] if mode == "mean" and stats.first_tokens
+                                   and int(stats.n_tokens[si, 0, 0]) == 1 else None),
                       threshold=stats.threshold, ratio=stats.ratio, model_name=model_name(model))
     if check_rebuild and prompts:
         iv = _check_rebuild(model, prompts, iv, spans, extend=layers == "auto", rebuilt_at=rebuilt_at)
@@ -337,14 +341,28 @@ def build_intervention(
 
 
 def _trivial_mean(stats: MassiveStats, bos: bool, dims: Sequence[int]) -> str:
-    """Why setting `dims` to their calibration mean changes nothing, or "": at every massive site of the calibration
-    the dim holds one value by construction (one distinct starting token, no other site)."""
-    fixed = dict(zip(stats.dims, stats.constant_by_construction(bos)))
-    if not dims or not all(fixed.get(d, False) for d in dims):
+    """Why the starting-token mean of `dims` is the clean value, or "": one distinct starting token in the
+    calibration, which under causal attention sees only itself, so its value is the same in every text."""
+    si = stats.setting(bos)
+    if not dims or stats.n_tokens is None or not stats.first_tokens or int(stats.n_tokens[si, 0, 0]) != 1:
         return ""
-    tokens = stats.first_tokens[stats.setting(bos)] if stats.first_tokens else ()
-    return (f"one distinct token ({', '.join(map(repr, tokens))}) at every massive site, so the mean is the clean "
-            "value and setting it changes nothing")
+    return (f"one distinct token ({stats.first_tokens[si][0]!r}) at position 0, so the mean written there is its "
+            "clean value")
+
+
+@contextmanager
+def watch_trivial(model: Any, iv: Intervention) -> Iterator[dict[str, int]]:
+    """While the body runs, count the entries `iv` writes at positions after the first (where a mean is not the
+    clean value): a trivial mean is no evidence only if there are none."""
+    seen = {"other": 0}
+
+    def count(i: int) -> HookFn:
+        def fn(x: Tensor, hook: Any) -> None:
+            seen["other"] += int(_positions_mask(x, iv.dims[i], iv)[:, 1:].sum())
+        return fn
+
+    with hooked(model, [(hook.resid_post(ls[0]), count(i)) for i, ls in enumerate(iv.layers)]):
+        yield seen
 
 
 def _check_rebuild(model: Any, prompts: list[Tensor], iv: Intervention, spans: list[tuple[int, int]], *,

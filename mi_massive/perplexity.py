@@ -30,7 +30,7 @@ from ._results import Result
 from .constancy import massive_stats
 from .corpus import load_corpus
 from .detect import _progress
-from .interventions import Intervention, build_intervention, intervene
+from .interventions import Intervention, build_intervention, intervene, watch_trivial
 from .models import model_name
 
 COLUMNS = ("original", "zero", "mean", "control")
@@ -156,7 +156,7 @@ def perplexity(
     stays bounded whatever the corpus size.
 
     `intervention` is None, "zero", "mean", "control" (built from `calibration` texts, which must be held
-    apart from `inputs`) or an Intervention. `prepend_bos=None` follows the model's default.
+    apart from `inputs`) or an Intervention. `prepend_bos=None` does what the model's own tokenizer does.
 
         >>> perplexity(model, load_corpus("wiki-en")[32:], seq_len=128, max_chunks=16)   # doctest: +SKIP
     """
@@ -174,9 +174,12 @@ def perplexity(
                     "perplexity")
     rank, size = _dist.world()
     chunks = itertools.islice(chunks, rank, None, size)  # under torchrun, chunks rank, rank + size, ... here
-    with torch.inference_mode(), (intervene(model, iv) if iv is not None else nullcontext()):
+    watch = watch_trivial(model, iv) if iv is not None and iv.trivial else nullcontext({"other": 0})
+    firsts: set[int] = set()  # the chunks' first tokens: a trivial mean needs them to be the calibration's one
+    with torch.inference_mode(), watch as seen, (intervene(model, iv) if iv is not None else nullcontext()):
         while batch := list(itertools.islice(chunks, batch_size)):
             tokens = torch.stack(batch).to(model.cfg.device)  # (batch, seq_len [+ 1])
+            firsts |= set(tokens[:, 0].tolist())
             logits = model(tokens, return_type="logits")  # (batch, pos, d_vocab)
             loss = next_token_nll(logits[:, :-1], tokens[:, 1:])  # (batch, pos - 1)
             nll.append(loss.double().mean(1).cpu())
@@ -195,8 +198,18 @@ def perplexity(
         nll=per_chunk.float(), n_predicted=len(per_chunk) * (seq_len if bos else seq_len - 1), seq_len=seq_len,
         prepend_bos=bos,
         intervention="none" if iv is None else iv.describe(), rebuilt=None if iv is None else iv.rebuilt,
-        model_name=model_name(model), trivial="" if iv is None else iv.trivial,
+        model_name=model_name(model), trivial=_trivial(model, iv, firsts, seen["other"]),
     )
+
+
+def _trivial(model: Any, iv: Intervention | None, firsts: set[int], other: int) -> str:
+    """Why `iv` changed nothing here by construction, or "": its mean at position 0 is the clean value of the one
+    starting token (Intervention.trivial), every chunk starts with that token and nothing was written elsewhere."""
+    if iv is None or not iv.trivial or other or len(firsts) != 1:
+        return ""
+    if _inputs.str_tokens(model, torch.tensor(sorted(firsts))) != (iv.first_token,):
+        return ""
+    return f"{iv.trivial}; every chunk starts with it and no other position was written"
 
 
 def _check_corpora(inputs: Any) -> list:
@@ -302,7 +315,7 @@ def bias_term_table(
         names.append(name)
         table.append([r.perplexity for r in results])
         described.append(tuple(r.intervention for r in results))
-        trivial.append(ivs[2].trivial)
+        trivial.append(results[2].trivial)
     return BiasTermTable(
         corpora=tuple(names), perplexity=torch.tensor(table, dtype=torch.float64), interventions=tuple(described),
         rebuilt_dims=tuple(sorted(rebuilt)), seq_len=seq_len, n_chunks=len(results[0].nll),
