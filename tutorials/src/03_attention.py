@@ -90,16 +90,15 @@ sinks.show()
 # %% [answer]
 by_layer = sinks.by_layer()
 first = sinks.first_massive_layer
-before, after = by_layer[by_layer.layer <= first], by_layer[by_layer.layer > first]
-early = before[before.sink_mass >= 0.3]
+sink_before, sink_after = by_layer[by_layer.layer <= first], by_layer[by_layer.layer > first]
+early = sink_before[sink_before.sink_mass >= 0.3]
 answer(f"The massive activation first appears in the output of block {first}. After it, queries put "
-       f"{after.sink_mass.mean():.0%} of their attention on the sink token (head average, from "
-       f"{after.sink_mass.min():.0%} to {after.sink_mass.max():.0%} by layer) and {after.sink_heads.mean():.0%} of "
-       f"the heads have alpha > {sinks.epsilon}. In blocks 0..{first} they put {before.sink_mass.mean():.0%} there"
+       f"{sink_after.sink_mass.mean():.0%} of their attention on the sink token (head average, from "
+       f"{sink_after.sink_mass.min():.0%} to {sink_after.sink_mass.max():.0%} by layer) and {sink_after.sink_heads.mean():.0%} of "
+       f"the heads have alpha > {sinks.epsilon}. In blocks 0..{first} they put {sink_before.sink_mass.mean():.0%} there"
        + (f", and already {early.sink_mass.min():.0%}-{early.sink_mass.max():.0%} in block(s) "
           f"{', '.join(map(str, early.layer))}: the first token is a sink before it holds a massive activation, so "
-          "the massive activation is not what starts the sink (it may strengthen or keep it). Gemma-3-270M shows the "
-          "same in the paper notebook 02." if len(early) else
+          "the massive activation is not what starts the sink (it may strengthen or keep it)." if len(early) else
           ": attention concentrates on the token only once it holds the massive activation, as the paper says."))
 
 # %% [markdown]
@@ -238,8 +237,8 @@ print(f"{float(model(prompt, return_type='loss')):.3f} original, {swapped:.3f} s
 
 # %%
 Markdown(f"""
-- After the massive activation appears (block {first}), heads put {after.sink_mass.mean():.0%} of their
-  attention on its token on average; before it, {before.sink_mass.mean():.0%} (`attention_sinks`).
+- After the massive activation appears (block {first}), heads put {sink_after.sink_mass.mean():.0%} of their
+  attention on its token on average; before it, {sink_before.sink_mass.mean():.0%} (`attention_sinks`).
 - The sink part of each head's output keeps {"one direction by construction" if bias.by_construction else
   f"a nearly fixed direction (cosine {float(bias.constancy.mean()):.3f})"} while its size varies by
   {float(size_cv.nanmean()):.0%} across queries; replacing it with its mean changes the loss by
