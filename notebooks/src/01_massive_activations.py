@@ -34,7 +34,7 @@ models = {name: load_model(name) for name in ("smollm2-135m", "gemma3-270m")}
 # `|x|` of one middle block's output over tokens and dimensions.
 
 # %%
-found = {name: find_massive_activations(model, [PROMPT] + texts) for name, model in models.items()}
+found = {name: find_massive_activations(model, [PROMPT] + texts, progress=False) for name, model in models.items()}
 for name, model in models.items():
     layer = ((found[name].first_layer or 0) + model.cfg.n_layers) // 2
     display(Markdown(f"**{name}**, block {layer}'s output"))
@@ -64,7 +64,7 @@ display(Markdown(f"What we find over {len(texts) + 1} inputs:\n\n" + "\n".join(l
 # The top-3 magnitudes and the median of each block's output, averaged over the same inputs.
 
 # %%
-profiles = {name: layer_profile(model, [PROMPT] + texts) for name, model in models.items()}
+profiles = {name: layer_profile(model, [PROMPT] + texts, progress=False) for name, model in models.items()}
 for p in profiles.values():
     display(p.show())
 
@@ -106,9 +106,10 @@ for name, s in stats.items():
             lines.append(f"- **{name}**, {'with' if bos else 'without'} BOS: no massive value at the starting token.")
             continue
         r = first.iloc[0]
+        fixed = dict(zip(s.dims, s.constant_by_construction(bos))).get(int(r.dim), False)  # the library's flag
         lines.append(f"- **{name}**, {'with' if bos else 'without'} BOS: dim {int(r.dim)} at the starting token, "
                      f"layer {int(r.layer)}: mean {r['mean']:,.0f}, std {r['std']:,.1f} (CV {r.cv:.1%}) over "
                      f"{int(r.n)} texts"
-                     + (" (one distinct token there: constant by construction, no evidence)." if bos else
+                     + (" (one distinct token there: constant by construction, no evidence)." if fixed else
                         " (different first tokens: real evidence)."))
 display(Markdown("What we find:\n\n" + "\n".join(lines)))
