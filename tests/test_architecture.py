@@ -84,7 +84,8 @@ def test_no_module_outside_the_engine_imports_its_private_modules():
 def test_the_engine_imports_no_analysis_and_builds_no_result():
     """The engine may run hooks (`_hooks`); anything else of the package it would import is an analysis, a result
     or a view."""
-    allowed = {"mi_massive._hooks", "mi_massive._hooks.run_with_hooks"}
+    allowed = {"mi_massive._hooks", "mi_massive._hooks.run_with_hooks", "mi_massive._types",
+               "mi_massive._types.HookedModel"}
     bad = {}
     for name, tree in _modules().items():
         if name == "mi_massive.engine" or name.startswith("mi_massive.engine."):
@@ -157,3 +158,12 @@ def test_no_public_function_sets_an_attribute_on_the_model(tmp_path):
         before = _attributes(model)
         call(model)
         assert _attributes(model) == before, name
+
+
+def test_jaxtyping_annotations_are_checked():
+    """The test command instruments the package (pyproject's addopts): a result built with a tensor of the wrong
+    shape raises instead of carrying it."""
+    from mi_massive.detect import LayerProfile
+
+    with pytest.raises(Exception, match="top"):
+        LayerProfile(top=torch.zeros(4), median=torch.zeros(4), n_prompts=1, model_name="m")  # top is (layer, k)
