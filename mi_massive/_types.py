@@ -11,9 +11,10 @@ A structural type (`typing.Protocol`): a TransformerLens `TransformerBridge` in 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # (importing this module loads no torch: the CLI's --help stays light)
+    from torch import Tensor, nn
 
 
 @runtime_checkable
