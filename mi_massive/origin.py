@@ -99,6 +99,7 @@ class Origin(Result):
     peak_layer: int | None = None  # where |x[:, pos, dim]| is largest (at or after `layer`)
     peak_value: float | None = None
     peak_builders: tuple[int, ...] = ()  # the builders of the peak value
+    trajectory: Float[Tensor, "layer"] | None = None  # x[l, pos, dim] after every block l
 
     @property
     def found(self) -> bool:
@@ -138,8 +139,9 @@ class Origin(Result):
             return "super weight"
         return "post-norm gain" if self.norm_gain is not None else "MLP neurons"
 
-    def explanation(self) -> str:
-        """One sentence on how the value is written, for the picture and the repr."""
+    def explanation(self, *, peak: bool = True) -> str:
+        """One sentence on how the value is written (and, with `peak`, how it grows after), for the picture and
+        the repr."""
         if not self.found:
             return ""
         kind = self.mechanism
@@ -162,7 +164,8 @@ class Origin(Result):
                 gain, rank, d = self.norm_gain
                 s += (f"; the size comes from the post-MLP norm's gain {gain:.4g} on dim {self.dim} "
                       f"(rank {rank} of {d})")
-        if self.peak_layer is not None and self.peak_layer != self.layer and self.peak_builders != self.builders:
+        grows = self.peak_layer is not None and self.peak_layer != self.layer and self.peak_builders != self.builders
+        if peak and grows:
             s += (f"; it then grows to {self.peak_value:.4g} at layer {self.peak_layer}, built up over blocks "
                   f"{', '.join(map(str, self.peak_builders))}")
         return s
@@ -182,8 +185,9 @@ class Origin(Result):
         tok = self.str_tokens[self.pos]
         writes = self.by_layer().set_index("layer").loc[self.writer_layer]
         s = (f"x[{self.layer}, pos {self.pos} {tok!r}, dim {self.dim}] = {self.value:.4g} in {self.model_name} is "
-             f"{self.explanation()} (block {self.writer_layer} adds {self.writer_share:.0%}: "
+             f"{self.explanation(peak=False)} (block {self.writer_layer} adds {self.writer_share:.0%}: "
              f"attn {writes.attn:.4g}, MLP {writes.mlp:.4g})")
+        s += self.explanation()[len(self.explanation(peak=False)):]
         if len(self.causal) > 1:
             base, after = self.causal.iloc[0], self.causal.iloc[1]
             s += (f"; {after.ablation}: value {after.massive_value:.4g}, loss {base.loss:.3g} -> {after.loss:.3g}")
@@ -231,13 +235,14 @@ def _norm_gain(model: Any, layer: int, dim: int) -> tuple[float, int, int] | Non
     return float(gain[dim]), int((gain > gain[dim]).sum()) + 1, len(gain)
 
 
-def _peak(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...]]:
-    """Where |x[l, pos, dim]| peaks at or after `layer`, its value, and the blocks that build it (no forward)."""
-    col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(layer, model.cfg.n_layers)])
-    peak = layer + int(col.abs().argmax())
+def _peak(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...], Tensor]:
+    """Where |x[l, pos, dim]| peaks at or after `layer`, its value, the blocks that build it, and x[:, pos, dim]
+    (no forward)."""
+    col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(model.cfg.n_layers)]).float()  # (layer,)
+    peak = layer + int(col[layer:].abs().argmax())
     value = float(acts[hook.resid_post(peak)][pos, dim])
     comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=peak)
-    return peak, value, _builders(comps, value)
+    return peak, value, _builders(comps, value), col
 
 
 def _massive_sites(resid: Float[Tensor, "layer pos d_model"], threshold: float, ratio: float) -> Tensor:
@@ -407,8 +412,9 @@ def trace_origin(
             search_steps=search_steps, threshold=threshold, names=names,
             baseline=None if loss is None else (float(acts[hook.resid_post(L)][P, D]), loss),
         )
-    peak_layer, peak_value, peak_builders = _peak(model, acts, L, P, D)
+    peak_layer, peak_value, peak_builders, trajectory = _peak(model, acts, L, P, D)
     return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
                   neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,
                   search=search, builders=_builders(comps, value), norm_gain=_norm_gain(model, writer, D),
-                  peak_layer=peak_layer, peak_value=peak_value, peak_builders=peak_builders, **base)
+                  peak_layer=peak_layer, peak_value=peak_value, peak_builders=peak_builders, trajectory=trajectory,
+                  **base)

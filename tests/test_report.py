@@ -57,10 +57,14 @@ def _failed_sections(html: str) -> dict[str, str]:
 TINY_KNOWN_FAILURES: set[str] = set()  # every section renders on the tiny model too
 
 
-def test_tiny_report_is_self_contained(tiny_llama, tmp_path):
+def test_tiny_report_is_self_contained(tiny_llama, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        path = write_report(tiny_llama, tmp_path / "r.html", inputs=["hello world", "abc"], progress=False)
+        path = write_report(tiny_llama, tmp_path / "r.html", inputs=["hello world", "abc"], progress=True)
+    err = capsys.readouterr().err  # says what it will do, at which size and about how long, then a bar
+    assert re.search(r"report on tiny-llama: 9 sections over 2 prompt\(s\) into .*r\.html \(quick mode; "
+                     r"full=True \(--full\) for the paper's size\); about \d+ (s|min) on this machine", err), err
+    assert "report: 100%" in err and "9/9" in err
     html = path.read_text()
     _assert_self_contained(html)
     assert set(_failed_sections(html)) <= TINY_KNOWN_FAILURES, _failed_sections(html)

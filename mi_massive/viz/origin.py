@@ -33,7 +33,9 @@ def show_origin(origin: Any, *, top_k: int = 10) -> View:
     fig = make_subplots(rows=2, cols=2, column_widths=[0.6, 0.4], vertical_spacing=0.2, horizontal_spacing=0.1,
                         subplot_titles=["MLP part of each block (red: the blocks that write most of it)", neuron_title,
                                         "attention part of each block (own scale)",
-                                        f"x[{origin.layer}, {origin.pos}, {origin.dim}] after each block"])
+                                        f"x[layer, {origin.pos}, {origin.dim}] after each block"
+                                        + (f" (peak {origin.peak_value:.3g} at {origin.peak_layer})"
+                                           if origin.peak_layer not in (None, origin.layer) else "")])
     fig.add_trace(go.Bar(x=by_layer.layer, y=by_layer.attn, name="attn", marker_color=colors,
                          hovertemplate="block %{x}: attention adds %{y:.4g}<extra></extra>"), row=2, col=1)
     fig.add_trace(go.Bar(x=by_layer.layer, y=by_layer.mlp, name="mlp", marker_color=colors,
@@ -47,6 +49,12 @@ def show_origin(origin: Any, *, top_k: int = 10) -> View:
     fig.add_trace(go.Scatter(x=by_layer.layer, y=by_layer.total, name="total", mode="lines+markers",
                              line={"color": "#1f77b4"}, hovertemplate="after block %{x}: %{y:.4g}<extra></extra>"),
                   row=2, col=2)
+    if origin.trajectory is not None and origin.peak_layer not in (None, origin.layer):  # how it goes on growing
+        later = list(range(origin.layer, len(origin.trajectory)))
+        fig.add_trace(go.Scatter(x=later, y=origin.trajectory[later].tolist(), name="after", mode="lines+markers",
+                                 line={"color": "#1f77b4", "dash": "dot"}, marker={"size": 4},
+                                 hovertemplate="after block %{x}: %{y:.4g}<extra></extra>"), row=2, col=2)
+        fig.add_vline(x=origin.layer, line={"color": "#999", "dash": "dash"}, row=2, col=2)
     for r, c in ((1, 1), (2, 1), (2, 2)):
         fig.update_xaxes(title_text="block", dtick=1 if len(by_layer) <= 32 else None, row=r, col=c)
     fig.update_xaxes(title_text="neuron", type="category", row=1, col=2)
@@ -57,6 +65,7 @@ def show_origin(origin: Any, *, top_k: int = 10) -> View:
             f"{origin.value:.4g} in {origin.model_name}")
     why = "<br>".join(textwrap.wrap(origin.explanation(), 150))
     fig.update_layout(template="plotly_white", height=640, showlegend=False,
-                      margin={"t": 60 + 18 * (why.count("<br>") + 2), "b": 50, "l": 60, "r": 20},
-                      title={"text": f"{head}<br><sup>{why}</sup>", "font": {"size": 15}})
+                      margin={"t": 100 + 16 * why.count("<br>"), "b": 50, "l": 60, "r": 20},
+                      title={"text": f"{head}<br><sup>{why}</sup>", "font": {"size": 15}, "yref": "container",
+                             "y": 0.97, "yanchor": "top"})
     return View((fig,), meta={"mechanism": kind, "builders": list(origin.builders)})
