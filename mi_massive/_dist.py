@@ -52,6 +52,15 @@ def world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), None in a single process."""
+    if world()[1] == 1:
+        return None
+    import torch.distributed as dist
+
+    return dist.get_backend()
+
+
 def is_main() -> bool:
     """Rank 0 alone prints, writes and shows."""
     return world()[0] == 0
