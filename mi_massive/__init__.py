@@ -29,7 +29,8 @@ _LAZY = {
     "perplexity": "perplexity",
     "PathPatching": "patching", "path_patch": "patching",
     "write_report": "report",
-    "explore": "viz",
+    "explore": "snapshot", "attention_patterns": "snapshot", "AttentionPatterns": "snapshot",
+    "layer_magnitudes": "snapshot", "LayerMagnitudes": "snapshot",
 }
 
 
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from .patching import PathPatching, path_patch
     from .perplexity import BiasTermTable, Perplexity, bias_term_table, perplexity
     from .report import write_report
-    from .viz import explore
+    from .snapshot import AttentionPatterns, LayerMagnitudes, attention_patterns, explore, layer_magnitudes
 
 __all__ = [
     "load_corpus",
@@ -102,5 +103,9 @@ __all__ = [
     "path_patch",
     "PathPatching",
     "explore",
+    "attention_patterns",
+    "AttentionPatterns",
+    "layer_magnitudes",
+    "LayerMagnitudes",
     "write_report",
 ]

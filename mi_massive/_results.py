@@ -12,7 +12,7 @@ import importlib
 import json
 import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -26,6 +26,8 @@ _KEY = "mi_massive"  # the safetensors metadata entry that holds the JSON
 class Result:
     """Mixin for the frozen dataclasses that public functions return."""
 
+    VIEW: ClassVar[str | None] = None  # the view that draws it: "module:function" under mi_massive.viz
+
     def sentence(self) -> str:  # overridden: one sentence that says what was found
         return type(self).__name__
 
@@ -36,7 +38,7 @@ class Result:
         raise NotImplementedError
 
     def show(self, **kwargs: Any) -> Any:
-        """A view that displays itself in Jupyter (circuitsvis / plotly / ipywidgets)."""
+        """The view named by `VIEW`, drawn from this result alone: a `viz.View` that displays itself in Jupyter."""
         from . import viz
 
         return viz.show(self, **kwargs)

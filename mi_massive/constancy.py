@@ -53,6 +53,8 @@ class MassiveStats(Result):
     `kind` is 0 for the starting token (position 0) and 1 for the other positions where the dim is massive.
     """
 
+    VIEW = "interventions:show_stats"
+
     dims: tuple[int, ...]
     prepend_bos: tuple[bool, ...]
     mean: Float[Tensor, "setting kind layer dim"]

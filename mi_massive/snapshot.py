@@ -45,6 +45,14 @@ def _layers(layer: int | None | list[int], n_layers: int) -> tuple[int, ...]:
     return (_inputs.check_index("layer", layer, n_layers),)
 
 
+def _row(values: Tensor, layers: tuple[int, ...], layer: int | None) -> Tensor:
+    """The slice of `values` (first axis: `layers`) at `layer` (None: the first captured)."""
+    layer = layers[0] if layer is None else layer
+    if layer not in layers:
+        raise ValueError(f"layer {layer} was not captured: layers {list(layers)} were")
+    return values[layers.index(layer)]
+
+
 @dataclass(frozen=True, repr=False)
 class LayerMagnitudes(Result):
     """The block outputs x[layer, pos, dim] of one prompt, at the asked layers (paper Fig. 1 draws |x|)."""
@@ -60,10 +68,7 @@ class LayerMagnitudes(Result):
 
     def at(self, layer: int | None = None) -> Float[Tensor, "pos d_model"]:
         """x at one of the captured layers (default the first)."""
-        layer = self.layers[0] if layer is None else layer
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer} was not captured: layers {list(self.layers)} were")
-        return self.resid[self.layers.index(layer)]
+        return _row(self.resid, self.layers, layer)
 
     def peak(self, layer: int | None = None) -> tuple[int, int, float]:
         """(pos, dim, |x|) of the largest |x| at `layer`."""
@@ -105,10 +110,8 @@ class AttentionPatterns(Result):
     hook_names: tuple[str, ...]
 
     def at(self, layer: int | None = None) -> Float[Tensor, "head query_pos key_pos"]:
-        layer = self.layers[0] if layer is None else layer
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer} was not captured: layers {list(self.layers)} were")
-        return self.pattern[self.layers.index(layer)]
+        """The patterns of one of the captured layers (default the first)."""
+        return _row(self.pattern, self.layers, layer)
 
     def sink_share(self, layer: int | None = None) -> Float[Tensor, "head"]:
         """Each head's attention on the sink positions, averaged over queries (NaN where there is no sink)."""
