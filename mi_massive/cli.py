@@ -128,6 +128,14 @@ def prompts_from_args(args: argparse.Namespace) -> list[str]:
     prompts = list(getattr(args, "prompt", None) or [])
     if getattr(args, "file", None):
         prompts += _read_prompt_file(args.file)
+    if getattr(args, "n", None) is not None and not getattr(args, "scan_corpus", None):
+        raise BadArgument("-n counts the texts of --corpus: give --corpus too")
+    if getattr(args, "scan_corpus", None):
+        if prompts:
+            raise BadArgument("--corpus: give either a corpus or --prompt/--file, not both")
+        from .corpus import load_corpus
+
+        return load_corpus(args.scan_corpus, n=args.n)
     if any(not p.strip() for p in prompts):
         raise BadArgument("--prompt: a prompt is empty")
     from ._inputs import DEFAULT_PROMPTS
@@ -136,6 +144,8 @@ def prompts_from_args(args: argparse.Namespace) -> list[str]:
 
 
 def _prompt_source(args: argparse.Namespace, prompts: list[str]) -> str:
+    if getattr(args, "scan_corpus", None):
+        return f"{len(prompts)} text(s) of the corpus {args.scan_corpus}"
     if getattr(args, "file", None):
         return f"{len(prompts)} prompt(s) from {'--prompt and ' if args.prompt else ''}{args.file}"
     return f"{len(prompts)} prompt(s) from {'--prompt' if getattr(args, 'prompt', None) else 'the built-in set'}"
@@ -275,6 +285,9 @@ def add_scan_command(sub) -> None:
     p.add_argument("--ratio", type=_non_negative_float, default=1000.0,
                    help="|x| >= ratio x layer median (default 1000)")
     p.add_argument("-k", type=_positive_int, default=3, help="top-k magnitudes in the profile (default 3)")
+    p.add_argument("--corpus", dest="scan_corpus", choices=CORPORA,
+                   help="scan the texts of this corpus instead of prompts (under torchrun, each rank its shard)")
+    p.add_argument("-n", type=_positive_int, default=None, help="with --corpus: its first n texts (default: all)")
     p.add_argument("--progress", action="store_true", help="always show a progress bar")
     p.set_defaults(func=_scan)
 
@@ -574,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand: 0 on success, 2 for a bad argument, 1 for a failure (one line on stderr each)."""
     args = build_parser().parse_args(argv)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone prints
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     if hasattr(args, "device"):
         try:
             _check_device(args.device)

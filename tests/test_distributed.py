@@ -68,3 +68,17 @@ def test_two_ranks_equal_one_process_smollm2(tmp_path, smollm2):
     two = _run("smollm2-135m", 3, tmp_path / "two.json", 2)
     assert 507 in one["hits"]["dim"]
     _compare(one, two)
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_cli_scan_of_a_corpus_under_torchrun_prints_once_what_one_process_prints(smollm2):
+    cmd = ["-m", "mi_massive.cli", "scan", "--corpus", "lee-news", "-n", "5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=900)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *cmd],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "5 text(s) of the corpus lee-news" in one.stdout and "507" in one.stdout
+    assert two.stdout == one.stdout  # rank 0 alone prints, and prints the merged result
