@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ._hooks import HookFn, capture, host_float64, run_with_hooks
 from ._loss import next_token_nll
+from ._types import HookedModel
 from .engine import resumed
 from .arch import hook, spec
 
@@ -41,7 +42,7 @@ FindNext = Callable[[Sequence[Entry], Acts], "Entry | None"]
 
 
 @contextmanager
-def zeroed_weights(model: Any, entries: Sequence[Entry]) -> Iterator[Any]:
+def zeroed_weights(model: HookedModel, entries: Sequence[Entry]) -> Iterator[Any]:
     """Zero down-projection entries (HF `down_proj.weight[row, col]` = TL `W_out[col, row]`); restore in `finally`."""
     saved: list[tuple[Tensor, int, int, Tensor]] = []
     try:
@@ -106,7 +107,7 @@ def _first_block(v: Variant, layer: int) -> int:
     return min([v.layer] * bool(v.neurons) + [w[0] for w in v.weights] + [layer])
 
 
-def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], variants: Sequence[Variant],
+def run_variants(model: HookedModel, tokens: Tensor, target: tuple[int, int, int], variants: Sequence[Variant],
                  acts: Acts) -> list[tuple[float, float]]:
     """The prompt repeated once per variant, each row with its own ablation; returns (value at the target, loss)
     per row.
@@ -171,7 +172,7 @@ def run_variants(model: Any, tokens: Tensor, target: tuple[int, int, int], varia
     return [by_row[i] for i in range(len(variants))]
 
 
-def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Sequence[Entry], acts: Acts,
+def probe(model: HookedModel, tokens: Tensor, target: tuple[int, int, int], weights: Sequence[Entry], acts: Acts,
           names: Sequence[str]) -> tuple[float, Acts]:
     """The value at the target with `weights` really zeroed, and the activations at `names` of that run.
 
@@ -196,7 +197,7 @@ def probe(model: Any, tokens: Tensor, target: tuple[int, int, int], weights: Seq
     return float(raw[hook.resid_post(layer)][0, pos, dim]), ChainMap(host_float64({n: raw[n] for n in keep}), acts)
 
 
-def _variants(model: Any, *, writer: int, top: Sequence[int], mean_values: Tensor, mode: str, n_random: int,
+def _variants(model: HookedModel, *, writer: int, top: Sequence[int], mean_values: Tensor, mode: str, n_random: int,
               seed: int) -> list[Variant]:
     """Top-k neurons zeroed and/or mean-ablated, then `n_random` draws of as many other neurons zeroed."""
     k, out = len(top), []
@@ -232,7 +233,7 @@ def _search(first_weight: Entry, run_step: Callable[[list[Entry]], tuple[float, 
     return sets
 
 
-def _search_rows(model: Any, sets: list[list[Entry]], measured: Sequence[tuple[float, float]]
+def _search_rows(model: HookedModel, sets: list[list[Entry]], measured: Sequence[tuple[float, float]]
                  ) -> tuple[list[tuple], list[tuple]]:
     rows, search = [], []
     for step, (weights, (v, l)) in enumerate(zip(sets, measured), 1):
@@ -243,7 +244,7 @@ def _search_rows(model: Any, sets: list[list[Entry]], measured: Sequence[tuple[f
     return rows, search
 
 
-def causal_table(model: Any, tokens: Tensor, target: tuple[int, int, int], *, acts: Acts, writer: int,
+def causal_table(model: HookedModel, tokens: Tensor, target: tuple[int, int, int], *, acts: Acts, writer: int,
                  top: Sequence[int], mean_values: Tensor, first_weight: Entry, find_next: FindNext, mode: str,
                  n_random: int, seed: int, search_steps: int, threshold: float, names: Sequence[str],
                  baseline: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _dist, _inputs
+from ._types import HookedModel
 from .arch import hook, kv_head_of
 from .models import model_name
 
@@ -62,7 +63,7 @@ class VecStats:
         return (self.sq / self.n - m.square()).clamp_min(0).sqrt() / m.clamp_min(1e-30)
 
 
-def resolve_sinks(model: Any, prompts: list[Tensor], sink_positions: SinkPositions, *, threshold: float,
+def resolve_sinks(model: HookedModel, prompts: list[Tensor], sink_positions: SinkPositions, *, threshold: float,
                    ratio: float, batch_size: int) -> tuple[tuple[tuple[int, ...], ...], int | None]:
     """Sink positions per prompt (given, or the positions of tokens' massive activations: feature-wide outlier dims,
     such as gemma3-270m's dim 400, are left out, `mi_massive.sites`) and the first layer that holds one."""
@@ -111,7 +112,7 @@ def sink_batches(prompts: list[Tensor], sinks: Sequence[tuple[int, ...]], *, bat
             for b in _inputs.batches(prompts, batch_size=batch_size)]
 
 
-def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...] | None:
+def check_layers(model: HookedModel, layers: Sequence[int] | None) -> tuple[int, ...] | None:
     n_layers = model.cfg.n_layers
     if layers is None:
         return None
@@ -151,7 +152,7 @@ def split(pattern: Tensor, v: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
     return (torch.einsum("bhqk,bkhd->bqhd", p * s, v), torch.einsum("bhqk,bkhd->bqhd", p * (1 - s), v))
 
 
-def prepare(model: Any, inputs: _inputs.Inputs, sink_positions: SinkPositions, *, threshold: float, ratio: float,
+def prepare(model: HookedModel, inputs: _inputs.Inputs, sink_positions: SinkPositions, *, threshold: float, ratio: float,
              batch_size: int, prepend_bos: bool | None):
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
     sinks, first = resolve_sinks(model, prompts, sink_positions, threshold=threshold, ratio=ratio,

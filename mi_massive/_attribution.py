@@ -17,12 +17,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ._types import HookedModel
 from .arch import FamilySpec, hook, spec
 
 COMPONENT_COLUMNS = ["component", "layer", "head", "contribution"]
 
 
-def needed_hooks(model: Any) -> list[str]:
+def needed_hooks(model: HookedModel) -> list[str]:
     """Every hook a full trace reads, for all layers (what a user cache must hold)."""
     fam = spec(model)
     names = [hook.resid_pre(0)]
@@ -36,7 +37,7 @@ def needed_hooks(model: Any) -> list[str]:
     return names
 
 
-def from_cache(model: Any, cache: Mapping[str, Tensor], n_tokens: int) -> dict[str, Tensor]:
+def from_cache(model: HookedModel, cache: Mapping[str, Tensor], n_tokens: int) -> dict[str, Tensor]:
     """The hooks of one prompt from a user's cache (ActivationCache or dict), batch dim removed, float64 CPU."""
     names = needed_hooks(model)
     missing = [n for n in names if n not in cache]
@@ -71,7 +72,7 @@ def _matvec(W: Tensor, v: Tensor) -> Tensor:
     return (W.double() @ v.to(W.device, torch.float64)).cpu()
 
 
-def _sublayer_readout(model: Any, acts: Mapping[str, Tensor], v: Tensor, layer: int, pos: int, which: str) -> Tensor:
+def _sublayer_readout(model: HookedModel, acts: Mapping[str, Tensor], v: Tensor, layer: int, pos: int, which: str) -> Tensor:
     """v pulled back through the frozen post-sublayer norm (ln1_post / ln2_post) when the family has one."""
     if not spec(model).post_sublayer_norm:
         return v
@@ -79,7 +80,7 @@ def _sublayer_readout(model: Any, acts: Mapping[str, Tensor], v: Tensor, layer: 
     return v * norm_gain(getattr(block, which)) / acts[hook.ln_scale(layer, which)][pos, 0]
 
 
-def _parts(model: Any, acts: Mapping[str, Tensor], V: Tensor, *, pos: int, upto: int, mlp_of_last: bool,
+def _parts(model: HookedModel, acts: Mapping[str, Tensor], V: Tensor, *, pos: int, upto: int, mlp_of_last: bool,
            attn_of_last: bool) -> tuple[list[tuple[str, Any, Any]], Tensor]:
     """Component labels (component, layer, head) and their contributions to each read-out V[k] . x[pos]: (row, k)."""
     labels: list[tuple[str, Any, Any]] = [("embedding", pd.NA, pd.NA)]
@@ -108,7 +109,7 @@ def _frame(labels: list[tuple[str, Any, Any]], values: Tensor, column: str) -> p
     return df.astype({"layer": "Int64", "head": "Int64", column: "float64"})
 
 
-def components(model: Any, acts: Mapping[str, Tensor], v: Tensor, *, pos: int, upto: int,
+def components(model: HookedModel, acts: Mapping[str, Tensor], v: Tensor, *, pos: int, upto: int,
                mlp_of_last: bool = True, attn_of_last: bool = True) -> pd.DataFrame:
     """Contributions of the embedding, each head (and attention bias) and each MLP of blocks 0..upto to v . x[pos].
 
@@ -119,17 +120,17 @@ def components(model: Any, acts: Mapping[str, Tensor], v: Tensor, *, pos: int, u
     return _frame(labels, parts[:, 0], "contribution")
 
 
-def block_writes(model: Any, acts: Mapping[str, Tensor], *, pos: int, dim: int, upto: int) -> Tensor:
+def block_writes(model: HookedModel, acts: Mapping[str, Tensor], *, pos: int, dim: int, upto: int) -> Tensor:
     """What each block 0..upto adds to x[pos, dim] (attention + MLP outputs)."""
     return torch.stack([acts[hook.attn_out(l)][pos, dim] + acts[hook.mlp_out(l)][pos, dim] for l in range(upto + 1)])
 
 
-def writer_block(model: Any, acts: Mapping[str, Tensor], *, pos: int, dim: int, upto: int, sign: float) -> int:
+def writer_block(model: HookedModel, acts: Mapping[str, Tensor], *, pos: int, dim: int, upto: int, sign: float) -> int:
     """The block that adds the most to x[pos, dim] in the direction of the value (where it jumps)."""
     return int((sign * block_writes(model, acts, pos=pos, dim=dim, upto=upto)).argmax())
 
 
-def neuron_contributions(model: Any, acts: Mapping[str, Tensor], v: Tensor, *, layer: int, pos: int) -> tuple[Tensor, float]:
+def neuron_contributions(model: HookedModel, acts: Mapping[str, Tensor], v: Tensor, *, layer: int, pos: int) -> tuple[Tensor, float]:
     """Per-neuron parts of v . mlp_out[pos] (activation x W_out[n] . v, through the frozen ln2_post) and the bias part."""
     mlp = model.blocks[layer].mlp
     vm = _sublayer_readout(model, acts, v, layer, pos, "ln2_post")  # (d_model,)
@@ -138,7 +139,7 @@ def neuron_contributions(model: Any, acts: Mapping[str, Tensor], v: Tensor, *, l
     return per_neuron, (float(b_out @ vm) if b_out is not None else 0.0)
 
 
-def preact_readout(model: Any, acts: Mapping[str, Tensor], *, layer: int, pos: int, neuron: int,
+def preact_readout(model: HookedModel, acts: Mapping[str, Tensor], *, layer: int, pos: int, neuron: int,
                    linear: bool = False) -> tuple[Tensor, float]:
     """The read-out vector of neuron's pre-activation (gate, or up projection if `linear`) through frozen ln2, and its constant."""
     fam: FamilySpec = spec(model)
@@ -156,7 +157,7 @@ def preact_readout(model: Any, acts: Mapping[str, Tensor], *, layer: int, pos: i
     return v, const
 
 
-def upstream(model: Any, acts: Mapping[str, Tensor], *, layer: int, pos: int, neuron: int) -> pd.DataFrame:
+def upstream(model: HookedModel, acts: Mapping[str, Tensor], *, layer: int, pos: int, neuron: int) -> pd.DataFrame:
     """Neuron's pre-activation(s) at pos attributed to the residual components that feed block `layer`'s MLP.
 
     Columns `component, layer, head, pre` (hook_pre: the gate for gated MLPs) and `pre_linear` for gated MLPs;

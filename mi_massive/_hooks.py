@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
+from ._types import HookedModel
+
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 
-def check_eval(model: Any) -> None:
+def check_eval(model: HookedModel) -> None:
     """Analyses need a deterministic model: raise if any module is in training mode (dropout would be on)."""
     stack, seen = [model], {id(model)}  # what model.modules() walks, without its name bookkeeping (half the time
     push = stack.append  # on a bridge of thousands of modules; benchmarks/RESULTS.md)
@@ -27,7 +29,7 @@ def check_eval(model: Any) -> None:
                 push(child)
 
 
-def check_weights(model: Any) -> None:
+def check_weights(model: HookedModel) -> None:
     """Raise if any weight holds NaN or inf (called once an activation is not finite, to name the cause)."""
     bad = [n.replace("._original_component", "") for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -35,7 +37,7 @@ def check_weights(model: Any) -> None:
                          "reload the model")
 
 
-def check_finite(model: Any, out: Any) -> None:
+def check_finite(model: HookedModel, out: Any) -> None:
     """A non-finite output: raise if the weights hold NaN/inf, else warn that the activations overflow the dtype."""
     if not isinstance(out, torch.Tensor):
         return
@@ -50,7 +52,7 @@ def check_finite(model: Any, out: Any) -> None:
 
 
 @contextmanager
-def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired: bool = True) -> Iterator[Any]:
+def hooked(model: HookedModel, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired: bool = True) -> Iterator[Any]:
     """Attach `fwd_hooks` for the body; remove them in `finally`; raise if one never fired.
 
     A wrong hook name must never give a silently clean result.
@@ -76,7 +78,7 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *, require_fired
         raise RuntimeError(f"hook(s) never fired: {missing[:5]}; the result would have been silently unhooked")
 
 
-def run_with_hooks(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]], *,
+def run_with_hooks(model: HookedModel, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]], *,
                    finite_check: bool = True, **kwargs: Any) -> Any:
     """One forward pass with hooks that must fire; no gradients. A non-finite output warns (dtype overflow) or
     raises (NaN/inf weights) unless `finite_check=False` (for callers that report it themselves)."""
@@ -87,7 +89,7 @@ def run_with_hooks(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[s
     return out
 
 
-def capture(model: Any, tokens: torch.Tensor, names: Sequence[str], **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+def capture(model: HookedModel, tokens: torch.Tensor, names: Sequence[str], **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run once and keep only the activations at `names` (detached); returns (output, cache)."""
     cache: dict[str, torch.Tensor] = {}
 

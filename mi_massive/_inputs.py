@@ -13,6 +13,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ._hooks import check_eval
+from ._types import HookedModel
 
 Inputs = str | Sequence[str] | Tensor
 DEFAULT_PROMPTS = (  # what the CLI and the report scan when given no prompt
@@ -40,27 +41,27 @@ def tokenizer_adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def set_default_bos(model: Any, prepend_bos: bool) -> None:
+def set_default_bos(model: HookedModel, prepend_bos: bool) -> None:
     """Record what `prepend_bos=None` means for `model` (load_model measures it on the model's own tokenizer
     before TransformerLens wraps it in one that always prepends BOS)."""
     _DEFAULT_BOS[model] = bool(prepend_bos)
 
 
-def default_bos(model: Any) -> bool:
+def default_bos(model: HookedModel) -> bool:
     """What `prepend_bos=None` means: what the model's own tokenizer does (smollm2-135m: no BOS; gemma3-270m: BOS);
     for a bridge not made by load_model, TransformerLens's `cfg.default_prepend_bos`."""
     own = _DEFAULT_BOS.get(model)
     return bool(model.cfg.default_prepend_bos) if own is None else own
 
 
-def resolve_bos(model: Any, prepend_bos: bool | None) -> bool:
+def resolve_bos(model: HookedModel, prepend_bos: bool | None) -> bool:
     """`prepend_bos` as a bool (None: `default_bos(model)`)."""
     if prepend_bos is not None and not isinstance(prepend_bos, bool):
         raise ValueError(f"prepend_bos must be True, False or None (the model's own tokenizer), got {prepend_bos!r}")
     return default_bos(model) if prepend_bos is None else prepend_bos
 
 
-def bos_condition(model: Any, inputs: Inputs, prompts: Sequence[Tensor], prepend_bos: bool | None) -> bool:
+def bos_condition(model: HookedModel, inputs: Inputs, prompts: Sequence[Tensor], prepend_bos: bool | None) -> bool:
     """The BOS condition a result records: the choice for text, and for token tensors whether every row starts
     with the tokenizer's BOS token."""
     if not isinstance(inputs, Tensor):
@@ -77,7 +78,7 @@ def bos_words(prepend_bos: bool | None) -> str:
 _DEFAULT_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its own tokenizer's BOS choice
 
 
-def tokenize(model: Any, inputs: Inputs, *, prepend_bos: bool | None = None) -> list[Int[Tensor, "pos"]]:
+def tokenize(model: HookedModel, inputs: Inputs, *, prepend_bos: bool | None = None) -> list[Int[Tensor, "pos"]]:
     """One 1-D token tensor per prompt; raises on empty or malformed input.
 
     `prepend_bos=None` does what the model's own tokenizer does (`default_bos`); token tensors are taken as given.
@@ -153,7 +154,7 @@ def progress_bar(items: Sequence, progress: bool | None, desc: str):
     return tqdm(items, total=len(items), desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
 
 
-def check_model(model: Any) -> None:
+def check_model(model: HookedModel) -> None:
     """A hooked model from load_model, in eval mode; raises naming what was passed instead."""
     if not all(hasattr(type(model), a) or hasattr(model, a) for a in ("cfg", "to_tokens", "hook_dict")):  # the
         # class first: the bridge's hook_dict property builds a dict
@@ -175,7 +176,7 @@ def batches(prompts: list[Tensor], *, batch_size: int = 8) -> Iterator[Batch]:
             yield Batch(chunk, torch.stack([prompts[i] for i in chunk]))
 
 
-def str_tokens(model: Any, toks: Tensor) -> tuple[str, ...]:
+def str_tokens(model: HookedModel, toks: Tensor) -> tuple[str, ...]:
     """The tokenizer's string for each id (`convert_ids_to_tokens`; None for an id the tokenizer lacks), looked up
     in a table of the model's whole vocabulary made once per tokenizer (far cheaper per scan than asking the
     tokenizer for each id; benchmarks/RESULTS.md)."""

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._hooks import run_with_hooks
 from ._loss import next_token_nll
+from ._types import HookedModel
 from .engine import resumed
 from .arch import hook
 
@@ -50,7 +51,7 @@ class Pair:
     resid: dict[int, Tensor]  # the clean residual after each block from the sender's on (batch, pos, d_model)
 
 
-def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: Corruption, metric: Metric,
+def clean_and_corrupted(model: HookedModel, tokens: Tensor, sender: tuple, corruption: Corruption, metric: Metric,
                         names: Sequence[str], *, sites: list[list[Site]] | None, resid_layer: int | None,
                         threshold: float, ratio: float) -> Pair:
     """One pass of 2n rows: rows 0..n-1 clean, rows n..2n-1 with the sender removed.
@@ -125,7 +126,7 @@ def clean_and_corrupted(model: Any, tokens: Tensor, sender: tuple, corruption: C
 
 # --- receivers ------------------------------------------------------------------------------------------------
 
-def hook_name(model: Any, path: str, layer: int) -> str:
+def hook_name(model: HookedModel, path: str, layer: int) -> str:
     if path == "direct":
         return hook.resid_post(model.cfg.n_layers - 1)
     return {"k": hook.k, "v": hook.v, "q": hook.q}[path](layer)
@@ -147,7 +148,7 @@ def _writer(src: Tensor, rows: list[int], srcs: list[int], pos: list[int], heads
     return fn
 
 
-def _patch_hooks(model: Any, variants: Sequence[Sequence[Receiver]], n_prompts: int,
+def _patch_hooks(model: HookedModel, variants: Sequence[Sequence[Receiver]], n_prompts: int,
                  positions: Sequence[Sequence[int]], corrupted: dict[str, Tensor]) -> list[tuple[str, Callable]]:
     """Hooks for rows (variant i, prompt b) -> row i * n_prompts + b, each row patching its variant's receivers."""
     index: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
@@ -161,7 +162,7 @@ def _patch_hooks(model: Any, variants: Sequence[Sequence[Receiver]], n_prompts: 
             for name, (rows, srcs, pos, heads) in index.items() if rows]
 
 
-def _naive_hook(model: Any, receiver: Receiver, positions: list[int], corrupted: dict[str, Tensor], b: int):
+def _naive_hook(model: HookedModel, receiver: Receiver, positions: list[int], corrupted: dict[str, Tensor], b: int):
     """Reference hook for a single-prompt pass: one receiver, position by position."""
     path, layer, head = receiver
     name = hook_name(model, path, layer)
@@ -195,7 +196,7 @@ def count(counter: list[int], rows: int, blocks: int, *, unembedded: bool = True
     counter[3] += rows if unembedded else 0
 
 
-def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: list[int], *, start: int = 0,
+def run_rows(model: HookedModel, tokens: Tensor, hooks: list, metric: Metric, counter: list[int], *, start: int = 0,
              resid: Tensor | None = None) -> Tensor:
     """The metric of each row with `hooks`; with `resid`, the pass resumes at block `start` from it (`count`ed)."""
     count(counter, len(tokens), model.cfg.n_layers - start)
@@ -203,7 +204,7 @@ def run_rows(model: Any, tokens: Tensor, hooks: list, metric: Metric, counter: l
         return metric_rows(metric, run_with_hooks(model, tokens, hooks), tokens)
 
 
-def patched_metrics(model: Any, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
+def patched_metrics(model: HookedModel, tokens: Tensor, variants: list[list[Receiver]], positions: list[list[int]],
                      corrupted: dict[str, Tensor], metric: Metric, *, method: str, batch_size: int,
                      counter: list[int], resid: dict[int, Tensor], clean: Tensor) -> Tensor:
     """(variant, prompt) metrics for one batch of equal-length prompts.

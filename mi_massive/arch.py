@@ -15,6 +15,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from ._types import HookedModel
+
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -100,7 +102,7 @@ def spec_for_hf_config(config: Any) -> FamilySpec:
 _SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its FamilySpec, beside the model
 
 
-def spec(model: Any) -> FamilySpec:
+def spec(model: HookedModel) -> FamilySpec:
     """The family spec of a TransformerBridge (or anything with `.original_model.config`), with what the bridge's
     config says (`model.cfg`: gated MLP, norm, parallel attention and MLP) read off it.
 

@@ -36,6 +36,7 @@ from . import _inputs, sites
 from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, sink_batches, split
 from ._hooks import hooked, run_with_hooks
 from ._results import Result
+from ._types import HookedModel
 from .arch import hook, n_kv_heads
 from .models import model_name
 
@@ -121,7 +122,7 @@ class AttentionSinks(Result):
 
 
 def attention_sinks(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     sink_positions: SinkPositions = None,
@@ -289,7 +290,7 @@ def _swap_hooks(layers: Sequence[int], mean_z: Tensor, mode: str, masks_for: Cal
 
 
 @contextmanager
-def swap_implicit_bias(model: Any, bias: ImplicitBias, *, mode: str = "swap",
+def swap_implicit_bias(model: HookedModel, bias: ImplicitBias, *, mode: str = "swap",
                        sink_positions: Sequence[int] | None = None) -> Iterator[Any]:
     """Inside the block, each head's value updates from the sink tokens are replaced by `bias.mean_z` ("swap")
     or removed ("remove") at every query after the first sink, in the layers `bias` measured.
@@ -324,7 +325,7 @@ def swap_implicit_bias(model: Any, bias: ImplicitBias, *, mode: str = "swap",
 
 
 def implicit_bias(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     layers: Sequence[int] | None = None,

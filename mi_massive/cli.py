@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._types import HookedModel
+
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
 CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4")  # corpus.CORPORA's names, checked against it in a test
@@ -226,7 +228,7 @@ def _note(message: str) -> None:
     sys.stderr.flush()
 
 
-def _forward_seconds(model: Any, n_tokens: int) -> float:
+def _forward_seconds(model: HookedModel, n_tokens: int) -> float:
     """Seconds for forward passes over `n_tokens` tokens in all, from a timed pass of 64 tokens on this machine."""
     import torch
 
@@ -247,7 +249,7 @@ def _about(seconds: float) -> str:
     return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 
-def _announce(what: str, model: Any, forward_tokens: int) -> None:
+def _announce(what: str, model: HookedModel, forward_tokens: int) -> None:
     _note(f"{what} ({_about(_forward_seconds(model, forward_tokens))} on this machine)")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 import torch
@@ -28,6 +27,7 @@ from ._hooks import capture
 from ._results import Result
 from ._rule import check as _check_rule
 from ._rule import massive_mask
+from ._types import HookedModel
 from .arch import hook
 from .detect import HOOK_TEMPLATE, _progress
 from .models import model_name
@@ -35,7 +35,7 @@ from .models import model_name
 KINDS = ("first", "other")  # position 0 (the starting token, or BOS) / other massive positions (delimiters)
 
 
-def truncated_prompts(model: Any, texts: _inputs.Inputs, *, prepend_bos: bool, max_tokens: int) -> list[Tensor]:
+def truncated_prompts(model: HookedModel, texts: _inputs.Inputs, *, prepend_bos: bool, max_tokens: int) -> list[Tensor]:
     """Tokenised texts cut to `max_tokens` tokens (BOS included), so most share a length and batch together."""
     if not isinstance(max_tokens, int) or max_tokens < 2:
         raise ValueError(f"max_tokens must be an int >= 2, got {max_tokens!r}")
@@ -146,7 +146,7 @@ class MassiveStats(Result):
 
 
 def massive_stats(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     prepend_bos: tuple[bool, ...] = (False, True),

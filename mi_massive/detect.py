@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ from torch import Tensor
 from . import _dist, _inputs, _rule, engine, sites
 from ._hooks import check_weights
 from ._results import Result
+from ._types import HookedModel
 from .arch import hook
 from .models import model_name
 
@@ -244,7 +244,7 @@ def _progress(total: int, progress: bool | None, desc: str):
     return tqdm(total=total, desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
 
 
-def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
+def _scan(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
           progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
     """The rule and the profile from the statistics of every block output (`engine.block_stats`: per prompt and
     layer, the median |x| and the top |x|). The rule can only pass entries among the top ones; where every kept
@@ -308,7 +308,7 @@ def _scan(model: Any, prompts: list[Tensor], *, threshold: float, ratio: float, 
     return found, profile
 
 
-def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio: float = 1000.0, k: int = 3,
+def scan(model: HookedModel, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio: float = 1000.0, k: int = 3,
          batch_size: int = 8, prepend_bos: bool | None = None,
          progress: bool | None = None) -> tuple[MassiveActivations, LayerProfile]:
     """Detection and layer profile from the same forward passes (what the CLI and benchmarks use)."""
@@ -322,7 +322,7 @@ def scan(model: Any, inputs: _inputs.Inputs, *, threshold: float = 100.0, ratio:
 
 
 def find_massive_activations(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     threshold: float = 100.0,
@@ -348,7 +348,7 @@ def find_massive_activations(
 
 
 def layer_profile(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     k: int = 3,

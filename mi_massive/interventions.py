@@ -36,6 +36,7 @@ from ._hooks import HookFn, hooked
 from ._results import Result
 from ._rule import check as _check_rule
 from ._rule import massive_mask
+from ._types import HookedModel
 from .arch import hook
 from .constancy import MassiveStats, massive_stats, truncated_prompts
 from .detect import HOOK_TEMPLATE
@@ -113,7 +114,7 @@ def _positions_mask(x: Tensor, dim: int, iv: Intervention) -> Tensor:
     return mask
 
 
-def intervention_hooks(model: Any, iv: Intervention) -> list[tuple[str, HookFn]]:
+def intervention_hooks(model: HookedModel, iv: Intervention) -> list[tuple[str, HookFn]]:
     """The forward hooks that apply `iv` (positions decided afresh on every forward pass)."""
     if iv.model_name != model_name(model) or iv.first_value.shape[0] != model.cfg.n_layers:
         raise ValueError(f"the intervention was built for {iv.model_name}, not {model_name(model)}")
@@ -146,7 +147,7 @@ def intervention_hooks(model: Any, iv: Intervention) -> list[tuple[str, HookFn]]
 class _Intervening:
     """`intervene`'s context manager; one object may be entered again (and nested), each time afresh."""
 
-    def __init__(self, model: Any, intervention: Intervention) -> None:
+    def __init__(self, model: HookedModel, intervention: Intervention) -> None:
         intervention_hooks(model, intervention)  # checks it was built for this model, before any body runs
         self.model, self.intervention, self._open = model, intervention, []
 
@@ -160,7 +161,7 @@ class _Intervening:
         return self._open.pop().__exit__(*exc)
 
 
-def intervene(model: Any, intervention: Intervention) -> _Intervening:
+def intervene(model: HookedModel, intervention: Intervention) -> _Intervening:
     """Apply `intervention` to every forward pass in the body; hooks come off in `finally`, and a hook that
     never fired raises. The returned object can be entered again.
 
@@ -175,7 +176,7 @@ def intervene(model: Any, intervention: Intervention) -> _Intervening:
     return _Intervening(model, intervention)
 
 
-def _recovery(model: Any, prompts: list[Tensor], iv: Intervention, batch_size: int) -> Tensor:
+def _recovery(model: HookedModel, prompts: list[Tensor], iv: Intervention, batch_size: int) -> Tensor:
     """Per (layer, dim): mean over the intervened entries of |x| with `iv` (zero, first block only) / |x| clean."""
     L = model.cfg.n_layers
     single = replace(iv, mode="zero", targets=iv.dims, layers=tuple(ls[:1] for ls in iv.layers),
@@ -216,7 +217,7 @@ def _layer_list(kind: str, value: Any, n_layers: int) -> tuple[int, ...]:
 
 
 def build_intervention(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     mode: str = "zero",
@@ -351,7 +352,7 @@ def _trivial_mean(stats: MassiveStats, bos: bool, dims: Sequence[int]) -> str:
 
 
 @contextmanager
-def watch_trivial(model: Any, iv: Intervention) -> Iterator[dict[str, int]]:
+def watch_trivial(model: HookedModel, iv: Intervention) -> Iterator[dict[str, int]]:
     """While the body runs, count the entries `iv` writes at positions after the first (where a mean is not the
     clean value): a trivial mean is no evidence only if there are none."""
     seen = {"other": 0}
@@ -365,7 +366,7 @@ def watch_trivial(model: Any, iv: Intervention) -> Iterator[dict[str, int]]:
         yield seen
 
 
-def _check_rebuild(model: Any, prompts: list[Tensor], iv: Intervention, spans: list[tuple[int, int]], *,
+def _check_rebuild(model: HookedModel, prompts: list[Tensor], iv: Intervention, spans: list[tuple[int, int]], *,
                    extend: bool, rebuilt_at: float) -> Intervention:
     rec = _recovery(model, prompts, iv, batch_size=8)
     rebuilt = tuple(bool((rec[ls[0] + 1 : max(last, ls[0]) + 1, i].nan_to_num() > rebuilt_at).any())

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ._types import HookedModel
+
 CACHE_ENV = "MI_MASSIVE_CACHE"
 WHEELHOUSE_ENV = "MI_MASSIVE_WHEELHOUSE"
 
@@ -315,7 +317,7 @@ def _quiet(verbose: bool) -> Iterator[None]:
 _WARNED_TAKEOVER = False
 
 
-def _take_over(model: Any, dtype: torch.dtype | None, copy: bool) -> Any:
+def _take_over(model: HookedModel, dtype: torch.dtype | None, copy: bool) -> Any:
     """The transformers model the bridge will wrap: `model` itself (said once per process) or a copy."""
     global _WARNED_TAKEOVER
     have = next(model.parameters()).dtype
@@ -424,11 +426,11 @@ _NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the 
 # the model (never an attribute on it)
 
 
-def _set_name(model: Any, name: str) -> None:
+def _set_name(model: HookedModel, name: str) -> None:
     _NAMES[model] = name
 
 
-def model_name(model: Any) -> str:
+def model_name(model: HookedModel) -> str:
     """The name results record as their provenance: the one the model was loaded by, else `cfg.model_name`."""
     try:
         name = _NAMES.get(model)

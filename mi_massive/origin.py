@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -35,6 +35,7 @@ from ._hooks import capture, host_float64
 from ._results import Result
 from ._rule import check as _check_rule
 from ._rule import massive_mask
+from ._types import HookedModel
 from .arch import hook, spec
 from .models import model_name
 
@@ -227,7 +228,7 @@ def _shares(blocks: tuple[int, ...], by_layer: pd.DataFrame, value: float) -> st
     return ", ".join(f"{b} ({(parts.attn[b] + parts.mlp[b]) / value:.0%})" for b in blocks)
 
 
-def _norm_gain(model: Any, layer: int, dim: int) -> tuple[float, int, int] | None:
+def _norm_gain(model: HookedModel, layer: int, dim: int) -> tuple[float, int, int] | None:
     """The gain of block `layer`'s post-MLP norm at `dim` and its rank (1 = largest) on post-norm families."""
     if not spec(model).post_sublayer_norm:
         return None
@@ -235,7 +236,7 @@ def _norm_gain(model: Any, layer: int, dim: int) -> tuple[float, int, int] | Non
     return float(gain[dim]), int((gain > gain[dim]).sum()) + 1, len(gain)
 
 
-def _peak(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...], Tensor]:
+def _peak(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...], Tensor]:
     """Where |x[l, pos, dim]| peaks at or after `layer`, its value, the blocks that build it, and x[:, pos, dim]
     (no forward)."""
     col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(model.cfg.n_layers)]).float()  # (layer,)
@@ -270,14 +271,14 @@ def _pick_target(acts: Acts, n_layers: int, layer: int | None, pos: int | None, 
     return layer, p, d
 
 
-def _unit(model: Any, dim: int) -> Tensor:
+def _unit(model: HookedModel, dim: int) -> Tensor:
     """The read-out vector of residual dimension `dim` (float64)."""
     v = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     v[dim] = 1.0
     return v
 
 
-def _writer(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
+def _writer(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int) -> tuple[float, int, Tensor]:
     """The sign of x[layer, pos, dim], the block that writes it and that block's neurons' parts."""
     sign = 1.0 if float(acts[hook.resid_post(layer)][pos, dim]) >= 0 else -1.0
     writer = attr.writer_block(model, acts, pos=pos, dim=dim, upto=layer, sign=sign)
@@ -285,14 +286,14 @@ def _writer(model: Any, acts: Acts, layer: int, pos: int, dim: int) -> tuple[flo
     return sign, writer, per_neuron
 
 
-def _trace(model: Any, acts: Acts, layer: int, pos: int, dim: int):
+def _trace(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int):
     """Components of x[layer, pos, dim], the writing block and its neurons' parts."""
     comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=layer)
     sign, writer, per_neuron = _writer(model, acts, layer, pos, dim)
     return float(acts[hook.resid_post(layer)][pos, dim]), sign, comps, writer, per_neuron
 
 
-def _neuron_table(model: Any, acts: Acts, writer: int, pos: int, dim: int, sign: float,
+def _neuron_table(model: HookedModel, acts: Acts, writer: int, pos: int, dim: int, sign: float,
                   per_neuron: Tensor, top_k: int) -> pd.DataFrame:
     mlp_part = float(acts[hook.mlp_out(writer)][pos, dim])
     order = torch.argsort(sign * per_neuron, descending=True)[:top_k]
@@ -310,7 +311,7 @@ def _neuron_table(model: Any, acts: Acts, writer: int, pos: int, dim: int, sign:
     return df
 
 
-def _super_weight(model: Any, layer: int, dim: int, neuron: int) -> SuperWeight:
+def _super_weight(model: HookedModel, layer: int, dim: int, neuron: int) -> SuperWeight:
     W = model.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
     value = float(W[neuron, dim])
     return SuperWeight(layer, dim, neuron, value, int((W.abs() > abs(value)).sum()) + 1, W.numel())
@@ -320,7 +321,7 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
 
 
-def _validate(model: Any, n_pos: int, layer, pos, dim, top_k, ablate, n_random, search_steps) -> tuple:
+def _validate(model: HookedModel, n_pos: int, layer, pos, dim, top_k, ablate, n_random, search_steps) -> tuple:
     cfg = model.cfg
     layer = None if layer is None else _inputs.check_index("layer", layer, cfg.n_layers)
     pos = None if pos is None else _inputs.check_index("position", pos, n_pos)
@@ -337,7 +338,7 @@ def _validate(model: Any, n_pos: int, layer, pos, dim, top_k, ablate, n_random, 
 
 
 def trace_origin(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     layer: int | None = None,

@@ -45,6 +45,7 @@ from torch import Tensor
 from . import _inputs
 from ._patch_runs import Corruption, Metric, Receiver, clean_and_corrupted, count, hook_name, patched_metrics
 from ._results import Result
+from ._types import HookedModel
 from .arch import hook, kv_head_of, n_kv_heads
 from .models import model_name
 
@@ -160,7 +161,7 @@ class PathPatching(Result):
 
 # --- the analysis -----------------------------------------------------------------------------------------------
 
-def _parse_sender(model: Any, senders: Any) -> tuple:
+def _parse_sender(model: HookedModel, senders: Any) -> tuple:
     cfg = model.cfg
     if isinstance(senders, str) and senders == "massive":
         return ("massive",)
@@ -193,7 +194,7 @@ def _check_options(corruption: Any, receivers: Any, metric: Any, method: Any, ba
     return tuple(p for p in PATHS if p in paths)
 
 
-def _receiver_layers(model: Any, layers: Sequence[int] | None, sender_layer: int) -> list[int]:
+def _receiver_layers(model: HookedModel, layers: Sequence[int] | None, sender_layer: int) -> list[int]:
     n_layers = model.cfg.n_layers
     if layers is None:
         return list(range(sender_layer + 1, n_layers))
@@ -221,7 +222,7 @@ def _describe(sender: tuple, corruption: Corruption, dims: list[int], first: int
 
 
 def path_patch(
-    model: Any,
+    model: HookedModel,
     inputs: _inputs.Inputs,
     *,
     corruption: Corruption = "zero",
@@ -336,7 +337,7 @@ class _Plan:
     n_kv: int
 
 
-def _plan(model: Any, sites: list[list[tuple[int, int, int]]], sender: tuple, paths: tuple[str, ...],
+def _plan(model: HookedModel, sites: list[list[tuple[int, int, int]]], sender: tuple, paths: tuple[str, ...],
           layers: Sequence[int] | None, rule: tuple[float, float]) -> _Plan:
     if not any(sites):
         raise ValueError(f"no massive activations in these {len(sites)} prompt(s) (|x| > {rule[0]:g} and "

@@ -27,6 +27,7 @@ from . import _dist, _inputs
 from ._hooks import check_finite
 from ._loss import next_token_nll
 from ._results import Result
+from ._types import HookedModel
 from .constancy import massive_stats
 from .corpus import load_corpus
 from .detect import _progress
@@ -91,7 +92,7 @@ def _check_texts(inputs: Any) -> list[str] | tuple[str, ...]:
     return texts
 
 
-def _chunks(model: Any, texts: Sequence[str], seq_len: int, max_chunks: int | None, bos: bool) -> Iterator[Tensor]:
+def _chunks(model: HookedModel, texts: Sequence[str], seq_len: int, max_chunks: int | None, bos: bool) -> Iterator[Tensor]:
     """Chunks of seq_len text tokens (after BOS if `bos`), tokenised as they are needed, never the whole corpus."""
     bos_id = model.tokenizer.bos_token_id
     buffer: list[int] = []
@@ -107,7 +108,7 @@ def _chunks(model: Any, texts: Sequence[str], seq_len: int, max_chunks: int | No
             return
 
 
-def _as_intervention(model: Any, intervention: Any, calibration: Any, bos: bool) -> Intervention | None:
+def _as_intervention(model: HookedModel, intervention: Any, calibration: Any, bos: bool) -> Intervention | None:
     if intervention is None or isinstance(intervention, Intervention):
         if intervention is not None and intervention.prepend_bos not in (None, bos) and intervention.mode == "mean":
             raise ValueError(f"the intervention's means were measured with prepend_bos={intervention.prepend_bos}, "
@@ -121,7 +122,7 @@ def _as_intervention(model: Any, intervention: Any, calibration: Any, bos: bool)
     return build_intervention(model, calibration, mode=intervention, prepend_bos=bos)
 
 
-def _check_options(model: Any, seq_len: Any, max_chunks: Any, batch_size: Any, prepend_bos: Any,
+def _check_options(model: HookedModel, seq_len: Any, max_chunks: Any, batch_size: Any, prepend_bos: Any,
                    progress: Any) -> bool:
     """Validate perplexity's options (before any forward pass); the BOS setting they give."""
     _inputs.check_model(model)
@@ -140,7 +141,7 @@ def _check_options(model: Any, seq_len: Any, max_chunks: Any, batch_size: Any, p
 
 
 def perplexity(
-    model: Any,
+    model: HookedModel,
     inputs: str | Sequence[str],
     *,
     seq_len: int = 256,
@@ -202,7 +203,7 @@ def perplexity(
     )
 
 
-def _trivial(model: Any, iv: Intervention | None, firsts: set[int], other: int) -> str:
+def _trivial(model: HookedModel, iv: Intervention | None, firsts: set[int], other: int) -> str:
     """Why `iv` changed nothing here by construction, or "": its mean at position 0 is the clean value of the one
     starting token (Intervention.trivial), every chunk starts with that token and nothing was written elsewhere."""
     if iv is None or not iv.trivial or other or len(firsts) != 1:
@@ -275,7 +276,7 @@ class BiasTermTable(Result):
 
 
 def bias_term_table(
-    model: Any,
+    model: HookedModel,
     inputs: str | tuple[str, list[str]] | Sequence[str | tuple[str, list[str]]] = ("wiki-en", "lee-news"),
     *,
     seq_len: int = 256,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._types import HookedModel
 from .viz._html import STYLE, View, scripts, text
 
 
@@ -21,7 +22,7 @@ from .viz._html import STYLE, View, scripts, text
 class _Context:
     """What the sections share: the model, the prompts, detection and profile, and the layer to look at."""
 
-    model: Any
+    model: HookedModel
     prompts: list[str]
     found: Any
     profile: Any
@@ -162,7 +163,7 @@ def _page(title: str, header: str, sections: list[tuple[str, str, list[Any]]]) -
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(model: Any, path: str | Path, inputs: str | Sequence[str] | None = None, *, layer: int | None = None,
+def write_report(model: HookedModel, path: str | Path, inputs: str | Sequence[str] | None = None, *, layer: int | None = None,
                  full: bool = False, progress: bool | None = None) -> Path:
     """Write one self-contained HTML report of `model`'s massive activations (works offline); returns the path.
 

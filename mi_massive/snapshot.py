@@ -25,11 +25,12 @@ from torch import Tensor
 from . import _inputs
 from ._hooks import capture
 from ._results import Result
+from ._types import HookedModel
 from .arch import hook
 from .models import model_name
 
 
-def _one_prompt(model: Any, inputs: _inputs.Inputs, prepend_bos: bool | None) -> Tensor:
+def _one_prompt(model: HookedModel, inputs: _inputs.Inputs, prepend_bos: bool | None) -> Tensor:
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
     if len(prompts) != 1:
         raise ValueError(f"one prompt is drawn at a time; got {len(prompts)}: pass one, e.g. inputs[0]")
@@ -134,7 +135,7 @@ class AttentionPatterns(Result):
                 f"sink positions {list(self.sinks)}; {tail}")
 
 
-def layer_magnitudes(model: Any, inputs: _inputs.Inputs, layer: int | None | list[int] = None, *,
+def layer_magnitudes(model: HookedModel, inputs: _inputs.Inputs, layer: int | None | list[int] = None, *,
                      prepend_bos: bool | None = None) -> LayerMagnitudes:
     """Run one prompt and keep block `layer`'s output (None: every block's), for the paper's 3-D view.
 
@@ -149,7 +150,7 @@ def layer_magnitudes(model: Any, inputs: _inputs.Inputs, layer: int | None | lis
                            model_name=model_name(model), hook_names=names)
 
 
-def attention_patterns(model: Any, inputs: _inputs.Inputs, layer: int | None | list[int] = None, *,
+def attention_patterns(model: HookedModel, inputs: _inputs.Inputs, layer: int | None | list[int] = None, *,
                        threshold: float = 100.0, ratio: float = 1000.0,
                        prepend_bos: bool | None = None) -> AttentionPatterns:
     """Run one prompt and keep layer `layer`'s attention patterns (None: every layer's) and its sink positions.
@@ -169,7 +170,7 @@ def attention_patterns(model: Any, inputs: _inputs.Inputs, layer: int | None | l
                              model_name=model_name(model), hook_names=names)
 
 
-def explore(model: Any, *, prompt: str = "Summer is warm. Winter is cold.", layer: int | None = None) -> Any:
+def explore(model: HookedModel, *, prompt: str = "Summer is warm. Winter is cold.", layer: int | None = None) -> Any:
     """An ipywidgets app: type a prompt, slide through layers, pick a head; the views follow. It runs the
     analyses above on each new prompt and hands their results to `viz.explore.Explorer`, which only draws.
 

@@ -21,6 +21,8 @@ import torch
 
 from . import _inputs
 
+from ._types import HookedModel
+
 
 @dataclass(frozen=True)
 class Plant:
@@ -95,7 +97,7 @@ def tiny_hf_model(family: str = "llama", *, seed: int = 0):
     return model.eval()
 
 
-def _at_bos(model: Any, name: str, index: int) -> float:
+def _at_bos(model: HookedModel, name: str, index: int) -> float:
     """The activation `name`[..., index] at a lone BOS token (position 0 never sees later tokens)."""
     from ._hooks import capture
 
@@ -103,7 +105,7 @@ def _at_bos(model: Any, name: str, index: int) -> float:
     return float(cache[name].flatten(0, -2)[0, index])
 
 
-def _calibrate(model: Any, weight: torch.Tensor, where: tuple[int, ...], name: str, index: int, target: float) -> None:
+def _calibrate(model: HookedModel, weight: torch.Tensor, where: tuple[int, ...], name: str, index: int, target: float) -> None:
     """Set weight[where] so that activation `name`[index] at BOS equals `target`; it must be affine in it."""
     w0 = float(weight[where])
     y0 = _at_bos(model, name, index)
@@ -116,7 +118,7 @@ def _calibrate(model: Any, weight: torch.Tensor, where: tuple[int, ...], name: s
 
 
 @torch.no_grad()
-def plant_massive_activation(model: Any, plant: Plant, *, seed: int = 0) -> None:
+def plant_massive_activation(model: HookedModel, plant: Plant, *, seed: int = 0) -> None:
     """Make `plant.neuron` of block `plant.layer` fire only on BOS and write `magnitude` into `plant.dim`.
 
     Works through the bridge's weight views (W_E, W_pos, W_in, W_gate, W_out), so it edits the model in
@@ -209,7 +211,7 @@ def tiny_model(
 _PLANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its Plant, beside the model
 
 
-def planted(model: Any) -> Plant | None:
+def planted(model: HookedModel) -> Plant | None:
     """Where `tiny_model` planted the model's massive activation (None: nothing planted, or not a tiny model)."""
     return _PLANTS.get(model)
 
@@ -226,7 +228,7 @@ class ModelState:
     training: bool
 
     @classmethod
-    def of(cls, model: Any) -> ModelState:
+    def of(cls, model: HookedModel) -> ModelState:
         from transformer_lens.hook_points import HookPoint  # the bridge adds its own hooks to HF modules, lazily
 
         hooks = {f"{name}.{attr}": len(getattr(mod, attr)) for name, mod in model.named_modules()
@@ -234,7 +236,7 @@ class ModelState:
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return cls(weights, hooks, model.training)
 
-    def check(self, model: Any) -> None:
+    def check(self, model: HookedModel) -> None:
         """Raise AssertionError naming what differs: a hook left behind, a weight changed, the mode switched."""
         now = ModelState.of(model)
         if now.hooks != self.hooks:

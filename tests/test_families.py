@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mi_massive import arch
-from mi_massive.testing import ModelState, TINY_CONFIGS, planted, tiny_model
+from mi_massive.testing import ModelState, TINY_CONFIGS, planted as plant_of, tiny_model
 
 FAMILIES = arch.known_families()
 PROMPTS = ["hello world, this is a test", "abc def ghi jkl mno pq"]
@@ -67,7 +67,7 @@ def test_residual_adds_up_in_every_family(planted):
 def test_planted_massive_activation_is_found(planted):
     from mi_massive import find_massive_activations
 
-    plant = planted(planted)
+    plant = plant_of(planted)
     df = find_massive_activations(planted, PROMPTS).to_dataframe()
     assert set(df.dim) == {plant.dim} and set(df.pos) == {0} and set(df.prompt) == {0, 1}
     assert df.layer.min() == plant.layer and df.layer.max() == planted.cfg.n_layers - 1
@@ -86,7 +86,7 @@ def test_random_model_has_no_massive_activation(family):
 def test_origin_sums_to_the_value_and_finds_the_planted_neuron(planted):
     from mi_massive.origin import trace_origin
 
-    plant = planted(planted)
+    plant = plant_of(planted)
     o = trace_origin(planted, PROMPTS[0], n_random=1, search_steps=1)
     assert (o.layer, o.pos, o.dim, o.writer_layer) == (plant.layer, 0, plant.dim, plant.layer)
     assert math.isclose(o.components.contribution.sum(), o.value, rel_tol=1e-6)
@@ -104,7 +104,7 @@ def test_attention_sinks_and_implicit_bias(planted):
     from mi_massive import attention_sinks, implicit_bias, swap_implicit_bias
 
     sinks = attention_sinks(planted, PROMPTS)
-    assert sinks.sink_positions == ((0,), (0,)) and sinks.first_massive_layer == planted(planted).layer
+    assert sinks.sink_positions == ((0,), (0,)) and sinks.first_massive_layer == plant_of(planted).layer
     assert ((sinks.sink_mass >= 0) & (sinks.sink_mass <= 1 + 1e-6)).all()
     bias = implicit_bias(planted, PROMPTS)
     assert bias.max_error < 1e-5  # sink part + rest == hook_z
@@ -123,7 +123,7 @@ def test_path_patching(planted):
     pp = path_patch(planted, PROMPTS)
     n = planted.cfg
     n_kv = n.n_key_value_heads or n.n_heads
-    later = n.n_layers - 1 - planted(planted).layer
+    later = n.n_layers - 1 - plant_of(planted).layer
     assert len(pp.metric) == later * (2 * n_kv + n.n_heads) + 1
     assert pp.positions == ((0,), (0,)) and torch.isfinite(pp.metric).all()
     assert pp.corrupted_metric != pp.clean_metric  # zeroing a 1000-sized value changes the loss
@@ -135,7 +135,7 @@ def test_interventions_remove_the_value_and_restore_the_model(planted):
     from mi_massive.interventions import build_intervention, intervene
     from mi_massive.perplexity import perplexity
 
-    plant = planted(planted)
+    plant = plant_of(planted)
     clean_loss = float(planted(PROMPTS[0], return_type="loss"))
     zero = build_intervention(planted, PROMPTS, mode="zero")
     assert zero.dims == (plant.dim,) and zero.layers == ((plant.layer,),)

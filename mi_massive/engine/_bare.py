@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._types import HookedModel
+
 
 class Unsupported(Exception):
     """The bare trunk cannot stand in for the bridge on this model (callers fall back to the bridge)."""
@@ -47,7 +49,7 @@ class _Plan:
     and `restore` puts the components back, with no walk; `valid` and `hooked` check the bridge again in
     microseconds (a scan's passes share one plan, and the bare trunk keeps it between scans)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: HookedModel) -> None:
         from transformer_lens.hook_points import HookPoint
 
         self.swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
@@ -115,7 +117,7 @@ def _foreign(hooks: dict) -> bool:
 
 
 @contextmanager
-def unwired(model: Any, plan: _Plan | None = None) -> Iterator[nn.Module]:
+def unwired(model: HookedModel, plan: _Plan | None = None) -> Iterator[nn.Module]:
     """`model.original_model` with every bridge component inside it swapped back for the module it wraps
     (the swaps of `plan` where one is given, else of a fresh walk).
 
@@ -135,7 +137,7 @@ class _Trunk:
     """What `trunk_runner` knows of a model once (its walk of the tree): the plan, the HF trunk (the base model,
     no lm_head), its decoder layers in the bridge's block order, the trunk's keyword arguments."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: HookedModel) -> None:
         n_layers = model.cfg.n_layers
         layers = [_original(b) for b in getattr(model, "blocks", [])]  # read before unwiring: blocks is HF's list
         if len(layers) != n_layers or any(layer is None for layer in layers):
@@ -157,12 +159,12 @@ _TRUNKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its
 # an attribute on it; an entry goes when its model does
 
 
-def kept_trunk(model: Any) -> _Trunk | None:
+def kept_trunk(model: HookedModel) -> _Trunk | None:
     """The `_Trunk` that `trunk_runner` keeps for the model, if any."""
     return _TRUNKS.get(model)
 
 
-def trunk_runner(model: Any) -> Callable[..., None]:
+def trunk_runner(model: HookedModel) -> Callable[..., None]:
     """`run(tokens, on_layer, masks=None)`: one forward pass of the bare HF trunk (no lm_head, no KV cache)
     calling `on_layer(layer, x)` with each decoder layer's output x, shape (batch, pos, d_model), which is the
     bridge's `blocks.{layer}.hook_resid_post`.

@@ -21,9 +21,11 @@ from typing import Any
 
 from torch import Tensor
 
+from .._types import HookedModel
+
 
 @contextmanager
-def resumed(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
+def resumed(model: HookedModel, start: int, resid: Tensor | None) -> Iterator[None]:
     """Skip blocks 0..start-1: block start-1 returns `resid` (batch or 1, pos, d_model), expanded to the run's
     batch; the ones before it pass their input on untouched.
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .._hooks import run_with_hooks
+from .._types import HookedModel
 from . import _bare, _graphs, _stats
 from ._settings import settings
 
@@ -29,7 +30,7 @@ Stats = list[Tensor]  # (median (layer, batch), top |x| (layer, batch, kk), flat
 # floats as float32
 
 
-def _trunk(model: Any) -> Any:
+def _trunk(model: HookedModel) -> Any:
     """The bare HF trunk's runner (`_bare.trunk_runner`), or None where it cannot stand in for the bridge."""
     try:
         return _bare.trunk_runner(model)
@@ -37,7 +38,7 @@ def _trunk(model: Any) -> Any:
         return None
 
 
-def block_stats(model: Any, batches: Sequence[Tensor], *, hook_names: Sequence[str], k: int,
+def block_stats(model: HookedModel, batches: Sequence[Tensor], *, hook_names: Sequence[str], k: int,
                 more: Callable[[Stats], bool]) -> Iterator[Stats]:
     """For each (batch, pos) token tensor of `batches`, in order: the median |x| and the top kk |x| (descending),
     their flat indices into (pos, d_model) and their signed values, of every block output, per prompt, as host

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._types import HookedModel
+
 PROMPTS = (
     "Summer is warm. Winter is cold.",
     "The quick brown fox jumps over the lazy dog.",
@@ -23,7 +25,7 @@ PROMPTS = (
 reference = functools.lru_cache(maxsize=256)  # keys: the model (by identity) and hashable case arguments
 
 
-def student_bos(model: Any) -> bool:
+def student_bos(model: HookedModel) -> bool:
     """Whether `model.run_with_cache(text)` prepends a BOS token: what a student's function sees for a string."""
     return bool(getattr(model.cfg, "default_prepend_bos", True))
 

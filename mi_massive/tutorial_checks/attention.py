@@ -9,6 +9,7 @@ import torch
 
 from .. import _inputs
 from .._hooks import capture
+from .._types import HookedModel
 from ..arch import hook
 from ..attention import attention_sinks, implicit_bias
 from ._common import PROMPTS, assert_close, passed, reference, student_bos
@@ -17,22 +18,22 @@ LAYERS = (5, 15, 25)
 
 
 @reference
-def _sinks(model: Any, prompt: str) -> Any:
+def _sinks(model: HookedModel, prompt: str) -> Any:
     return attention_sinks(model, prompt, sink_positions=[0], prepend_bos=student_bos(model))
 
 
 @reference
-def _z(model: Any, prompt: str, layer: int) -> torch.Tensor:
+def _z(model: HookedModel, prompt: str, layer: int) -> torch.Tensor:
     (toks,) = _inputs.tokenize(model, prompt, prepend_bos=student_bos(model))
     return capture(model, toks[None], [hook.z(layer)])[1][hook.z(layer)][0]  # (pos, head, d_head)
 
 
 @reference
-def _bias(model: Any, prompt: str, layer: int) -> Any:
+def _bias(model: HookedModel, prompt: str, layer: int) -> Any:
     return implicit_bias(model, prompt, layers=[layer], sink_positions=[0], swap=False, prepend_bos=student_bos(model))
 
 
-def check_sink_mass(fn: Callable, model: Any) -> None:
+def check_sink_mass(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer=) -> (n_heads,) mean over queries 1.. of their attention to position 0."""
     cases = [(prompt, layer) for prompt in PROMPTS[:2] for layer in LAYERS]
     got = [fn(model, prompt, layer=layer) for prompt, layer in cases]
@@ -41,7 +42,7 @@ def check_sink_mass(fn: Callable, model: Any) -> None:
     passed(fn, f"on {len(cases)} (prompt, layer) cases")
 
 
-def check_value_norms(fn: Callable, model: Any) -> None:
+def check_value_norms(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer=) -> ((n_kv_heads,) |v| at position 0, (n_kv_heads,) mean |v| elsewhere)."""
     got = [fn(model, PROMPTS[2], layer=layer) for layer in LAYERS]
     want = _sinks(model, PROMPTS[2])
@@ -51,7 +52,7 @@ def check_value_norms(fn: Callable, model: Any) -> None:
     passed(fn, f"on {len(LAYERS)} layers")
 
 
-def check_attention_split(fn: Callable, model: Any) -> None:
+def check_attention_split(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer=) -> (sink part, rest), each (pos, n_heads, d_head), summing to hook_z (Eq. 2)."""
     prompt = PROMPTS[0]
     got = [fn(model, prompt, layer=layer) for layer in LAYERS]

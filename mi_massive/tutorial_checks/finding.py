@@ -10,29 +10,30 @@ import torch
 
 from .. import _inputs
 from .._hooks import capture
+from .._types import HookedModel
 from ..arch import hook
 from ..detect import find_massive_activations, layer_profile
 from ._common import PROMPTS, assert_close, assert_equal, passed, reference, student_bos
 
 
 @reference
-def _resid(model: Any, prompt: str, layer: int, prepend_bos: bool) -> torch.Tensor:
+def _resid(model: HookedModel, prompt: str, layer: int, prepend_bos: bool) -> torch.Tensor:
     (toks,) = _inputs.tokenize(model, prompt, prepend_bos=prepend_bos)
     return capture(model, toks[None], [hook.resid_post(layer)])[1][hook.resid_post(layer)][0]  # (pos, d_model)
 
 
 @reference
-def _found(model: Any, prompts: tuple[str, ...], threshold: float, ratio: float, prepend_bos: bool) -> Any:
+def _found(model: HookedModel, prompts: tuple[str, ...], threshold: float, ratio: float, prepend_bos: bool) -> Any:
     return find_massive_activations(model, list(prompts), threshold=threshold, ratio=ratio, prepend_bos=prepend_bos,
                                     progress=False)
 
 
 @reference
-def _profile(model: Any, prompt: str, k: int, prepend_bos: bool) -> Any:
+def _profile(model: HookedModel, prompt: str, k: int, prepend_bos: bool) -> Any:
     return layer_profile(model, prompt, k=k, prepend_bos=prepend_bos, progress=False)
 
 
-def check_residual_stream(fn: Callable, model: Any) -> None:
+def check_residual_stream(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer) -> (pos, d_model) block output of `layer`."""
     cases = ((PROMPTS[0], 0), (PROMPTS[1], model.cfg.n_layers // 2), (PROMPTS[2], model.cfg.n_layers - 1))
     got = [fn(model, prompt, layer) for prompt, layer in cases]
@@ -60,7 +61,7 @@ def _entry_set(got: Any) -> set[tuple[int, int]]:
     return {(int(p), int(d)) for p, d in got}
 
 
-def check_massive_entries(fn: Callable, model: Any) -> None:
+def check_massive_entries(fn: Callable, model: HookedModel) -> None:
     """fn(x, threshold=, ratio=) -> set of (pos, dim) with |x| > threshold and |x| >= ratio x median |x|."""
     got = _entry_set(fn(_planted(), threshold=100.0, ratio=1000.0))
     if got != PLANTED:
@@ -80,7 +81,7 @@ def check_massive_entries(fn: Callable, model: Any) -> None:
     passed(fn, f"on a planted tensor and {len(RULES)} (layer, threshold, ratio) settings")
 
 
-def check_layer_top_magnitudes(fn: Callable, model: Any) -> None:
+def check_layer_top_magnitudes(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, k=) -> (top (n_layers, k), median (n_layers,)) of |x| at every block output."""
     cases = ((PROMPTS[0], 3), (PROMPTS[2], 1))
     got = [fn(model, prompt, k=k) for prompt, k in cases]
@@ -96,7 +97,7 @@ def check_layer_top_magnitudes(fn: Callable, model: Any) -> None:
 HOLDERS = ("the BOS token", "the first position", "the first delimiter")
 
 
-def _holder(model: Any, prompts: tuple[str, ...]) -> tuple[str, str]:
+def _holder(model: HookedModel, prompts: tuple[str, ...]) -> tuple[str, str]:
     """The library's answer to 'what holds the massive activations', and the evidence for it."""
     evidence, first_only = [], []
     for bos in (True, False):
@@ -113,7 +114,7 @@ def _holder(model: Any, prompts: tuple[str, ...]) -> tuple[str, str]:
     return holder, "; ".join(evidence)
 
 
-def check_holder(fn: Callable, model: Any, prompts: Any = PROMPTS) -> None:
+def check_holder(fn: Callable, model: HookedModel, prompts: Any = PROMPTS) -> None:
     """fn() -> one of HOLDERS: what the scans with and without a BOS token say holds the massive activations."""
     got = fn()
     if got not in HOLDERS:
@@ -123,7 +124,7 @@ def check_holder(fn: Callable, model: Any, prompts: Any = PROMPTS) -> None:
     print(f"\N{CHECK MARK} right: {want} ({evidence})")
 
 
-def check_massive_values(fn: Callable, model: Any) -> None:
+def check_massive_values(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompts, layer=, dim=, pos=, prepend_bos=) -> (n_prompts,) values of one residual entry."""
     cases = ((20, 247, 0, True), (15, 507, 2, False))
     got = [fn(model, list(PROMPTS), layer=layer, dim=dim, pos=pos, prepend_bos=bos) for layer, dim, pos, bos in cases]

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._types import HookedModel
 from ..arch import n_kv_heads
 from ..detect import find_massive_activations
 from ..origin import trace_origin
@@ -19,27 +20,27 @@ WRITER = 11
 
 
 @reference
-def _origin(model: Any, layer: int, pos: int, dim: int) -> Any:
+def _origin(model: HookedModel, layer: int, pos: int, dim: int) -> Any:
     return trace_origin(model, PROMPTS[0], layer=layer, pos=pos, dim=dim, ablate=False, prepend_bos=student_bos(model))
 
 
 @reference
-def _traced(model: Any) -> Any:
+def _traced(model: HookedModel) -> Any:
     return trace_origin(model, PROMPTS[0], n_random=0, search_steps=1, prepend_bos=student_bos(model))
 
 
 @reference
-def _sites(model: Any) -> tuple[tuple[int, int, int], ...]:
+def _sites(model: HookedModel) -> tuple[tuple[int, int, int], ...]:
     found = find_massive_activations(model, PROMPTS[0], prepend_bos=student_bos(model), progress=False)
     return tuple((int(r.first_layer), int(r.pos), int(r.dim)) for r in found.sites().itertuples())
 
 
 @reference
-def _patched(model: Any, layer: int) -> torch.Tensor:
+def _patched(model: HookedModel, layer: int) -> torch.Tensor:
     return path_patch(model, PROMPTS[0], receivers=("v",), layers=[layer], prepend_bos=student_bos(model)).metric
 
 
-def check_block_writes(fn: Callable, model: Any) -> None:
+def check_block_writes(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, pos=, dim=) -> (n_layers,) what each block adds to the residual at (pos, dim)."""
     got = [fn(model, PROMPTS[0], pos=pos, dim=dim) for _, pos, dim in SITES]
     for (layer, pos, dim), g in zip(SITES, got):
@@ -49,7 +50,7 @@ def check_block_writes(fn: Callable, model: Any) -> None:
     passed(fn, f"on {len(SITES)} residual entries")
 
 
-def check_neuron_contributions(fn: Callable, model: Any) -> None:
+def check_neuron_contributions(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer=, pos=, dim=) -> (d_mlp,) each MLP neuron's part of block `layer`'s write."""
     got = [fn(model, PROMPTS[0], layer=WRITER, pos=pos, dim=dim) for _, pos, dim in SITES]
     for (layer, pos, dim), g in zip(SITES, got):
@@ -65,7 +66,7 @@ def check_neuron_contributions(fn: Callable, model: Any) -> None:
 SUPER_WEIGHT = (11, 507, 1229)  # (layer, row, col) of W_out[col, row]; checked against trace_origin
 
 
-def check_without_weight(fn: Callable, model: Any) -> None:
+def check_without_weight(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, layer=, row=, col=) -> (x[layer, 0, row], loss) with W_out[col, row] of `layer` zeroed."""
     layer, row, col = SUPER_WEIGHT
     before = model.blocks[layer].mlp.W_out[col, row].item()
@@ -85,7 +86,7 @@ def check_without_weight(fn: Callable, model: Any) -> None:
 PATCH_LAYERS = (12, 15)
 
 
-def check_patched_value_loss(fn: Callable, model: Any) -> None:
+def check_patched_value_loss(fn: Callable, model: HookedModel) -> None:
     """fn(model, prompt, sites=, layer=, kv_head=) -> loss with one KV head's value read from the corrupted run."""
     sites = [(WRITER, 0, 507)]  # where the massive activation of PROMPTS[0] appears; checked below
     n_kv = n_kv_heads(model.cfg)

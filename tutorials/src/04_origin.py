@@ -60,8 +60,9 @@ checks.check_block_writes(block_writes, model)
 dim = found.dims[0]
 writes = block_writes(model, PROMPT, pos=0, dim=dim)
 writer = int(writes.argmax())
-print(f"block {writer} adds {float(writes[writer]):,.0f} of dim {dim} ({float(writes[writer] / writes.sum()):.0%} "
-      f"of the sum of all blocks' writes); the next largest write is {float(writes.topk(2).values[1]):,.0f}")
+share = float(writes[writer] / writes[: writer + 1].sum())  # of what blocks 0..writer write there together
+print(f"block {writer} adds {float(writes[writer]):,.0f} of dim {dim} ({share:.0%} of what blocks 0..{writer} write "
+      f"there); the next largest write is {float(writes.topk(2).values[1]):,.0f}")
 
 # %% [markdown]
 # ## 2. Which neurons, which weight?
@@ -255,7 +256,7 @@ answer(f"{names[best].capitalize()} alone carry {singles[best]:.0%} of the loss 
 
 # %%
 Markdown(f"""
-- Block {writer} writes {float(writes[writer] / writes.sum()):.0%} of dim {dim}; its top neuron {n} gives
+- Block {writer} writes {share:.0%} of what blocks 0..{writer} write to dim {dim}; its top neuron {n} gives
   {float(top.values[0] / parts.sum()):.0%} of that MLP's part, through W_out[{n}, {dim}] (|w| rank {rank}); zeroing
   that weight leaves {sw_row.massive_value / clean_row.massive_value:.0%} of the value and moves the loss
   {clean_row.loss:.2f} -> {sw_row.loss:.2f} (`trace_origin`).
