@@ -43,11 +43,12 @@ def scan(model: Any, images: Any, *, threshold: float = 100.0, ratio: float = 10
     def keep(layer: int):
         def fn(x: Tensor, hook: Any) -> None:
             a = x.detach().abs().float()  # (batch, pos, d_model)
-            med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(1).values  # (batch,)
+            med = a.flatten(1).nan_to_num(posinf=torch.finfo(torch.float32).max).median(1).values  # (batch,): as
+            # _rule.massive_mask takes it (inf as the largest float), computed once for the rule and the profile
             nonfinite[layer] += int((~torch.isfinite(a)).sum())
             top_sum[layer] += a.flatten(1).topk(min(k, a[0].numel()), dim=1).values.sum(0).double().cpu()
             med_sum[layer] += med.sum().double().cpu()
-            b, p, d = _rule.massive_mask(x, threshold=threshold, ratio=ratio).nonzero(as_tuple=True)
+            b, p, d = _rule.passes(a, med[:, None, None], threshold=threshold, ratio=ratio).nonzero(as_tuple=True)
             if len(b):
                 hits.append(torch.stack([(b + offset[0]).double(), torch.full_like(b, layer).double(), p.double(),
                                          d.double(), x[b, p, d].double(), med[b].double()], 1).cpu())
