@@ -102,8 +102,8 @@ MODES = {False: "quick mode; full=True (--full) for the paper's size", True: "th
 FULL = {"patch_prompts": None, "origin_random": 3, "origin_search": 3,
         "table3": {"seq_len": 256, "max_chunks": 32, "n_calibration": 32}}
 
-# the sections' cost in prompt-passes (the scan's time per prompt), measured on smollm2-135m with 4 prompts
-COST = {"fixed": 19.0, "per_prompt": 25.0, "per_patched_prompt": 58.0, "per_table3_token": 1.6}
+# the sections' cost in passes of the first prompt, measured on smollm2-135m with 4 prompts (benchmarks/RESULTS.md)
+COST = {"fixed": 13.0, "per_prompt": 18.0, "per_patched_prompt": 40.0, "per_table3_token": 1.1}
 
 # (anchor, title, section): each section returns views (View, plotly Figure or HTML strings), in page order.
 SECTIONS: list[tuple[str, str, Callable[[_Context], list[Any]]]] = [
@@ -130,8 +130,8 @@ def _about(seconds: float) -> str:
 
 
 def _cost(size: dict[str, Any], n_prompts: int, n_tokens: int) -> float:
-    """The report's time in prompt-passes (its scan's time per prompt), from section times measured on smollm2-135m
-    (benchmarks/RESULTS.md): a fixed part, a part per prompt, per patched prompt and per Table 3 token."""
+    """The report's time in passes of one prompt, from section times measured on smollm2-135m: a fixed part, a part
+    per prompt, per patched prompt and per Table 3 token."""
     patched = n_prompts if size["patch_prompts"] is None else min(size["patch_prompts"], n_prompts)
     t3 = size["table3"]
     t3_tokens = t3["seq_len"] * (4 * t3["max_chunks"] + t3["n_calibration"])
@@ -170,7 +170,7 @@ def write_report(model: HookedModel, path: str | Path, inputs: str | Sequence[st
     `inputs` is a prompt or a list of prompts (a bare string is one prompt); None: four built-in prompts.
     By default the costly sections run at a quick size (`QUICK`: path patching of the first prompt, a small
     Table 3); `full=True` runs the paper's size (`FULL`). With `progress` (default on), it says what it will do
-    and about how long (scaled from the time of its first pass, the scan), then shows a bar over the sections.
+    and about how long (scaled from the time of one pass of the first prompt), then shows a bar over the sections.
 
         >>> write_report(load_model("smollm2-135m"), "report.html")   # doctest: +SKIP
     """
@@ -193,13 +193,17 @@ def write_report(model: HookedModel, path: str | Path, inputs: str | Sequence[st
     if layer is not None:
         layer = _inputs.check_index("layer", layer, model.cfg.n_layers)
     size = FULL if full else QUICK
-    start = time.perf_counter()
     found, profile = scan(model, prompts, progress=False)
     if progress is not False:
-        scanned = time.perf_counter() - start
+        import torch
+
+        with torch.no_grad():  # one warm pass of the first prompt: the unit the sections' costs are measured in
+            start = time.perf_counter()
+            model(_inputs.tokenize(model, prompts[0])[0][None].to(model.cfg.device))
+            one_pass = time.perf_counter() - start
         _say(f"report on {model_name(model)}: {len(SECTIONS)} sections over {len(prompts)} prompt(s) into {path} "
              f"({MODES[full]}); "
-             f"about {_about(scanned / len(prompts) * _cost(size, len(prompts), n_tokens))} on this machine")
+             f"about {_about(one_pass * _cost(size, len(prompts), n_tokens))} on this machine")
     ctx = _Context(model, prompts, found, profile,
                    layer if layer is not None else _focus_layer(found, profile, model.cfg.n_layers), size)
     done = []
