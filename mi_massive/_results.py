@@ -85,18 +85,19 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise ValueError(f"{where}: {'is a folder' if path.is_dir() else 'no such file'}, not a result file")
     with path.open("rb") as fh:
-        start = fh.read(8)
+        start = fh.read(9)  # safetensors: an 8-byte header length, then the JSON header's "{"
         size = path.stat().st_size
-        if start[:4] == b"PK\x03\x04" or start[:1] == b"\x80":
+        n = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
+        safetensors = 2 <= n <= size - 8 and start[8:9] == b"{"  # (its length's first byte may be 0x80)
+        if not safetensors and (start[:4] == b"PK\x03\x04" or start[:1] == b"\x80"):
             raise ValueError(f"{where} is a pickle file (torch.save), the result format of mi_massive before format "
                              "version 1. Pickles can run code when opened, so it is not loaded: recompute the result "
                              "and save it again (or, for a file you trust, read it with torch.load yourself)")
-        n = int.from_bytes(start, "little") if len(start) == 8 else -1
-        if not 2 <= n <= size - 8:
+        if not safetensors:
             raise ValueError(f"{where} is not an mi_massive result file (not safetensors, or truncated: "
                              f"{size} bytes)")
         try:
-            meta = json.loads(fh.read(n)).get("__metadata__") or {}
+            meta = json.loads(start[8:] + fh.read(n - 1)).get("__metadata__") or {}
             header = json.loads(meta[_KEY])
         except (ValueError, KeyError, AttributeError, TypeError):
             raise ValueError(f"{where} is not an mi_massive result file (its safetensors header holds no "

@@ -657,3 +657,25 @@ def test_one_vocabulary_across_functions_that_run_the_model_over_many_inputs():
               for cls in ("MassiveActivations", "LayerProfile", "MassiveStats", "Intervention", "AttentionSinks",
                           "ImplicitBias", "Origin", "PathPatching")}
     assert all("hook_names" in f and "hook_template" not in f and "hooks" not in f for f in fields.values()), fields
+
+
+def test_a_result_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path, tiny_llama):
+    """safetensors opens with its header's length: one whose low byte is 0x80 (a pickle's first byte) still loads."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mi_massive import MassiveActivations, find_massive_activations
+
+    found = find_massive_activations(tiny_llama, "Summer is warm.")
+    found.save(tmp_path / "a.safetensors")
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for pad in range(512):
+        path = tmp_path / "b.safetensors"
+        save_file(tensors, str(path), metadata={**meta, "pad": " " * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    again = MassiveActivations.load(path)
+    assert torch.equal(again.dim, found.dim) and again.str_tokens == found.str_tokens
