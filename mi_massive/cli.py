@@ -496,10 +496,8 @@ def _report(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     from .report import write_report
 
-    n_tok = sum(len(model.to_tokens(p)[0]) for p in prompts)
     mode = "the paper's full size" if args.full else "quick mode; --full for the paper's size"
-    _announce(f"report: every analysis of {_prompt_source(args, prompts)} into {out} ({mode})", model,
-              n_tok * (300 if args.full else 70))
+    _note(f"report: every analysis of {_prompt_source(args, prompts)} into {out} ({mode})")  # write_report estimates
     write_report(model, out, inputs=prompts, layer=args.layer, full=args.full, progress=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
