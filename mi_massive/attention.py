@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _inputs, sites
+from . import _dist, _inputs, sites
 from ._attention import SinkPositions, VecStats, check_layers, layer_hooks, masks, prepare, sink_batches, split
 from ._hooks import hooked, run_with_hooks
 from ._results import Result
@@ -155,7 +155,9 @@ def attention_sinks(
     n_query = n_sink = 0
     vec = {(kind, part): [VecStats((n_kv,), cfg.d_head) for _ in range(n_layers)]
            for kind in "kv" for part in ("sink", "other")}
-    batches = sink_batches(prompts, sinks, batch_size=batch_size, device=cfg.device)
+    mine = _dist.shard(len(prompts))  # under torchrun, this rank's contiguous share of the prompts
+    batches = sink_batches(prompts[mine.start:mine.stop], sinks[mine.start:mine.stop], batch_size=batch_size,
+                           device=cfg.device)
     for tokens, sink, query in _inputs.progress_bar(batches, progress, "attention sinks"):
         n_query += int(query.sum())
         n_sink += int(sink.sum())
@@ -172,6 +174,12 @@ def attention_sinks(
                 vec[(kind, "other")][layer].add(kept[kind][~sink])
 
         run_with_hooks(model, tokens, layer_hooks(range(n_layers), ("pattern", "k", "v"), on_z))
+    if _dist.world()[1] > 1:  # exact merge: every sum over the ranks
+        mass, alpha = _dist.sum_(mass), _dist.sum_(alpha)
+        n_query, n_sink = (int(_dist.sum_(torch.tensor(n))) for n in (n_query, n_sink))
+        for stats in vec.values():
+            for s in stats:
+                s.merge_ranks()
 
     def stat(kind: str, part: str, fn: Callable[[VecStats], Tensor]) -> Tensor:
         return torch.stack([fn(s) for s in vec[(kind, part)]]).float()
