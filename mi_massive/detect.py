@@ -268,7 +268,8 @@ def _scan(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio:
     names = [hook.resid_post(l) for l in range(n_layers)]
     with contextlib.closing(engine.block_stats(model, [b.tokens for b in batches], hook_names=names, k=k,
                                                more=more)) as passes:
-        for batch, stats in zip(batches, passes):
+        for stats, batch in zip(passes, batches):  # passes first: the engine runs to its end (where it keeps
+            # what its CUDA graphs' replays cost)
             for i, row in zip(batch.index, batch.tokens):
                 str_toks[i] = _inputs.str_tokens(model, row)
             med, topv, topi, signed = (t.numpy() for t in stats)  # (layer, batch[, kk])

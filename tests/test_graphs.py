@@ -159,3 +159,20 @@ def test_scan_with_graphs_finds_what_eager_finds(dtype, monkeypatch):
     assert len(runs[0][0]) > 0  # the tiny model's planted massive activation
     timing = next(iter(_bare.kept_trunk(model).timings.values()))
     assert timing.failed is None and timing.replay is not None
+
+
+def test_a_scan_runs_the_engine_to_its_end(monkeypatch):
+    """The engine keeps what its CUDA graphs' replays cost once its last batch is read; a scan that stopped
+    reading at the last batch (zip with the batches first) never let it, and captured again in every scan."""
+    from mi_massive import detect, engine
+    from mi_massive.testing import tiny_model
+
+    finished, real = [], engine.block_stats
+
+    def spy(*args, **kwargs):
+        yield from real(*args, **kwargs)
+        finished.append(True)
+
+    monkeypatch.setattr(engine, "block_stats", spy)
+    detect.scan(tiny_model("llama"), ["hello world", "abc", "xyz"], batch_size=2, progress=False)
+    assert finished == [True]
