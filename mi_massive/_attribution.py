@@ -37,8 +37,10 @@ def needed_hooks(model: HookedModel) -> list[str]:
     return names
 
 
-def from_cache(model: HookedModel, cache: Mapping[str, Tensor], n_tokens: int) -> dict[str, Tensor]:
-    """The hooks of one prompt from a user's cache (ActivationCache or dict), batch dim removed, float64 CPU."""
+def from_cache(model: HookedModel, cache: Mapping[str, Tensor], tokens: Tensor) -> dict[str, Tensor]:
+    """The hooks of one prompt from a user's cache (ActivationCache or dict), batch dim removed, float64 CPU;
+    raises when the cache's token embeddings are not those of `tokens` (a cache of another prompt)."""
+    n_tokens = len(tokens)
     names = needed_hooks(model)
     missing = [n for n in names if n not in cache]
     if missing:
@@ -53,6 +55,15 @@ def from_cache(model: HookedModel, cache: Mapping[str, Tensor], n_tokens: int) -
     n_pos = first.shape[-2]
     if n_pos != n_tokens:
         raise ValueError(f"cache has {n_pos} positions but the prompt has {n_tokens} tokens: same prompt?")
+    if hook.embed in cache:  # each position's token embedding, up to the model's scale: cosine 1 to its W_E row
+        embed = cache[hook.embed]
+        embed = (embed[0] if embed.ndim == 3 else embed).detach().float().cpu()  # (pos, d_model)
+        rows = model.W_E.detach().float().cpu()[tokens.cpu()]  # (pos, d_model)
+        bad = (torch.nn.functional.cosine_similarity(embed, rows, dim=-1) < 0.999).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"cache does not hold this prompt: its token embeddings differ from the prompt's at "
+                             f"position(s) {bad[:5]}; make the cache with model.run_with_cache of the same tokens "
+                             "(and the same prepend_bos), or pass no cache")
     return {n: (cache[n][0] if batched else cache[n]).detach().double().cpu() for n in names}
 
 

@@ -377,7 +377,7 @@ def trace_origin(
     names = tuple(attr.needed_hooks(model))
     loss = None  # the capture pass's loss is the causal table's baseline (with a cache, a batch row measures it)
     if cache is not None:
-        acts = attr.from_cache(model, cache, len(tokens))
+        acts = attr.from_cache(model, cache, tokens)
     else:
         logits, raw = capture(model, tokens[None], names, return_type="logits")
         acts = host_float64(raw)

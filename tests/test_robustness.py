@@ -679,3 +679,27 @@ def test_a_result_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_p
         pytest.fail("no padding gave a header length with low byte 0x80")
     again = MassiveActivations.load(path)
     assert torch.equal(again.dim, found.dim) and again.str_tokens == found.str_tokens
+
+
+def test_trace_origin_refuses_a_cache_of_another_prompt_of_the_same_length(tiny_llama):
+    """Issue 19, item 11: a cache of another prompt with as many tokens was accepted and its value reported."""
+    this, other = tiny_llama.to_tokens("Summer is warm."), tiny_llama.to_tokens("Winter is cold!")
+    assert this.shape == other.shape
+    _, cache = tiny_llama.run_with_cache(other)
+    with pytest.raises(ValueError, match="cache does not hold this prompt"):
+        trace_origin(tiny_llama, this, cache=cache, ablate=False)
+    _, own = tiny_llama.run_with_cache(this)
+    assert trace_origin(tiny_llama, this, cache=own, ablate=False).dim == planted(tiny_llama).dim
+
+
+def test_an_in_memory_tokenizer_without_a_pad_token_works():
+    """Issue 19, item 11: a tokenizer with no pad token, handed in with a loaded model, batches prompts."""
+    from mi_massive.testing import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.pad_token = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the take-over warning
+        model = load_model(tiny_hf_model("llama"), tokenizer=tok)
+    found = find_massive_activations(model, ["Summer is warm.", "Hi", "Winter is cold and dark."], batch_size=2)
+    assert len(found.str_tokens) == 3 and found.str_tokens[1][-1] == "i"
