@@ -203,7 +203,7 @@ def test_smollm2_paths_of_the_massive_activation(smollm2):
     """Zeroing dim 507 at BOS from block 11: measured total +9.65 nats (5.81 -> 15.46); V alone 41%, K alone 6%,
     Q 0, direct 16%, K+V jointly 82% (their singles sum to 47%); the largest single receiver is the direct path
     (+1.58), then the values of KV head 2 in layer 24 (+0.74) and KV head 1 in layer 21 (+0.72)."""
-    pp = path_patch(smollm2, "Summer is warm. Winter is cold.", batch_size=64)
+    pp = path_patch(smollm2, "Summer is warm. Winter is cold.", batch_size=64, prepend_bos=True)  # (measured so)
     assert pp.sender_layer == 11 and pp.positions == ((0,),) and "dim(s) 507" in pp.sender
     # one pass of clean + corrupted rows (detection rides on the clean row), then 271 receivers + 6 joints
     # less the 162 queries and the joint "q" (BOS's query meets only its own key: exactly no effect), on the
