@@ -144,14 +144,16 @@ def check_int(name: str, value: Any, low: int | None = None) -> int:
     return value
 
 
-def progress_bar(items: Sequence, progress: bool | None, desc: str):
-    """`items` under a tqdm bar: shown when `progress` is True, or, with None, when there are more than 8."""
+def progress_bar(items: Sequence | None, progress: bool | None, desc: str, *, total: int | None = None):
+    """`items` under a tqdm bar (None: a bar of `total` steps, updated by hand): shown when `progress` is True,
+    or, with None, when there are more than 8 steps; under torchrun on rank 0 only."""
     from tqdm.auto import tqdm
 
     from . import _dist
 
-    shown = progress if progress is not None else len(items) > 8
-    return tqdm(items, total=len(items), desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
+    total = len(items) if total is None else total
+    shown = progress if progress is not None else total > 8
+    return tqdm(items, total=total, desc=desc, disable=not shown or not _dist.is_main())
 
 
 def check_model(model: HookedModel) -> None:

@@ -238,10 +238,8 @@ class LayerProfile(Result):
 
 
 def _progress(total: int, progress: bool | None, desc: str):
-    from tqdm.auto import tqdm
-
-    shown = progress if progress is not None else total > 8
-    return tqdm(total=total, desc=desc, disable=not shown or not _dist.is_main())  # rank 0 alone shows
+    """A bar of `total` steps, updated by hand (`_inputs.progress_bar`)."""
+    return _inputs.progress_bar(None, progress, desc, total=total)
 
 
 def _scan(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
