@@ -116,8 +116,9 @@ def _parts(model: HookedModel, acts: Mapping[str, Tensor], V: Tensor, *, pos: in
 
 
 def _frame(labels: list[tuple[str, Any, Any]], values: Tensor, column: str) -> pd.DataFrame:
-    df = pd.DataFrame(labels, columns=["component", "layer", "head"]).assign(**{column: values.numpy()})
-    return df.astype({"layer": "Int64", "head": "Int64", column: "float64"})
+    component, layer, head = zip(*labels) if labels else ((), (), ())
+    return pd.DataFrame({"component": pd.array(component, dtype=object), "layer": pd.array(layer, dtype="Int64"),
+                         "head": pd.array(head, dtype="Int64"), column: values.numpy().astype("float64")})
 
 
 def components(model: HookedModel, acts: Mapping[str, Tensor], v: Tensor, *, pos: int, upto: int,

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -211,14 +212,17 @@ def _by_layer(df: pd.DataFrame) -> pd.DataFrame:
 
 def _builders(df: pd.DataFrame, value: float) -> tuple[int, ...]:
     """The fewest blocks, largest part first, adding BUILD_SHARE of what the blocks add in the value's direction."""
-    blocks = _by_layer(df)
-    share = ((blocks.attn + blocks.mlp) / value).to_numpy()
+    blocks = df[df.component != "embedding"]
+    if blocks.empty:
+        return ()
+    layers = blocks.layer.to_numpy(dtype=np.int64)
+    share = np.bincount(layers, weights=blocks.contribution.to_numpy(dtype=np.float64)) / value  # per block 0..max
     goal = BUILD_SHARE * share[share > 0].sum()
     out, total = [], 0.0
-    for i in share.argsort()[::-1]:
+    for i in share.argsort(kind="stable")[::-1]:
         if share[i] <= 0 or total >= goal:
             break
-        out.append(int(blocks.layer.iloc[i]))
+        out.append(int(i))
         total += share[i]
     return tuple(out)
 
@@ -236,13 +240,15 @@ def _norm_gain(model: HookedModel, layer: int, dim: int) -> tuple[float, int, in
     return float(gain[dim]), int((gain > gain[dim]).sum()) + 1, len(gain)
 
 
-def _peak(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int) -> tuple[int, float, tuple[int, ...], Tensor]:
+def _peak(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int,
+          comps: pd.DataFrame) -> tuple[int, float, tuple[int, ...], Tensor]:
     """Where |x[l, pos, dim]| peaks at or after `layer`, its value, the blocks that build it, and x[:, pos, dim]
-    (no forward)."""
+    (no forward; `comps` are the components up to `layer`, reused when the peak is there)."""
     col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(model.cfg.n_layers)]).float()  # (layer,)
     peak = layer + int(col[layer:].abs().argmax())
     value = float(acts[hook.resid_post(peak)][pos, dim])
-    comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=peak)
+    if peak != layer:
+        comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=peak)
     return peak, value, _builders(comps, value), col
 
 
@@ -413,7 +419,7 @@ def trace_origin(
             search_steps=search_steps, threshold=threshold, names=names,
             baseline=None if loss is None else (float(acts[hook.resid_post(L)][P, D]), loss),
         )
-    peak_layer, peak_value, peak_builders, trajectory = _peak(model, acts, L, P, D)
+    peak_layer, peak_value, peak_builders, trajectory = _peak(model, acts, L, P, D, comps)
     return Origin(layer=L, pos=P, dim=D, value=value, writer_layer=writer, components=comps, neurons=neurons,
                   neuron_contribution=per_neuron.float(), super_weight=sw, upstream=up, causal=causal,
                   search=search, builders=_builders(comps, value), norm_gain=_norm_gain(model, writer, D),
