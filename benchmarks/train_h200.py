@@ -28,7 +28,9 @@ def launch(arms: list[str], out: Path, extra: list[str]) -> float:
     for arm in arms:
         cmd = [sys.executable, "-m", "mi_massive.cli", "train", "--arms", arm, "--out", str(out / arm), *extra]
         log = open(out / f"{arm}.log", "w")
-        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1")}
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1"),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONUNBUFFERED": "1"}  # six processes
+        # on 16 cores: torch's default of one thread per core each made the CPU side (data, scans) crawl
         procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     seen: dict[str, float] = {}
     while any(p.poll() is None for _, p, _ in procs):  # a process whose records are written is done: inductor's
@@ -135,7 +137,7 @@ def main() -> int:
 
         spec = LabSpec(**run.spec)
         tok = _data.tokenizer_of(spec.tokenizer)
-        td = load_data(spec, tok)
+        td = load_data(spec, tok, held_out_only=True)
         checks["analyses"] = {}
         for arm in run.arms:
             ckpt = run.arm_info.set_index("arm").at[arm, "checkpoint"]

@@ -518,7 +518,7 @@ def add_report_command(sub: Any) -> None:
 # --- train -----------------------------------------------------------------------------------------------------
 
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
-TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "copy")
+TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "copy", "backcopy")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -530,8 +530,10 @@ def _train(args: argparse.Namespace) -> int:
 
     spec = LabSpec(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_ctx=args.n_ctx,
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
-                   lr=args.lr, seed=args.seed, data=args.data)
-    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp)
+                   lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
+                   vocab_size=515 if args.data in ("copy", "backcopy") else None)  # synthetic ids are < 515
+    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp,
+                max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(run)
     cols = ["arm", "step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",
             "fixed_pos", "first_token_mass", "bias_mass", "tokens_per_s", "mfu"]
@@ -556,7 +558,11 @@ def add_train_command(sub: Any) -> None:
         p.add_argument(f"--{name}", type=_positive_int, default=default, help=f"{what} (default {default})")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the init and the data order (default 0)")
     p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.1,
+                   help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
+    p.add_argument("--max-minutes", type=_non_negative_float, default=None,
+                   help="wall-clock budget per arm: stop at the first scan after it (default: none)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (default: on CUDA only)")

@@ -216,7 +216,12 @@ def _builders(df: pd.DataFrame, value: float) -> tuple[int, ...]:
     if blocks.empty:
         return ()
     layers = blocks.layer.to_numpy(dtype=np.int64)
-    share = np.bincount(layers, weights=blocks.contribution.to_numpy(dtype=np.float64)) / value  # per block 0..max
+    return _largest_blocks(np.bincount(layers, weights=blocks.contribution.to_numpy(dtype=np.float64)) / value)
+
+
+def _largest_blocks(share: np.ndarray) -> tuple[int, ...]:
+    """Blocks (indices of `share`, each block's part of the value) largest first until BUILD_SHARE of the positive
+    parts."""
     goal = BUILD_SHARE * share[share > 0].sum()
     out, total = [], 0.0
     for i in share.argsort(kind="stable")[::-1]:
@@ -243,13 +248,15 @@ def _norm_gain(model: HookedModel, layer: int, dim: int) -> tuple[float, int, in
 def _peak(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int,
           comps: pd.DataFrame) -> tuple[int, float, tuple[int, ...], Tensor]:
     """Where |x[l, pos, dim]| peaks at or after `layer`, its value, the blocks that build it, and x[:, pos, dim]
-    (no forward; `comps` are the components up to `layer`, reused when the peak is there)."""
+    (no forward; `comps` are the components up to `layer`, used when the peak is there; past it, what each block
+    adds to x[pos, dim], which the components of a block sum to, without a second attribution)."""
     col = torch.stack([acts[hook.resid_post(l)][pos, dim] for l in range(model.cfg.n_layers)]).float()  # (layer,)
     peak = layer + int(col[layer:].abs().argmax())
     value = float(acts[hook.resid_post(peak)][pos, dim])
-    if peak != layer:
-        comps = attr.components(model, acts, _unit(model, dim), pos=pos, upto=peak)
-    return peak, value, _builders(comps, value), col
+    if peak == layer:
+        return peak, value, _builders(comps, value), col
+    writes = attr.block_writes(model, acts, pos=pos, dim=dim, upto=peak).double().numpy()
+    return peak, value, _largest_blocks(writes / value), col
 
 
 def _massive_sites(resid: Float[Tensor, "layer pos d_model"], threshold: float, ratio: float) -> Tensor:

@@ -152,7 +152,10 @@ def test_arguments_are_checked():
 def test_cli_knows_the_arms_and_data():
     from mi_massive import cli
 
+    from mi_massive.train.lab import DATA
+
     assert cli.TRAIN_ARMS == modeling.VARIANTS
+    assert cli.TRAIN_DATA == DATA
     assert cli.main(["train", "--steps", "5", "--eval-every", "9"]) == 2  # checked before anything loads
 
 
@@ -161,3 +164,31 @@ def test_train_help_imports_no_torch():
             "except SystemExit: pass\n"
             "print(any(m.startswith(('torch', 'transformers')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip().splitlines()[-1] == "False"
+
+
+def test_backcopy_task_follows_its_rule():
+    from mi_massive.train.data import backcopy_tokens
+
+    data = backcopy_tokens(n_train=1 << 16, n_val=1 << 12, seed=1)
+    x = data.train - 3
+    assert int(x.min()) >= 0 and int(x.max()) < 512 and len(data.train) == 1 << 16 and len(data.val) == 1 << 12
+    trigger = x[1:-1] < 16  # a trigger at t: x[t+1] copies x[t-1] (except where a document ends at the trigger)
+    assert 0.02 < float(trigger.float().mean()) < 0.5
+    assert float((x[2:][trigger] == x[:-2][trigger]).float().mean()) > 0.97
+    plain = ~trigger & (x[:-2] >= 16)
+    assert float((x[2:][plain] == x[:-2][plain]).float().mean()) < 0.5  # elsewhere the bigram chain moves on
+    # a plain token has 8 successors in the chain; a document boundary after it adds a stray one now and then
+    succ: dict[int, set[int]] = {}
+    for a, b in zip(x[:-1].tolist(), x[1:].tolist()):
+        if a >= 16:
+            succ.setdefault(a, set()).add(b)
+    counts = sorted(len(s) for s in succ.values())
+    assert counts[len(counts) // 2] <= 8 and counts[-1] <= 12
+
+
+def test_a_time_budget_stops_at_a_scan_with_records():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(("default",), SPEC, device="cpu", progress=False, max_seconds=0.0)
+    assert sorted(run.curves.step.unique()) == [0]  # stopped at its first scan, records kept
+    assert int(run.arm_info.stopped_at.iloc[0]) == 0

@@ -7,6 +7,13 @@ texts, tokenized with the embedded smollm2-135m tokenizer. Every 20th text is he
 
 ``copy``: random spans of a 512-token alphabet, each followed by itself (a second data set for induction; the
 first half of every span is unpredictable, the second half is a copy).
+
+``backcopy``: the Bigram-Backcopy task of Guo et al. 2024 ("Active-Dormant Attention Heads: Mechanistically
+Demystifying Extreme-Token Phenomena in LLMs"): a random sparse bigram chain over a 512-token alphabet, except
+that after one of a few trigger tokens the next token repeats the token before the trigger. A head that does the
+copy is needed at trigger tokens only and must do nothing everywhere else: the condition under which attention
+sinks and residual peaks appear in small models. Documents of 64-1024 tokens are joined into one stream, so a
+training window starts anywhere (as the text windows do).
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ LICENCES = {
     "wiki-en": "Wikipedia text, CC BY-SA 3.0 (Wikipedia contributors), via gensim's test data (gensim: LGPL-2.1)",
     "lee-news": "Lee background corpus (Lee, Pincombe & Welsh 2005), redistributed as gensim test data (LGPL-2.1)",
     "copy": "synthetic, generated here",
+    "backcopy": "synthetic, generated here (the task of Guo et al. 2024)",
 }
+SYNTHETIC = ("copy", "backcopy")
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,42 @@ def copy_tokens(*, n_train: int = 1 << 20, n_val: int = 1 << 15, span: int = 32,
     return TokenData("copy", stream(n_train), stream(n_val),
                      f"random spans of {span} tokens from a {alphabet}-token alphabet, each followed by itself",
                      LICENCES["copy"])
+
+
+def backcopy_tokens(*, n_train: int = 1 << 24, n_val: int = 1 << 16, alphabet: int = 512, successors: int = 8,
+                    triggers: int = 16, offset: int = 3, seed: int = 0) -> TokenData:
+    """Bigram-Backcopy streams: each token has `successors` random next tokens (Dirichlet(1) weights); after a
+    trigger token (the first `triggers` ids) the next token copies the one before the trigger."""
+    g = torch.Generator().manual_seed(seed)
+    nxt = torch.stack([torch.randperm(alphabet, generator=g)[:successors] for _ in range(alphabet)])  # (tok, k)
+    w = -torch.log(torch.rand(alphabet, successors, generator=g))  # Dirichlet(1): normalised exponentials
+    cdf = (w / w.sum(1, keepdim=True)).cumsum(1)
+    cdf[:, -1] = 1.0
+    is_trigger = torch.zeros(alphabet, dtype=torch.bool)
+    is_trigger[:triggers] = True
+
+    def stream(n: int, seed: int) -> Tensor:  # train and held-out streams from their own seeds: the held-out
+        g = torch.Generator().manual_seed(seed)  # text does not depend on how much training text was drawn
+        chains, length = 1024, 1024
+        out: list[Tensor] = []
+        while sum(t.numel() for t in out) < n:
+            x = torch.empty(chains, length, dtype=torch.long)
+            x[:, 0] = torch.randint(triggers, alphabet, (chains,), generator=g)  # documents start on a plain token
+            for t in range(1, length):
+                cur = x[:, t - 1]
+                pick = torch.searchsorted(cdf[cur], torch.rand(chains, 1, generator=g)).clamp_max(successors - 1)
+                x[:, t] = nxt[cur, pick[:, 0]]
+                if t >= 2:
+                    copy = is_trigger[cur]
+                    x[copy, t] = x[copy, t - 2]
+            lengths = torch.randint(64, length + 1, (chains,), generator=g)
+            out += [x[i, :lengths[i]] for i in range(chains)]
+        return torch.cat(out)[:n] + offset
+
+    return TokenData("backcopy", stream(n_train, seed * 1000003 + 1), stream(n_val, seed * 1000003 + 2),
+                     f"Bigram-Backcopy (Guo et al. 2024): a sparse random bigram chain over {alphabet} tokens "
+                     f"({successors} successors each); after one of {triggers} trigger tokens the next token copies "
+                     "the token before the trigger; documents of 64-1024 tokens joined", LICENCES["backcopy"])
 
 
 class Batches:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import data as _data
 from . import modeling
 
+DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", *_data.SYNTHETIC)
 H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
 
 
@@ -46,9 +47,9 @@ class LabSpec:
     eval_windows: int = 16  # held-out windows per scan
     val_windows: int = 64  # held-out windows for the validation loss
     seed: int = 0
-    data: str = "wiki-en+lee-news"  # or "copy" (the synthetic task)
+    data: str = "wiki-en+lee-news"  # or a synthetic task: "copy", "backcopy"
     tokenizer: str = "smollm2-135m"  # an embedded model whose tokenizer is used
-    vocab_size: int | None = None  # None: the tokenizer's; smaller only for the copy task (its ids are < 515)
+    vocab_size: int | None = None  # None: the tokenizer's; smaller only for the synthetic tasks (ids < 515)
     threshold: float = 100.0  # the paper's rule, never lowered here
     ratio: float = 1000.0
 
@@ -61,16 +62,22 @@ class LabSpec:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 515):
-            raise ValueError(f"vocab_size must be None or an int >= 515 (the copy task's ids), got {self.vocab_size!r}")
-        if self.vocab_size is not None and self.data != "copy":
-            raise ValueError("vocab_size below the tokenizer's is only for data='copy' (text uses every id)")
-        if self.data not in ("wiki-en+lee-news", "wiki-en", "lee-news", "copy"):
-            raise ValueError(f"unknown data {self.data!r}: use 'wiki-en+lee-news', 'wiki-en', 'lee-news' or 'copy'")
+            raise ValueError(f"vocab_size must be None or an int >= 515 (the synthetic tasks' ids), got {self.vocab_size!r}")
+        if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
+            raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
+        if self.data not in DATA:
+            raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}")
 
 
-def load_data(spec: LabSpec, tokenizer: Any) -> _data.TokenData:
+def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
+    """The spec's token data; `held_out_only` draws a token training stream of a synthetic task (its held-out
+    stream does not depend on it)."""
     if spec.data == "copy":
         return _data.copy_tokens(seed=spec.seed)
+    if spec.data == "backcopy":  # fresh tokens for every step (no epoch repeats), up to 64M
+        n = spec.steps * spec.batch_size * (spec.n_ctx + 1)
+        return _data.backcopy_tokens(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)),
+                                     seed=spec.seed)
     return _data.corpus_tokens(tokenizer, tuple(spec.data.split("+")))
 
 
@@ -139,8 +146,12 @@ def _val_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: 
 
 def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer: Any, out_dir: str | Path | None,
               device: str | torch.device | None = None, compile: bool | None = None, amp: bool | None = None,
-              progress: bool | None = None) -> dict:
-    """Train one arm; returns its records (eval rows, throughput, checkpoint path)."""
+              progress: bool | None = None, max_seconds: float | None = None) -> dict:
+    """Train one arm; returns its records (eval rows, throughput, checkpoint path).
+
+    `max_seconds`: a wall-clock budget; when it is spent the arm stops at its next scan (recorded as
+    ``stopped_at``), so that a shared GPU's budget ends with records and a checkpoint rather than a kill.
+    """
     from tqdm.auto import tqdm
 
     from .probe import probe
@@ -168,6 +179,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     train_time, first_steps_time = 0.0, None
     eval_steps = sorted({0, spec.steps, *range(spec.eval_every, spec.steps, spec.eval_every)})
     bar = tqdm(total=spec.steps, desc=f"train {arm}", disable=not (progress if progress is not None else not cuda))
+    started, stopped_at = time.perf_counter(), None
 
     def evaluate(step: int) -> None:
         loss = _val_loss(model, vx, vy, amp=amp, batch=max(1, spec.batch_size))
@@ -180,6 +192,13 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     for step in range(spec.steps + 1):
         if step in eval_steps:
             evaluate(step)
+            if bar.disable:  # no bar (CUDA): one line per scan for the log
+                print(f"[{arm}] step {step}: val loss {rows[-1]['val_loss']:.4f}, max top-1/median "
+                      f"{max(r['ratio_pos0'] for r in rows[-spec.n_layers:]):.1f} at pos 0, "
+                      f"{sum(r['n_hits'] for r in rows[-spec.n_layers:])} hits", flush=True)
+            if max_seconds is not None and step < spec.steps and time.perf_counter() - started > max_seconds:
+                stopped_at = step
+                break
         if step == spec.steps:
             break
         x, y = _data.inputs_targets(batches.windows(step), sink_id)
@@ -208,13 +227,15 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
     bar.close()
 
-    timed_tokens = max(0, spec.steps - 10) * spec.batch_size * spec.n_ctx
+    done = spec.steps if stopped_at is None else stopped_at
+    timed_tokens = max(0, done - 10) * spec.batch_size * spec.n_ctx
     tok_s = timed_tokens / train_time if train_time else float("nan")
     record = {
         "arm": arm, "rows": rows, "n_params": sum(p.numel() for p in model.parameters()),
         "flops_per_token": flops, "tokens_per_s": tok_s,
         "mfu": tok_s * flops / H200_BF16_PEAK if cuda else float("nan"),
-        "warmup_s": first_steps_time or 0.0, "train_s": train_time, "epochs": batches.epochs(spec.steps),
+        "warmup_s": first_steps_time or 0.0, "train_s": train_time, "epochs": batches.epochs(done),
+        "stopped_at": -1 if stopped_at is None else stopped_at,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "amp": amp, "compile": compile,
         "checkpoint": None,
     }
@@ -237,7 +258,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path, *, arm: 
 
 def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bias", "softmax1", "gated"),
           spec: LabSpec | None = None, *, out_dir: str | Path | None = None, device: str | None = None,
-          compile: bool | None = None, amp: bool | None = None, progress: bool | None = None):
+          compile: bool | None = None, amp: bool | None = None, progress: bool | None = None,
+          max_seconds: float | None = None):
     """Train every arm in turn on the same data order and schedule; returns a `TrainingRun`.
 
     `arms` from `modeling.VARIANTS`; `out_dir` receives one checkpoint folder per arm (None: no checkpoints);
@@ -258,5 +280,5 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
     tokenizer = _data.tokenizer_of(spec.tokenizer)
     token_data = load_data(spec, tokenizer)
     records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,
-                         compile=compile, amp=amp, progress=progress) for a in arms]
+                         compile=compile, amp=amp, progress=progress, max_seconds=max_seconds) for a in arms]
     return TrainingRun.from_records(records, spec=spec, data=token_data.info())
