@@ -69,9 +69,9 @@ def resolve_sinks(model: HookedModel, prompts: list[Tensor], sink_positions: Sin
     such as gemma3-270m's dim 400, are left out, `mi_massive.sites`) and the first layer that holds one."""
     first_layer = None
     if sink_positions is None:
-        from .detect import _scan
+        from .detect import scan_tokens
 
-        found = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size, progress=False)[0]
+        found = scan_tokens(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size, progress=False)[0]
         sites = found.sites(features=False)  # one row per (prompt, pos, dim) of a token's massive activation
         per_prompt = [sorted(set(int(p) for p in sites.pos[sites.prompt == i])) for i in range(len(prompts))]
         if not any(per_prompt):

@@ -29,7 +29,7 @@ from ._rule import check as _check_rule
 from ._rule import massive_mask
 from ._types import HookedModel
 from .arch import hook
-from .detect import HOOK_TEMPLATE, _progress
+from .detect import HOOK_TEMPLATE
 from .models import model_name
 
 KINDS = ("first", "other")  # position 0 (the starting token, or BOS) / other massive positions (delimiters)
@@ -184,7 +184,7 @@ def massive_stats(
     first_ids: list[set[int]] = [set() for _ in settings]  # the starting tokens
     site_ids: list[dict[int, set[int]]] = [{} for _ in settings]  # dim -> token ids at its other sites
     names = [hook.resid_post(l) for l in range(L)]
-    bar = _progress(sum(map(len, per_setting)), progress, "massive stats")
+    bar = _inputs.progress_bar(None, progress, "massive stats", total=sum(map(len, per_setting)))
     mine = _dist.shard(len(per_setting[0]))  # under torchrun, this rank's contiguous share of the texts
     for si, prompts in enumerate(per_setting):
         for batch in _inputs.batches(prompts[mine.start:mine.stop], batch_size=batch_size):

@@ -237,13 +237,8 @@ class LayerProfile(Result):
                 f"layer {i} (median {float(self.median[i]):.3g}); largest jump at layer {self.jump_layer}")
 
 
-def _progress(total: int, progress: bool | None, desc: str):
-    """A bar of `total` steps, updated by hand (`_inputs.progress_bar`)."""
-    return _inputs.progress_bar(None, progress, desc, total=total)
-
-
-def _scan(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio: float, k: int, batch_size: int,
-          progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
+def scan_tokens(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio: float, k: int,
+                batch_size: int, progress: bool | None) -> tuple[MassiveActivations, LayerProfile]:
     """The rule and the profile from the statistics of every block output (`engine.block_stats`: per prompt and
     layer, the median |x| and the top |x|). The rule can only pass entries among the top ones; where every kept
     candidate passes, the engine runs the batch again with more, so the result is exact."""
@@ -253,7 +248,7 @@ def _scan(model: HookedModel, prompts: list[Tensor], *, threshold: float, ratio:
     med_sum = np.zeros(n_layers)  # than torch's on a host that a small model's GPU scan is bound by
     nonfinite = np.zeros(n_layers, dtype=np.int64)  # non-finite entries among the kept top |x|
     mine = _dist.shard(len(prompts))  # under torchrun, this rank's contiguous share of the prompts
-    bar = _progress(len(prompts), progress, "scanning")
+    bar = _inputs.progress_bar(None, progress, "scanning", total=len(prompts))
     batches = list(_inputs.batches(prompts[mine.start:mine.stop], batch_size=batch_size))
     str_toks: list[tuple[str, ...]] = [()] * len(mine)
 
@@ -314,7 +309,7 @@ def scan(model: HookedModel, inputs: _inputs.Inputs, *, threshold: float = 100.0
     _rule.check(threshold, ratio)
     _inputs.check_int("k", k, 1)
     prompts = _inputs.tokenize(model, inputs, prepend_bos=prepend_bos)
-    found, profile = _scan(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size,
+    found, profile = scan_tokens(model, prompts, threshold=threshold, ratio=ratio, k=k, batch_size=batch_size,
                            progress=progress)
     bos = _inputs.bos_condition(model, inputs, prompts, prepend_bos)
     return dataclasses.replace(found, prepend_bos=bos), dataclasses.replace(profile, prepend_bos=bos)

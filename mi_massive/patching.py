@@ -256,7 +256,7 @@ def path_patch(
         raise TypeError(f"layers must be a list of receiver layers or None, got {layers!r}"
                         + (f" (write layers=[{layers}])" if isinstance(layers, int) else ""))
     from ._rule import check as _check_rule
-    from .detect import _scan
+    from .detect import scan_tokens
 
     sender = _parse_sender(model, senders)
     paths = _check_options(corruption, receivers, metric, method, batch_size)
@@ -269,7 +269,7 @@ def path_patch(
     cfg = model.cfg
     counter = [0, 0, 0, 0]  # model calls, prompt-rows, decoder blocks run summed over rows, rows unembedded
     if massive is None and len(batches) > 1:  # every batch needs the same receivers: find all sites first
-        massive, _ = _scan(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
+        massive, _ = scan_tokens(model, prompts, threshold=threshold, ratio=ratio, k=1, batch_size=batch_size,
                            progress=False)
         for batch in batches:  # (the scan stops at the last block)
             count(counter, len(batch.index), cfg.n_layers, unembedded=False)

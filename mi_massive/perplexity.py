@@ -30,7 +30,6 @@ from ._results import Result
 from ._types import HookedModel
 from .constancy import massive_stats
 from .corpus import load_corpus
-from .detect import _progress
 from .interventions import Intervention, build_intervention, intervene, watch_trivial
 from .models import model_name
 
@@ -171,8 +170,8 @@ def perplexity(
     chunks = itertools.chain([first], chunks)
     iv = _as_intervention(model, intervention, calibration, bos)
     nll = []
-    bar = _progress(max_chunks or 0, progress if progress is not None else bool(max_chunks and max_chunks > 8),
-                    "perplexity")
+    bar = _inputs.progress_bar(None, progress if progress is not None else bool(max_chunks and max_chunks > 8),
+                               "perplexity", total=max_chunks or 0)
     rank, size = _dist.world()
     chunks = itertools.islice(chunks, rank, None, size)  # under torchrun, chunks rank, rank + size, ... here
     watch = watch_trivial(model, iv) if iv is not None and iv.trivial else nullcontext({"other": 0})

@@ -65,11 +65,11 @@ def _scans(model, prompts, **kw):
     """(bare-trunk scan, bridge scan); the first must not touch the bridge's hooks."""
     tokens = _inputs.tokenize(model, prompts)
     with engine.configure(bare=False):
-        bridge = detect._scan(model, tokens, k=3, batch_size=2, progress=False, **kw)
+        bridge = detect.scan_tokens(model, tokens, k=3, batch_size=2, progress=False, **kw)
     real_run = _stream.run_with_hooks
     _stream.run_with_hooks = None  # any fallback to the bridge would fail here
     try:
-        bare = detect._scan(model, tokens, k=3, batch_size=2, progress=False, **kw)
+        bare = detect.scan_tokens(model, tokens, k=3, batch_size=2, progress=False, **kw)
     finally:
         _stream.run_with_hooks = real_run
     return bare, bridge
