@@ -531,6 +531,7 @@ def _train(args: argparse.Namespace) -> int:
     spec = LabSpec(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_ctx=args.n_ctx,
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
                    lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
+                   tie_embeddings=not args.untied,
                    vocab_size=515 if args.data in ("copy", "backcopy") else None)  # synthetic ids are < 515
     run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp,
                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
@@ -560,6 +561,7 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.1,
                    help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--untied", action="store_true", help="an unembedding of its own (default: tied to the embedding)")
     p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
     p.add_argument("--max-minutes", type=_non_negative_float, default=None,
                    help="wall-clock budget per arm: stop at the first scan after it (default: none)")

@@ -192,3 +192,17 @@ def test_a_time_budget_stops_at_a_scan_with_records():
         run = train(("default",), SPEC, device="cpu", progress=False, max_seconds=0.0)
     assert sorted(run.curves.step.unique()) == [0]  # stopped at its first scan, records kept
     assert int(run.arm_info.stopped_at.iloc[0]) == 0
+
+
+def test_untied_arm_has_its_own_unembedding(tmp_path):
+    import dataclasses
+
+    from mi_massive import load_model
+
+    spec = dataclasses.replace(SPEC, tie_embeddings=False, steps=2, eval_every=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(("default",), spec, out_dir=tmp_path, device="cpu", progress=False)
+        model = load_model(run.arm_info.checkpoint.iloc[0], device="cpu")
+    assert model.original_model.config.tie_word_embeddings is False
+    assert not torch.allclose(model.W_U, model.W_E.T)

@@ -36,6 +36,7 @@ class LabSpec:
     n_layers: int = 8
     n_heads: int = 4
     d_mlp: int | None = None  # None: 8/3 d_model rounded up to 64 (a SwiGLU MLP)
+    tie_embeddings: bool = True  # the unembedding is the embedding (smollm2's choice); False: its own matrix
     n_ctx: int = 128  # tokens per training window
     batch_size: int = 32  # windows per step
     steps: int = 1000
@@ -106,7 +107,8 @@ def _optimizer(model: torch.nn.Module, spec: LabSpec, device: torch.device) -> t
 def _arm_config(arm: str, spec: LabSpec, tokenizer: Any):
     return modeling.lab_config(arm, d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
                                vocab_size=spec.vocab_size or len(tokenizer), d_mlp=spec.d_mlp, n_ctx=spec.n_ctx,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               tie_embeddings=spec.tie_embeddings)
 
 
 class _Scanner:
@@ -192,7 +194,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     for step in range(spec.steps + 1):
         if step in eval_steps:
             evaluate(step)
-            if bar.disable:  # no bar (CUDA): one line per scan for the log
+            if cuda and bar.disable:  # no bar on CUDA: one line per scan for the log (silent when asked on the CPU)
                 print(f"[{arm}] step {step}: val loss {rows[-1]['val_loss']:.4f}, max top-1/median "
                       f"{max(r['ratio_pos0'] for r in rows[-spec.n_layers:]):.1f} at pos 0, "
                       f"{sum(r['n_hits'] for r in rows[-spec.n_layers:])} hits", flush=True)
