@@ -81,6 +81,18 @@ def test_no_module_outside_the_engine_imports_its_private_modules():
     assert bad == {}
 
 
+def test_detect_is_no_hub_of_private_names():
+    """detect's private names (_scan, _progress) were imported by seven modules; none is imported now."""
+    bad = {}
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.rsplit(".", 1)[-1] == "detect":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    bad.setdefault(name, []).extend(private)
+    assert bad == {}
+
+
 def test_the_engine_imports_no_analysis_and_builds_no_result():
     """The engine may run hooks (`_hooks`); anything else of the package it would import is an analysis, a result
     or a view."""
