@@ -50,9 +50,11 @@ def launch(arms: list[str], out: Path, extra: list[str]) -> float:
 
 
 def criteria(run) -> dict:
-    """The issue's checks, computed from the final scans."""
-    f = run.final().set_index("arm")
-    out: dict = {"final": json.loads(run.final().to_json(orient="records"))}
+    """The issue's checks, computed from the last scan every arm reached (arms stop at different steps under
+    --max-minutes)."""
+    step = run.common_step()
+    f = run.final(step).set_index("arm")
+    out: dict = {"compared_at_step": step, "final": json.loads(run.final().to_json(orient="records"))}
     if "default" in f.index:
         d = f.loc["default"]
         out["default_fixed_pos_layers"] = float(d.fixed_pos_layers)

@@ -206,3 +206,13 @@ def test_untied_arm_has_its_own_unembedding(tmp_path):
         model = load_model(run.arm_info.checkpoint.iloc[0], device="cpu")
     assert model.original_model.config.tie_word_embeddings is False
     assert not torch.allclose(model.W_U, model.W_E.T)
+
+
+def test_arms_are_compared_at_the_last_step_they_all_reached(lab):
+    run, _ = lab
+    cut = run.curves[~((run.curves.arm == "attn_bias") & (run.curves.step == SPEC.steps))]  # as if stopped early
+    short = TrainingRun(run.arms, cut, run.arm_info, run.spec, run.data)
+    assert run.common_step() == SPEC.steps and short.common_step() == 2
+    assert short.final(2).step.tolist() == [2, 2] and short.final().step.tolist() == [SPEC.steps, 2]
+    with pytest.raises(ValueError, match="no scan at step 4 for attn_bias"):
+        short.final(4)

@@ -99,9 +99,22 @@ class TrainingRun(Result):
             })
         return pd.DataFrame(rows)
 
-    def final(self) -> pd.DataFrame:
-        """The last scan of each arm, with its throughput."""
+    def common_step(self) -> int:
+        """The last step every arm was scanned at (arms under a wall-clock budget may stop at different steps)."""
+        steps = [set(g.step) for _, g in self.curves.groupby("arm", sort=False)]
+        common = set.intersection(*steps) if steps else set()
+        if not common:
+            raise ValueError("the arms share no scanned step")
+        return int(max(common))
+
+    def final(self, step: int | None = None) -> pd.DataFrame:
+        """The last scan of each arm (or its scan at `step`, e.g. `common_step()`), with its throughput."""
         df = self.to_dataframe()
+        if step is not None:
+            df = df[df.step == step]
+            missing = [a for a in self.arms if a not in set(df.arm)]
+            if missing:
+                raise ValueError(f"no scan at step {step} for {', '.join(missing)}")
         last = df.loc[df.groupby("arm", sort=False).step.idxmax()].set_index("arm")
         info = self.arm_info.set_index("arm")[["n_params", "tokens_per_s", "mfu", "epochs"]]
         return last.join(info).loc[list(self.arms)].reset_index()

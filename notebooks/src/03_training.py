@@ -137,9 +137,8 @@ pd.concat([alone, shared], ignore_index=True).round({"tokens_per_s": 0, "mfu": 3
 
 # %%
 bc = TrainingRun.from_json(root / "benchmarks" / "raw" / "2026-12-03_s8_h200_train_backcopy" / "run.json")
-common = int(bc.curves.groupby("arm").step.max().min())
-at = bc.to_dataframe()
-at = at[at.step == common].set_index("arm")
+common = bc.common_step()
+at = bc.final(common).set_index("arm")
 bspec, binfo = bc.spec, bc.arm_info.set_index("arm")
 display(Markdown(
     f"**Model**: {bspec['n_layers']} Llama blocks, d_model {bspec['d_model']}, {bspec['n_heads']} heads, "
