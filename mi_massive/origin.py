@@ -216,12 +216,15 @@ def _builders(df: pd.DataFrame, value: float) -> tuple[int, ...]:
     if blocks.empty:
         return ()
     layers = blocks.layer.to_numpy(dtype=np.int64)
-    return _largest_blocks(np.bincount(layers, weights=blocks.contribution.to_numpy(dtype=np.float64)) / value)
+    return _largest_blocks(np.bincount(layers, weights=blocks.contribution.to_numpy(dtype=np.float64)), value)
 
 
-def _largest_blocks(share: np.ndarray) -> tuple[int, ...]:
-    """Blocks (indices of `share`, each block's part of the value) largest first until BUILD_SHARE of the positive
-    parts."""
+def _largest_blocks(parts: np.ndarray, value: float) -> tuple[int, ...]:
+    """Blocks (indices of `parts`, what each adds to the value) largest share first until BUILD_SHARE of the
+    positive shares; none where the value is 0 or not finite (an overflowed dtype)."""
+    if not (np.isfinite(value) and value != 0):
+        return ()
+    share = parts / value
     goal = BUILD_SHARE * share[share > 0].sum()
     out, total = [], 0.0
     for i in share.argsort(kind="stable")[::-1]:
@@ -256,7 +259,7 @@ def _peak(model: HookedModel, acts: Acts, layer: int, pos: int, dim: int,
     if peak == layer:
         return peak, value, _builders(comps, value), col
     writes = attr.block_writes(model, acts, pos=pos, dim=dim, upto=peak).double().numpy()
-    return peak, value, _largest_blocks(writes / value), col
+    return peak, value, _largest_blocks(writes, value), col
 
 
 def _massive_sites(resid: Float[Tensor, "layer pos d_model"], threshold: float, ratio: float) -> Tensor:
