@@ -518,6 +518,7 @@ def add_report_command(sub: Any) -> None:
 # --- train -----------------------------------------------------------------------------------------------------
 
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
+TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
 TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "copy", "backcopy")
 
 
@@ -526,12 +527,15 @@ def _train(args: argparse.Namespace) -> int:
         raise BadArgument(f"--eval-every {args.eval_every} is more than --steps {args.steps}")
     if args.d_model % args.n_heads:
         raise BadArgument(f"--d-model {args.d_model} is not a multiple of --n-heads {args.n_heads}")
+    if args.arch == "gpt2" and set(args.arms) - set(TRAIN_GPT2_ARMS):
+        raise BadArgument(f"--arch gpt2 trains only {' and '.join(TRAIN_GPT2_ARMS)}: pass --arms "
+                          f"{' '.join(TRAIN_GPT2_ARMS)}")
     from .train.lab import LabSpec, train
 
     spec = LabSpec(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_ctx=args.n_ctx,
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
                    lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
-                   tie_embeddings=not args.untied,
+                   tie_embeddings=not args.untied, arch=args.arch,
                    vocab_size=515 if args.data in ("copy", "backcopy") else None)  # synthetic ids are < 515
     run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp,
                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
@@ -562,6 +566,9 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.1,
                    help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--untied", action="store_true", help="an unembedding of its own (default: tied to the embedding)")
+    p.add_argument("--arch", default="llama", choices=("llama", "gpt2"),
+                   help="Llama blocks (RoPE; every arm), or GPT-2 blocks (learned positions, as the paper's GPT-2; "
+                        "default and sink_token only) (default llama)")
     p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
     p.add_argument("--max-minutes", type=_non_negative_float, default=None,
                    help="wall-clock budget per arm: stop at the first scan after it (default: none)")

@@ -156,6 +156,8 @@ def test_cli_knows_the_arms_and_data():
 
     assert cli.TRAIN_ARMS == modeling.VARIANTS
     assert cli.TRAIN_DATA == DATA
+    assert cli.TRAIN_GPT2_ARMS == modeling.GPT2_VARIANTS
+    assert cli.main(["train", "--arch", "gpt2", "--steps", "5", "--eval-every", "5"]) == 2  # attn_bias etc.: no
     assert cli.main(["train", "--steps", "5", "--eval-every", "9"]) == 2  # checked before anything loads
 
 
@@ -216,3 +218,22 @@ def test_arms_are_compared_at_the_last_step_they_all_reached(lab):
     assert short.final(2).step.tolist() == [2, 2] and short.final().step.tolist() == [SPEC.steps, 2]
     with pytest.raises(ValueError, match="no scan at step 4 for attn_bias"):
         short.final(4)
+
+
+def test_gpt2_arms_train_and_reload(tmp_path):
+    """The paper's architecture (learned absolute positions): default and sink_token arms, loaded by load_model."""
+    import dataclasses
+
+    from mi_massive import find_massive_activations, load_model
+
+    spec = dataclasses.replace(SPEC, arch="gpt2")
+    with pytest.raises(ValueError, match="not built for arch 'gpt2'"):
+        train(("default", "attn_bias"), spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(("default", "sink_token"), spec, out_dir=tmp_path, device="cpu", progress=False)
+        model = load_model(run.arm_info.set_index("arm").at["sink_token", "checkpoint"], device="cpu")
+    assert run.arms == ("default", "sink_token") and len(run.curves) == 6 * SPEC.n_layers
+    assert model.original_model.config.model_type == "gpt2" and model.cfg.n_layers == SPEC.n_layers
+    assert (run.curves.first_token_mass > 0).all()
+    find_massive_activations(model, torch.tensor([[1, 5, 9, 12, 40]]))  # the analyses open it (ids of the copy task)

@@ -37,6 +37,7 @@ class LabSpec:
     n_heads: int = 4
     d_mlp: int | None = None  # None: 8/3 d_model rounded up to 64 (a SwiGLU MLP)
     tie_embeddings: bool = True  # the unembedding is the embedding (smollm2's choice); False: its own matrix
+    arch: str = "llama"  # or "gpt2" (learned absolute positions, as the paper's GPT-2; default and sink_token only)
     n_ctx: int = 128  # tokens per training window
     batch_size: int = 32  # windows per step
     steps: int = 1000
@@ -66,6 +67,7 @@ class LabSpec:
             raise ValueError(f"vocab_size must be None or an int >= 515 (the synthetic tasks' ids), got {self.vocab_size!r}")
         if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
             raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
+        modeling.check_arms(self.arch, [])
         if self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}")
 
@@ -85,7 +87,8 @@ def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> 
 def _flops_per_token(model: torch.nn.Module, spec: LabSpec) -> float:
     """Training FLOPs per token: 6 x (parameters in matrix products, the unembedding included, the input embedding
     not) + 12 x n_layers x d_model x n_ctx for the attention scores and mixing (PaLM, appendix B)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    n = sum(p.numel() for name, p in model.named_parameters()
+            if not any(e in name for e in ("embed_tokens", "wte", "wpe")))  # lookups, not products
     n += model.config.vocab_size * model.config.hidden_size  # lm_head (tied or not, it is a matmul)
     return 6 * n + 12 * spec.n_layers * spec.d_model * spec.n_ctx
 
@@ -108,7 +111,7 @@ def _arm_config(arm: str, spec: LabSpec, tokenizer: Any):
     return modeling.lab_config(arm, d_model=spec.d_model, n_layers=spec.n_layers, n_heads=spec.n_heads,
                                vocab_size=spec.vocab_size or len(tokenizer), d_mlp=spec.d_mlp, n_ctx=spec.n_ctx,
                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               tie_embeddings=spec.tie_embeddings)
+                               tie_embeddings=spec.tie_embeddings, arch=spec.arch)
 
 
 class _Scanner:
@@ -279,6 +282,7 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
         raise ValueError(f"unknown arm {bad[0]!r}: known arms are {', '.join(modeling.VARIANTS)}")
     if len(set(arms)) != len(arms):
         raise ValueError(f"arms repeat: {arms}")
+    modeling.check_arms(spec.arch, arms)
     tokenizer = _data.tokenizer_of(spec.tokenizer)
     token_data = load_data(spec, tokenizer)
     records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,

@@ -38,15 +38,42 @@ LAB_ARCHITECTURE = "MiMassiveLabForCausalLM"
 _ATTENTION_VARIANTS = ("attn_bias", "softmax1", "sigmoid", "gated")  # need the lab class; the others are plain Llama
 
 
+ARCHS = ("llama", "gpt2")
+GPT2_VARIANTS = ("default", "sink_token")  # plain GPT-2: its attention variants would need a joint-q/k/v bridge adapter
+
+
+def check_arms(arch: str, arms: tuple[str, ...] | list[str]) -> None:
+    """Raise for an unknown architecture, or an arm that architecture is not built for."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: use {', '.join(ARCHS)}")
+    bad = [a for a in arms if arch == "gpt2" and a not in GPT2_VARIANTS]
+    if bad:
+        raise ValueError(f"arm {bad[0]!r} is not built for arch 'gpt2' (only {', '.join(GPT2_VARIANTS)}: the attention "
+                         "variants live in the Llama lab class and its bridge adapter)")
+
+
 def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab_size: int, d_mlp: int | None = None,
-               n_ctx: int = 256, bos_token_id: int = 1, eos_token_id: int = 2, tie_embeddings: bool = True) -> Any:
-    """The LlamaConfig of one arm (``lab_variant`` set for the variants that change attention)."""
+               n_ctx: int = 256, bos_token_id: int = 1, eos_token_id: int = 2, tie_embeddings: bool = True,
+               arch: str = "llama") -> Any:
+    """The config of one arm: a LlamaConfig (``lab_variant`` set for the variants that change attention), or with
+    ``arch="gpt2"`` a GPT2Config (learned absolute positions, LayerNorm, GELU: the paper's GPT-2; no dropout)."""
     from transformers import LlamaConfig
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: known variants are {', '.join(VARIANTS)}")
     if d_model % n_heads:
         raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+    check_arms(arch, [variant])
+    if arch == "gpt2":
+        from transformers import GPT2Config
+
+        cfg = GPT2Config(vocab_size=vocab_size, n_positions=max(n_ctx, 1024), n_embd=d_model, n_layer=n_layers,
+                         n_head=n_heads, n_inner=d_mlp or 4 * d_model, resid_pdrop=0.0, embd_pdrop=0.0,
+                         attn_pdrop=0.0, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_embeddings, initializer_range=0.02)
+        cfg.lab_n_ctx = n_ctx
+        cfg.architectures = ["GPT2LMHeadModel"]
+        return cfg
     d_mlp = d_mlp or 64 * math.ceil(8 * d_model / 3 / 64)
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
@@ -230,6 +257,10 @@ def build_model(config: Any) -> nn.Module:
     """A freshly initialised model for `config` (the lab class where the variant needs it, else Llama)."""
     if getattr(config, "lab_variant", None):
         return _lab_class()(config)
+    if config.model_type == "gpt2":
+        from transformers import GPT2LMHeadModel
+
+        return GPT2LMHeadModel(config)
     return _llama().LlamaForCausalLM(config)
 
 
