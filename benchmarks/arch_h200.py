@@ -19,27 +19,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (bench_origin, bench_patching, bench_scan, random_llama, random_tokens,  # noqa: E402
+from bench import (bench_origin, bench_patching, bench_scan, planted_llama, random_tokens,  # noqa: E402
                    scans_agree)
 
-PLANTS = {"1.1b": dict(layer=2, neuron=11, dim=1234), "smollm2": dict(layer=2, neuron=11, dim=123)}
+PLANTS = {"1.1b": 1234, "smollm2": 123}  # the planted dimension of each shape
 PROMPT = "Summer is warm. Winter is cold. The quick brown fox jumps over the lazy dog."
 
 
-def planted(shape: str, device: str, dtype: torch.dtype, magnitude: float = 2000.0):
-    """A random LLaMA of `shape` with a massive activation planted at BOS (planted in float32 for float16)."""
-    from mi_massive.testing import Plant, plant_massive_activation
-
-    plant_dtype = torch.float32 if dtype == torch.float16 else dtype
-    from mi_massive import _inputs
-
-    model = random_llama(shape, device, plant_dtype, name=f"random-{shape}-planted")
-    model.cfg.default_prepend_bos = True  # the plant fires on BOS: every prompt starts with it
-    _inputs.set_default_bos(model, True)
-    plant_massive_activation(model, Plant(**PLANTS[shape], magnitude=magnitude))
-    if dtype != plant_dtype:
-        model.to(dtype)
-    return model
+def planted(shape: str, device: str, dtype: torch.dtype):
+    """A random LLaMA of `shape` with a massive activation planted at BOS (bench.planted_llama)."""
+    return planted_llama(shape, device, dtype, dim=PLANTS[shape])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             toks = random_tokens(args.prompts, args.seq, model.cfg.d_vocab, model.tokenizer.bos_token_id, low=3)
             rec = bench_scan(model, toks, args.device, batch_size=args.batch_size, repeat=args.repeat,
                              label=f"random-{shape} planted {str(dtype).split('.')[-1]}")
-            rec["planted_found"] = PLANTS[shape]["dim"] in find_massive_activations(model, toks[:2]).dims
+            rec["planted_found"] = PLANTS[shape] in find_massive_activations(model, toks[:2]).dims
             if args.device.startswith("cuda"):  # Triton's statistics and the sort's must agree to the bit
                 rec["triton_same_result_as_sort"] = scans_agree(model, toks[:8], 4, engine.settings, "cuda_stats",
                                                                 ("triton", "sort"))

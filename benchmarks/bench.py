@@ -297,17 +297,29 @@ def random_llama(shape: str, device: str, dtype: torch.dtype, *, name: str | Non
     return load_model(hf, tokenizer=char_tokenizer(), device=device, dtype=dtype)  # load_model casts: keep the dtype
 
 
-def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
-    """A randomly initialised LLaMA-style model of ~1.1B parameters with a planted massive activation."""
+def planted_llama(shape: str, device: str, dtype: torch.dtype, *, dim: int, magnitude: float = 2000.0,
+                  name: str | None = None, bos: bool = True):
+    """A random LLaMA of one of LLAMA_SHAPES with a massive activation planted at BOS (block 2, neuron 11, `dim`),
+    planted in float32 when `dtype` is float16 (where the value is representable), then cast. `bos`: every prompt
+    starts with BOS by default, since the plant fires there."""
+    from mi_massive import _inputs
     from mi_massive.testing import Plant, plant_massive_activation
 
-    plant_dtype = torch.float32 if dtype == torch.float16 else dtype  # plant where the value is representable
-    model = random_llama("1.1b", device, plant_dtype, name="random-llama-1.1b")
-    n_params = sum(p.numel() for p in model.original_model.parameters())
-    plant_massive_activation(model, Plant(layer=2, neuron=11, dim=1234, magnitude=magnitude))
+    plant_dtype = torch.float32 if dtype == torch.float16 else dtype
+    model = random_llama(shape, device, plant_dtype, name=name or f"random-{shape}-planted")
+    if bos:
+        model.cfg.default_prepend_bos = True
+        _inputs.set_default_bos(model, True)
+    plant_massive_activation(model, Plant(layer=2, neuron=11, dim=dim, magnitude=magnitude))
     if dtype != plant_dtype:
         model.to(dtype)
-    return model, n_params
+    return model
+
+
+def big_llama(device: str, dtype: torch.dtype, *, magnitude: float = 2000.0):
+    """A randomly initialised LLaMA-style model of ~1.1B parameters with a planted massive activation."""
+    model = planted_llama("1.1b", device, dtype, dim=1234, magnitude=magnitude, name="random-llama-1.1b", bos=False)
+    return model, sum(p.numel() for p in model.original_model.parameters())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,21 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def build(shape: str, device: str, dtype: torch.dtype):
-    from mi_massive import _inputs
-    from mi_massive.testing import Plant, plant_massive_activation, tiny_model
+    from mi_massive.testing import tiny_model
 
     if shape == "tiny":
         return tiny_model("llama").to(device)
-    from bench import random_llama
+    from bench import planted_llama
 
-    plant_dtype = torch.float32 if dtype == torch.float16 else dtype
-    model = random_llama(shape, device, plant_dtype, name=f"random-{shape}-planted")
-    model.cfg.default_prepend_bos = True
-    _inputs.set_default_bos(model, True)
-    plant_massive_activation(model, Plant(layer=2, neuron=11, dim=123, magnitude=2000.0))
-    if dtype != plant_dtype:
-        model.to(dtype)
-    return model
+    return planted_llama(shape, device, dtype, dim=123)
 
 
 def digest(acts) -> str:

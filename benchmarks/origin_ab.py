@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import _sync, timeit  # noqa: E402
 
 PROMPT = "Summer is warm. Winter is cold. The quick brown fox jumps over the lazy dog."
 
@@ -34,18 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model, device=args.device)
     toks = model.to_tokens(PROMPT)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def timed(fn, n: int = 5) -> float:
-        fn()
-        sync()
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            ts.append(time.perf_counter() - t0)
-        return sorted(ts)[n // 2]
+    def timed(fn) -> float:
+        return timeit(fn, args.device, repeat=5)
 
     fwd = timed(lambda: model(toks, return_type="loss"))
     rec: dict = {"label": args.label, "package": mi_massive.__file__, "device": args.device, "forward_s": fwd}
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         prof = cProfile.Profile()
         prof.enable()
         trace_origin(model, PROMPT)
-        sync()
+        _sync(args.device)
         prof.disable()
         pstats.Stats(prof).sort_stats(args.profile).print_stats(40)
     return 0
