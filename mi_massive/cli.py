@@ -519,7 +519,8 @@ def add_report_command(sub: Any) -> None:
 
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
 TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
-TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "copy", "backcopy")
+TRAIN_SYNTHETIC = ("copy", "backcopy")  # their token ids are < 515
+TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", *TRAIN_SYNTHETIC)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -536,7 +537,7 @@ def _train(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
                    lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
                    tie_embeddings=not args.untied, arch=args.arch,
-                   vocab_size=515 if args.data in ("copy", "backcopy") else None)  # synthetic ids are < 515
+                   vocab_size=515 if args.data in TRAIN_SYNTHETIC else None)
     run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp,
                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(run)

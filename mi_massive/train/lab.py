@@ -73,8 +73,8 @@ class LabSpec:
 
 
 def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
-    """The spec's token data; `held_out_only` draws a token training stream of a synthetic task (its held-out
-    stream does not depend on it)."""
+    """The spec's token data; with `held_out_only`, a synthetic task draws only a short training stream (its
+    held-out stream, from its own seed, is the same either way)."""
     if spec.data == "copy":
         return _data.copy_tokens(seed=spec.seed)
     if spec.data == "backcopy":  # fresh tokens for every step (no epoch repeats), up to 64M
