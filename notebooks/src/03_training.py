@@ -130,7 +130,7 @@ pd.concat([alone, shared], ignore_index=True).round({"tokens_per_s": 0, "mfu": 3
 # The text above is 573k tokens, so the arms memorise it long before anything else can happen. The synthetic
 # Bigram-Backcopy task of Guo et al. (2024) has no such limit: a sparse random bigram chain over 512 tokens,
 # except that after one of 16 trigger tokens the next token copies the one before the trigger. A head that does
-# the copy is needed at the triggers (4.4% of tokens) and must do nothing everywhere else, the situation in which
+# the copy is needed at the triggers and must do nothing everywhere else, the situation in which
 # attention sinks are expected. `mi-massive train --data backcopy`; every arm ran for the same wall-clock budget
 # on the shared H200 (`--max-minutes 5.5`: an arm stops at its first scan after it), so the arms are compared at
 # the last scan they all reached.
@@ -140,6 +140,11 @@ bc = TrainingRun.from_json(root / "benchmarks" / "raw" / "2026-12-03_s8_h200_tra
 common = bc.common_step()
 at = bc.final(common).set_index("arm")
 bspec, binfo = bc.spec, bc.arm_info.set_index("arm")
+from mi_massive.train.data import backcopy_tokens
+
+sample = backcopy_tokens(n_train=1 << 16, n_val=1, seed=bspec["seed"]).train - 3  # ids 0..15 are the triggers
+display(Markdown(
+    f"Triggers are {float((sample < 16).float().mean()):.1%} of the training tokens (a sample of {len(sample):,})."))
 display(Markdown(
     f"**Model**: {bspec['n_layers']} Llama blocks, d_model {bspec['d_model']}, {bspec['n_heads']} heads, "
     f"{int(binfo.n_params.iloc[0]) / 1e6:.2f}M parameters, vocabulary {bspec['vocab_size']}; windows of "
