@@ -74,14 +74,17 @@ def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"),
 
 def copy_tokens(*, n_train: int = 1 << 20, n_val: int = 1 << 15, span: int = 32, alphabet: int = 512,
                 offset: int = 3, seed: int = 0) -> TokenData:
-    """The synthetic copy task: spans of `span` random tokens (ids offset..offset+alphabet-1), each repeated once."""
-    g = torch.Generator().manual_seed(seed)
+    """The synthetic copy task: spans of `span` random tokens (ids offset..offset+alphabet-1), each repeated once.
 
-    def stream(n: int) -> Tensor:
+    The training and held-out streams come from their own seeds, so the held-out text does not depend on how
+    much training text was drawn."""
+
+    def stream(n: int, seed: int) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
         spans = torch.randint(offset, offset + alphabet, (n // (2 * span) + 1, span), generator=g)
         return torch.cat([spans, spans], dim=1).flatten()[:n]
 
-    return TokenData("copy", stream(n_train), stream(n_val),
+    return TokenData("copy", stream(n_train, seed * 1000003 + 1), stream(n_val, seed * 1000003 + 2),
                      f"random spans of {span} tokens from a {alphabet}-token alphabet, each followed by itself",
                      LICENCES["copy"])
 

@@ -75,12 +75,10 @@ class LabSpec:
 def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
     """The spec's token data; with `held_out_only`, a synthetic task draws only a short training stream (its
     held-out stream, from its own seed, is the same either way)."""
-    if spec.data == "copy":
-        return _data.copy_tokens(seed=spec.seed)
-    if spec.data == "backcopy":  # fresh tokens for every step (no epoch repeats), up to 64M
+    if spec.data in _data.SYNTHETIC:  # fresh tokens for every step (no epoch repeats), up to 64M
         n = spec.steps * spec.batch_size * (spec.n_ctx + 1)
-        return _data.backcopy_tokens(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)),
-                                     seed=spec.seed)
+        make = _data.copy_tokens if spec.data == "copy" else _data.backcopy_tokens
+        return make(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)), seed=spec.seed)
     return _data.corpus_tokens(tokenizer, tuple(spec.data.split("+")))
 
 
