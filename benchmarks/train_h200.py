@@ -95,7 +95,11 @@ def analyses(checkpoint: str, tokens) -> dict:
     except Exception as exc:  # noqa: BLE001 (recorded, the run goes on)
         rec["trace_origin"] = f"error: {type(exc).__name__}: {exc}"
     try:
-        pp = path_patch(model, tokens[:2], receivers=("k", "v"), progress=False) if len(acts) else None
+        # a massive activation first written in the last block has no later attention to patch into: only the
+        # direct path to the logits is left (the copy task's final-block values, RESULTS.md)
+        last = len(acts) and int(acts.layer.min()) == model.cfg.n_layers - 1
+        pp = (path_patch(model, tokens[:2], receivers=("direct",) if last else ("k", "v"), progress=False)
+              if len(acts) else None)
         rec["path_patch"] = repr(pp) if pp is not None else "skipped: no massive activation"
     except Exception as exc:  # noqa: BLE001
         rec["path_patch"] = f"error: {type(exc).__name__}: {exc}"
