@@ -166,3 +166,66 @@ display(Markdown(
     f"- sink_token: top-1/median {at.loc['sink_token'].max_ratio_pos0:.1f} on the sink against "
     f"{at.loc['sink_token'].max_ratio_other:.1f} elsewhere.\n"
     f"- validation loss, default vs attn_bias: {abs(d.val_loss - a.val_loss):.4f} nats apart."))
+
+# %% [markdown]
+# ## A third data set: the copy task, where a copying head has nothing to copy half the time
+#
+# Spans of 32 random tokens, each followed by itself (`mi-massive train --data copy`). In the first half of every
+# span the next token is unpredictable, and a head that copies would only add a wrong token: the situation in
+# which heads need somewhere harmless to look. Five arms shared the H200 for 12 minutes (`--max-minutes 12`), and a
+# sixth process trained the default arm with GPT-2 blocks (learned positions, as the paper's GPT-2).
+
+# %%
+import math
+
+raw = root / "benchmarks" / "raw" / "2026-12-03_s9_h200_train_copy"
+cp = TrainingRun.from_json(raw / "run.json")
+gp = TrainingRun.from_json(raw / "gpt2_run_default.json")
+cstep = cp.common_step()
+cat = cp.final(cstep).set_index("arm")
+cspec = cp.spec
+display(Markdown(
+    f"**Model**: {cspec['n_layers']} Llama blocks, d_model {cspec['d_model']}, {cspec['n_heads']} heads, "
+    f"{int(cp.arm_info.n_params.iloc[0]) / 1e6:.2f}M parameters; {cspec['batch_size']} windows of {cspec['n_ctx']} "
+    f"tokens per step, peak lr {cspec['lr']:g}; compared at step {cstep} "
+    f"({cstep * cspec['batch_size'] * cspec['n_ctx'] / 1e6:.0f}M tokens). The best possible loss is "
+    f"{math.log(512) / 2:.2f} nats (half the tokens are uniform over 512)."))
+cat[["val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "layers_with_hits", "first_token_mass",
+     "bias_mass"]].round(4)
+
+# %%
+cp.show()
+
+# %% [markdown]
+# Where the rule's hits are: one row per arm and block at the last common scan. Every hit sits in the last block.
+
+# %%
+last = cp.curves[cp.curves.step == cstep]
+by_block = last.pivot_table(index="arm", columns="layer", values="n_hits", aggfunc="sum", sort=False)
+by_block
+
+# %%
+d, a, s = cat.loc["default"], cat.loc["attn_bias"], cat.loc["sink_token"]
+blocks_hit = sorted(set(last[last.n_hits > 0].layer.astype(int)))
+mid = last[last.layer < cspec["n_layers"] - 1]
+g0 = gp.final().iloc[0]
+display(Markdown(
+    f"- Blocks with rule hits, any arm: {blocks_hit} of {cspec['n_layers']}; the default arm's hits number "
+    f"{int(d.n_hits)} over {cspec['eval_windows']} windows of {cspec['n_ctx']} positions, spread over "
+    f"the positions rather than at a fixed one.\n"
+    f"- Blocks before the last: top-1/median at most {mid.ratio_pos0.max():.0f} at position 0 and "
+    f"{mid.ratio_other.max():.0f} elsewhere, medians {mid['median'].min():.1f}-{mid['median'].max():.1f}.\n"
+    f"- Attention on the first token: default {d.first_token_mass:.1%}, sink_token {s.first_token_mass:.1%} "
+    f"(block 1: {last[(last.arm == 'sink_token') & (last.layer == 1)].first_token_mass.iloc[0]:.1%}); attn_bias "
+    f"puts {a.bias_mass:.0%} on $k'$.\n"
+    f"- Validation loss, default vs attn_bias: {abs(d.val_loss - a.val_loss):.4f} nats apart.\n"
+    f"- GPT-2 blocks: loss {g0.val_loss:.2f} after {int(g0.step)} steps (did not learn the copy), "
+    f"{int(g0.n_hits)} hits, {g0.first_token_mass:.1%} on the first token."))
+
+# %% [markdown]
+# The last block's values are not the paper's massive activations. `trace_origin` on the default checkpoint finds
+# one MLP neuron writing them through a single super weight, and `benchmarks/lab_last_block.py` shows what they
+# do: they are large exactly where the next token is unpredictable. After the final norm, one huge dimension
+# leaves the residual pointing along that one axis, which makes the logits nearly flat: a switch to a uniform
+# prediction. It depends on the input and does not act through attention, so attn_bias does not remove it.
+# No arm wrote a massive value at the first token in the blocks that attention reads.
