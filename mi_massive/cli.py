@@ -21,7 +21,7 @@ from ._types import HookedModel
 
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
-CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4")  # corpus.CORPORA's names, checked against it in a test
+CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4", "linux-doc")  # corpus.CORPORA's names, checked against it in a test
 TABLE3_QUICK = {"seq_len": 128, "chunks": 4, "calibration": 8}  # finishes in minutes on a 2-core CPU
 TABLE3_FULL = {"seq_len": 256, "chunks": 32, "calibration": 32}  # the paper's size
 
@@ -520,7 +520,8 @@ def add_report_command(sub: Any) -> None:
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
 TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
 TRAIN_SYNTHETIC = ("copy", "backcopy")  # their token ids are < 515
-TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", *TRAIN_SYNTHETIC)
+TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc",
+              *TRAIN_SYNTHETIC)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 
 Offline corpora come out of gensim's wheel, which carries test data: ``lee-news`` (the Lee background
 corpus, 300 Australian news articles) and ``wiki-en`` (a shortened English Wikipedia XML dump, cleaned
-here into paragraphs of prose). The wheel is downloaded, never installed; the cleaned texts are cached
-under the mi_massive cache directory and nothing third-party is stored in this repository.
+here into paragraphs of prose); and ``linux-doc``, the Linux kernel's documentation (GPL-2.0) out of Debian's
+``linux-doc-6.1`` package (`apt-get download`, on Debian and Ubuntu machines), its reStructuredText sources
+cleaned into paragraphs of prose, about ten times the other two together. Packages are downloaded, never
+installed; the cleaned texts are cached under the mi_massive cache directory and nothing third-party is stored
+in this repository.
 
     >>> from mi_massive import load_corpus
     >>> texts = load_corpus("lee-news", n=10)        # doctest: +SKIP
@@ -15,9 +18,14 @@ from __future__ import annotations
 
 import bz2
 import html
+import io
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
+import tarfile
 import tempfile
 import zipfile
 import xml.etree.ElementTree as ET
@@ -25,10 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import _download_wheels, cache_dir
+from .models import WHEELHOUSE_ENV, _download_wheels, cache_dir
 
 GENSIM = "gensim==4.4.0"
 _TEST_DATA = "gensim/test/test_data/"
+LINUX_DOC = "linux-doc-6.1"  # Debian bookworm's kernel documentation (Sphinx HTML with its .rst sources)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,81 @@ def _wiki_en() -> list[str]:
     return paragraphs
 
 
+# --- Debian packages, and reStructuredText -> prose ------------------------------------------------
+def read_deb(data: bytes, keep: Callable[[str], bool]) -> dict[str, bytes]:
+    """The files of a Debian package's data archive whose path `keep` accepts (a .deb is an ar archive)."""
+    if data[:8] != b"!<arch>\n":
+        raise ValueError("not a Debian package (no ar archive header)")
+    off = 8
+    while off + 60 <= len(data):
+        name, size = data[off:off + 16].decode().strip().rstrip("/"), int(data[off + 48:off + 58].decode())
+        body, off = data[off + 60:off + 60 + size], off + 60 + size + size % 2
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+                return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile() and keep(m.name)}
+    raise ValueError("the package holds no data archive")
+
+
+def _deb(package: str) -> bytes:
+    """A Debian package's .deb, from $MI_MASSIVE_WHEELHOUSE if it has one, else `apt-get download`."""
+    house = os.environ.get(WHEELHOUSE_ENV)
+    found = sorted(Path(house).glob(f"{package}_*.deb")) if house else []
+    if found:
+        return found[-1].read_bytes()
+    if shutil.which("apt-get") is None:
+        raise RuntimeError(f"corpus needs Debian's {package} package and this machine has no apt-get: download "
+                           f"{package}_*.deb elsewhere and put it in a folder named by ${WHEELHOUSE_ENV}")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        found = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if proc.returncode != 0 or not found:
+            raise RuntimeError(f"could not fetch {package} with apt-get ({proc.stderr.strip()[-300:]}); put its .deb "
+                               f"in a folder named by ${WHEELHOUSE_ENV}")
+        return found[-1].read_bytes()
+
+
+_RST_SUBS = (
+    (re.compile(r":[\w:+.-]+:`([^`<]*?)\s*(?:<[^`>]*>)?`"), r"\1"),  # :ref:`label <target>` -> label
+    (re.compile(r"`([^`<]+?)\s*(?:<[^`>]*>)?`_{1,2}"), r"\1"),  # `label <url>`_ -> label
+    (re.compile(r"``([^`]+)``"), r"\1"),  # ``literal`` -> literal
+    (re.compile(r"\*\*([^*]+)\*\*"), r"\1"),  # **strong**
+    (re.compile(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])"), r"\1"),  # *emphasis*
+)
+
+
+def clean_rst(source: str, *, min_words: int = 20) -> list[str]:
+    """Paragraphs of prose from reStructuredText: titles, directives, comments, literal and indented blocks,
+    tables and list bullets' markup removed; inline roles and links reduced to their text."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", source):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        if not lines or lines[0][:1].isspace() or lines[0].startswith(".."):
+            continue  # an indented (literal, quoted or directive body) block, a directive or a comment
+        if any(set(ln.strip()) <= set("=-~^*#+:|_`'\". ") or ln.lstrip()[:1] in "+|" for ln in lines):
+            continue  # a title with its underline, or a table
+        para = " ".join(ln.strip() for ln in lines)
+        for pattern, repl in _RST_SUBS:
+            para = pattern.sub(repl, para)
+        para = " ".join(para.split())
+        if para.endswith("::"):
+            para = para[:-1]  # "as follows::" introduces a literal block: keep the sentence, drop the marker
+        if para.startswith(("- ", "* ")):
+            para = para[2:]
+        letters = sum(c.isalpha() for c in para)
+        if len(para.split()) >= min_words and letters >= 0.6 * len(para) and para[-1] in ".!?:)\"'":
+            paragraphs.append(para)
+    return paragraphs
+
+
+def _linux_doc() -> list[str]:
+    files = read_deb(_deb(LINUX_DOC), lambda n: "/html/_sources/" in n and n.endswith(".rst.txt")
+                     and "/_sources/translations/" not in n)  # English only: the translations are Italian, Chinese,...
+    paragraphs: list[str] = []
+    for name in sorted(files):  # a fixed order: the package's paths
+        paragraphs += clean_rst(files[name].decode("utf-8", errors="replace"))
+    return paragraphs
+
+
 # --- online ------------------------------------------------------------------------------------
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     try:
@@ -145,13 +229,15 @@ CORPORA: dict[str, _Corpus] = {
                        _wiki_en),
     "wikitext-2": _Corpus("WikiText-2 raw, test split (Hugging Face datasets)", True, _wikitext2),
     "c4": _Corpus("C4 English, first validation shard, first 2000 documents (Hugging Face datasets)", True, _c4),
+    "linux-doc": _Corpus(f"the Linux kernel's documentation (GPL-2.0), its reStructuredText sources from Debian's "
+                         f"{LINUX_DOC} package, cleaned to prose paragraphs", False, _linux_doc),
 }
 
 
 def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh: bool = False) -> list[str]:
     """The texts of corpus `name` (documents or paragraphs, in a fixed order); the first `n` if given.
 
-    Offline: ``lee-news``, ``wiki-en``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``. Texts are
+    Offline: ``lee-news``, ``wiki-en``, ``linux-doc``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``. Texts are
     cached after the first load; `min_words` drops shorter texts.
 
         >>> load_corpus("wiki-en", n=2)              # doctest: +SKIP

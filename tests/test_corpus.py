@@ -57,3 +57,74 @@ def test_offline_corpora_are_clean_english_prose(name, n_min, first_words):
     markup = [t for t in texts if any(m in t for m in ("{{", "[[", "<ref", "'''", "==", "http"))]
     assert not markup, markup[:2]
     assert all(t == " ".join(t.split()) for t in texts)  # one paragraph per text, normalised spaces
+
+
+RST = """\
+==============
+Misc controller
+==============
+
+The *misc* controller provides :ref:`resource limiting <cgroup-v2>` for scalar resources which cannot be
+abstracted like the other cgroup resources, see ``misc.max`` and `the kernel site <https://kernel.org>`_ for
+details on how the **limits** work::
+
+    # echo 5 > misc.max
+
+.. note:: a directive is not prose, even when it holds enough words to pass the filter of twenty words here.
+
++--------+--------+
+| a      | table  |
++--------+--------+
+
+- A list item of prose is kept without its bullet, as long as it holds twenty words or more in one paragraph.
+"""
+
+
+def test_clean_rst_keeps_prose_and_drops_markup():
+    paras = corpus.clean_rst(RST)
+    assert paras == [
+        "The misc controller provides resource limiting for scalar resources which cannot be abstracted like the "
+        "other cgroup resources, see misc.max and the kernel site for details on how the limits work:",
+        "A list item of prose is kept without its bullet, as long as it holds twenty words or more in one paragraph.",
+    ]
+
+
+def _deb(files: dict[str, bytes]) -> bytes:
+    """A minimal Debian package: an ar archive with debian-binary, control and data tarballs."""
+    import io
+    import tarfile
+
+    def tar(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+            for name, body in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+        return buf.getvalue()
+
+    out = b"!<arch>\n"
+    for name, body in (("debian-binary", b"2.0\n"), ("control.tar.xz", tar({"./control": b"Package: x\n"})),
+                       ("data.tar.xz", tar(files))):
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode() + body + b"\n" * (len(body) % 2)
+    return out
+
+
+def test_read_deb_returns_the_kept_files_of_the_data_archive(tmp_path, monkeypatch):
+    deb = _deb({"./usr/share/doc/x/html/_sources/a.rst.txt": b"prose", "./usr/share/doc/x/html/a.html": b"<p>"})
+    assert corpus.read_deb(deb, lambda n: n.endswith(".rst.txt")) == {"./usr/share/doc/x/html/_sources/a.rst.txt": b"prose"}
+    with pytest.raises(ValueError, match="not a Debian package"):
+        corpus.read_deb(b"PK\x03\x04", lambda n: True)
+    (tmp_path / "linux-doc-6.1_1.0_all.deb").write_bytes(deb)  # a wheelhouse copy is read before apt-get runs
+    monkeypatch.setenv("MI_MASSIVE_WHEELHOUSE", str(tmp_path))
+    assert corpus._deb("linux-doc-6.1") == deb
+
+
+def test_linux_doc_is_english_prose_without_rst_markup():
+    texts = load_corpus("linux-doc")
+    assert len(texts) > 20_000 and sum(len(t.split()) for t in texts) > 1_000_000
+    assert load_corpus("linux-doc", n=5) == texts[:5]
+    markup = [t for t in texts if any(m in t for m in (":ref:`", ":doc:`", "``", "`_", ".. note::", ".. code-block::"))]
+    assert len(markup) < 0.001 * len(texts), markup[:3]
+    assert not any("funzioni" in t or "的" in t for t in texts)  # the translations are left out
+    assert all(t == " ".join(t.split()) for t in texts)

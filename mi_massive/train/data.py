@@ -4,6 +4,8 @@
 contributors) and the Lee background corpus (300 Australian news articles, Lee, Pincombe & Welsh 2005), both
 shipped in gensim's wheel as test data (gensim is LGPL-2.1; see `mi_massive.corpus`), with <|endoftext|> between
 texts, tokenized with the embedded smollm2-135m tokenizer. Every 20th text is held out for validation and the scans.
+``linux-doc`` adds the Linux kernel's documentation (GPL-2.0; Debian's linux-doc-6.1, `mi_massive.corpus`): 2.10M
+tokens against the 0.60M of the other two.
 
 ``copy``: random spans of a 512-token alphabet, each followed by itself (a second data set for induction; the
 first half of every span is unpredictable, the second half is a copy).
@@ -26,6 +28,7 @@ from torch import Tensor
 LICENCES = {
     "wiki-en": "Wikipedia text, CC BY-SA 3.0 (Wikipedia contributors), via gensim's test data (gensim: LGPL-2.1)",
     "lee-news": "Lee background corpus (Lee, Pincombe & Welsh 2005), redistributed as gensim test data (LGPL-2.1)",
+    "linux-doc": "the Linux kernel's documentation, GPL-2.0 (the kernel's authors), via Debian's linux-doc-6.1 package",
     "copy": "synthetic, generated here",
     "backcopy": "synthetic, generated here (the task of Guo et al. 2024)",
 }
@@ -68,7 +71,7 @@ def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"),
         for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
             (val if i % every == every - 1 else train).extend([*ids, sep])
     return TokenData("+".join(corpora), torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long),
-                     f"{' and '.join(corpora)} (gensim test data), <|endoftext|> between texts, every {every}th "
+                     f"{' and '.join(corpora)} (mi_massive.corpus), <|endoftext|> between texts, every {every}th "
                      "text held out", "; ".join(LICENCES[c] for c in corpora))
 
 

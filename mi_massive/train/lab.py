@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import data as _data
 from . import modeling
 
-DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", *_data.SYNTHETIC)
+DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc", *_data.SYNTHETIC)
 H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
 
 
