@@ -179,10 +179,26 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
 
     rows: list[dict] = []
     train_losses: list[float] = []
+    pending: list[torch.Tensor] = []  # losses still on the device: read once per scan, not once per step
     train_time, first_steps_time = 0.0, None
     eval_steps = sorted({0, spec.steps, *range(spec.eval_every, spec.steps, spec.eval_every)})
     bar = tqdm(total=spec.steps, desc=f"train {arm}", disable=not (progress if progress is not None else not cuda))
     started, stopped_at = time.perf_counter(), None
+    segment: float | None = None  # start of the timed stretch of steps since the last scan
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def settle() -> None:  # end a timed stretch: wait for the device, add its time, read its losses
+        nonlocal train_time, segment
+        sync()
+        if segment is not None:
+            train_time += time.perf_counter() - segment
+            segment = None
+        if pending:
+            train_losses.extend(torch.stack(pending).tolist())
+            pending.clear()
 
     def evaluate(step: int) -> None:
         loss = _val_loss(model, vx, vy, amp=amp, batch=max(1, spec.batch_size))
@@ -194,6 +210,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
 
     for step in range(spec.steps + 1):
         if step in eval_steps:
+            settle()
             evaluate(step)
             if cuda and bar.disable:  # no bar on CUDA: one line per scan for the log (silent when asked on the CPU)
                 print(f"[{arm}] step {step}: val loss {rows[-1]['val_loss']:.4f}, max top-1/median "
@@ -204,13 +221,17 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
                 break
         if step == spec.steps:
             break
+        warm = step < 10  # compilation and warm-up, timed step by step and kept out of the throughput
+        if warm:
+            sync()
+            t0 = time.perf_counter()
+        elif segment is None:
+            sync()
+            segment = time.perf_counter()
         x, y = _data.inputs_targets(batches.windows(step), sink_id)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = _lr(step, spec)
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = step_fn(input_ids=x).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -218,16 +239,14 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        if step < 10:  # compilation and warm-up, kept out of the throughput
-            first_steps_time = (first_steps_time or 0.0) + dt
-        else:
-            train_time += dt
-        train_losses.append(loss.item())
+        pending.append(loss.detach())  # no host sync per step: a launch-bound model keeps the GPU fed
+        if warm:
+            sync()
+            first_steps_time = (first_steps_time or 0.0) + time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
+        if not bar.disable:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    settle()
     bar.close()
 
     done = spec.steps if stopped_at is None else stopped_at
