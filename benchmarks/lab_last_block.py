@@ -1,5 +1,6 @@
-"""What the copy task's final-block massive values do: train the lab's default arm on the copy task (CPU, about
-5 minutes on 2 cores) and compare the largest final-block dimension with the entropy of the next-token prediction.
+"""What the copy task's final-block massive values do: train the lab's default arm on the copy task (on the CPU; its
+time is in benchmarks/RESULTS.md) and compare the largest final-block dimension with the entropy of the
+next-token prediction.
 
     python benchmarks/lab_last_block.py [--steps 600] [--out /tmp/lab_last_block]
 

@@ -1,12 +1,12 @@
 """Real text for perplexity and statistics: Hugging Face datasets online, registry-package texts offline.
 
-Offline corpora come out of gensim's wheel, which carries test data: ``lee-news`` (the Lee background
-corpus, 300 Australian news articles) and ``wiki-en`` (a shortened English Wikipedia XML dump, cleaned
-here into paragraphs of prose); and ``linux-doc``, the Linux kernel's documentation (GPL-2.0) out of Debian's
+Offline corpora come out of gensim's wheel, which carries test data: ``lee-news`` (the Lee background corpus,
+300 Australian news articles) and ``wiki-en`` (a shortened English Wikipedia XML dump, cleaned here into
+paragraphs of prose); and ``linux-doc``, the Linux kernel's documentation (GPL-2.0) out of Debian's
 ``linux-doc-6.1`` package (`apt-get download`, on Debian and Ubuntu machines), its reStructuredText sources
-cleaned into paragraphs of prose, about ten times the other two together. Packages are downloaded, never
-installed; the cleaned texts are cached under the mi_massive cache directory and nothing third-party is stored
-in this repository.
+cleaned into paragraphs of prose, several times the other two together (sizes in benchmarks/RESULTS.md).
+Packages are downloaded, never installed; the cleaned texts are cached under the mi_massive cache directory
+and nothing third-party is stored in this repository.
 
     >>> from mi_massive import load_corpus
     >>> texts = load_corpus("lee-news", n=10)        # doctest: +SKIP

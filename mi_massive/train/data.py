@@ -4,8 +4,8 @@
 contributors) and the Lee background corpus (300 Australian news articles, Lee, Pincombe & Welsh 2005), both
 shipped in gensim's wheel as test data (gensim is LGPL-2.1; see `mi_massive.corpus`), with <|endoftext|> between
 texts, tokenized with the embedded smollm2-135m tokenizer. Every 20th text is held out for validation and the scans.
-``linux-doc`` adds the Linux kernel's documentation (GPL-2.0; Debian's linux-doc-6.1, `mi_massive.corpus`): 2.10M
-tokens against the 0.60M of the other two.
+``linux-doc`` adds the Linux kernel's documentation (GPL-2.0; Debian's linux-doc-6.1, `mi_massive.corpus`), several
+times the other two (token counts in benchmarks/RESULTS.md).
 
 ``copy``: random spans of a 512-token alphabet, each followed by itself (a second data set for induction; the
 first half of every span is unpredictable, the second half is a copy).
