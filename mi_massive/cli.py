@@ -520,6 +520,7 @@ def add_report_command(sub: Any) -> None:
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
 TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
 TRAIN_SYNTHETIC = ("copy", "backcopy")  # their token ids are < 515
+TRAIN_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # lab.COMPILE_MODES
 TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc",
               *TRAIN_SYNTHETIC)
 
@@ -539,7 +540,8 @@ def _train(args: argparse.Namespace) -> int:
                    lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
                    tie_embeddings=not args.untied, arch=args.arch,
                    vocab_size=515 if args.data in TRAIN_SYNTHETIC else None)
-    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile, amp=args.amp,
+    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile_mode or args.compile,
+                amp=args.amp,
                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(run)
     cols = ["arm", "step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",
@@ -577,6 +579,8 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (default: on CUDA only)")
+    p.add_argument("--compile-mode", choices=TRAIN_COMPILE_MODES, default=None,
+                   help="torch.compile's mode, implies --compile (reduce-overhead replays CUDA graphs)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on CUDA only)")
     p.set_defaults(func=_train)

@@ -237,3 +237,18 @@ def test_gpt2_arms_train_and_reload(tmp_path):
     assert model.original_model.config.model_type == "gpt2" and model.cfg.n_layers == SPEC.n_layers
     assert (run.curves.first_token_mass > 0).all()
     find_massive_activations(model, torch.tensor([[1, 5, 9, 12, 40]]))  # the analyses open it (ids of the copy task)
+
+
+def test_a_compile_mode_reaches_torch_compile(monkeypatch):
+    from mi_massive import cli
+    from mi_massive.train import lab
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    spec = LabSpec(d_model=32, n_layers=2, n_heads=2, n_ctx=16, batch_size=2, steps=2, eval_every=2, eval_windows=1,
+                   val_windows=1, data="copy", vocab_size=515)
+    run = train(("default",), spec, compile="reduce-overhead", progress=False)
+    assert seen == ["reduce-overhead"] and run.arm_info.compile.iloc[0] == "reduce-overhead"
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        train(("default",), spec, compile="fast")
+    assert cli.TRAIN_COMPILE_MODES == lab.COMPILE_MODES

@@ -26,6 +26,7 @@ from . import modeling
 
 DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc", *_data.SYNTHETIC)
 H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def _val_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: 
 
 
 def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer: Any, out_dir: str | Path | None,
-              device: str | torch.device | None = None, compile: bool | None = None, amp: bool | None = None,
+              device: str | torch.device | None = None, compile: bool | str | None = None, amp: bool | None = None,
               progress: bool | None = None, max_seconds: float | None = None) -> dict:
     """Train one arm; returns its records (eval rows, throughput, checkpoint path).
 
@@ -168,7 +169,8 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     torch.manual_seed(spec.seed)
     model = modeling.build_model(config).to(device)
     model.train()
-    step_fn = torch.compile(model) if compile else model
+    step_fn = (torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile
+               else model)  # a mode string: torch.compile's (reduce-overhead replays CUDA graphs)
     opt = _optimizer(model, spec, device)
     batches = _data.Batches(token_data.train, n_ctx=spec.n_ctx, batch_size=spec.batch_size, seed=spec.seed)
     vx, vy = _data.held_out(token_data.val, n=spec.val_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
@@ -280,12 +282,13 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path, *, arm: 
 
 def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bias", "softmax1", "gated"),
           spec: LabSpec | None = None, *, out_dir: str | Path | None = None, device: str | None = None,
-          compile: bool | None = None, amp: bool | None = None, progress: bool | None = None,
+          compile: bool | str | None = None, amp: bool | None = None, progress: bool | None = None,
           max_seconds: float | None = None):
     """Train every arm in turn on the same data order and schedule; returns a `TrainingRun`.
 
     `arms` from `modeling.VARIANTS`; `out_dir` receives one checkpoint folder per arm (None: no checkpoints);
-    `compile` and `amp` (bf16 autocast) default to on for CUDA and off on the CPU, where a progress bar shows.
+    `compile` and `amp` (bf16 autocast) default to on for CUDA and off on the CPU, where a progress bar shows;
+    `compile` may also name a torch.compile mode (`COMPILE_MODES`).
     """
     from .result import TrainingRun
 
@@ -300,6 +303,8 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
     if len(set(arms)) != len(arms):
         raise ValueError(f"arms repeat: {arms}")
     modeling.check_arms(spec.arch, arms)
+    if isinstance(compile, str) and compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r}: use one of {', '.join(COMPILE_MODES)}")
     tokenizer = _data.tokenizer_of(spec.tokenizer)
     token_data = load_data(spec, tokenizer)
     records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,
