@@ -1,4 +1,5 @@
-"""Does torch.compile / bf16 autocast pay for the lab's training step? One arm alone on the device, each setting.
+"""Does torch.compile (with or without CUDA graphs) / bf16 autocast pay for the lab's training step? One arm alone
+on the device, each setting.
 
     python benchmarks/train_speed.py --out speed.jsonl --steps 80 --arms default attn_bias -- --d-model 512 ...
 
@@ -24,12 +25,16 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--arms", nargs="+", default=["default"])
-    p.add_argument("--settings", nargs="+", default=["compile+amp", "amp", "fp32"])
+    p.add_argument("--settings", nargs="+", default=["compile+amp", "amp", "fp32"],
+                   help="compile+amp, graphs+amp (torch.compile's reduce-overhead: CUDA graphs), amp, fp32")
     args = p.parse_args(own)
     q = argparse.ArgumentParser()
     for name in ("d-model", "n-layers", "n-heads", "n-ctx", "batch-size"):
         q.add_argument(f"--{name}", type=int)
+    q.add_argument("--data")
     shape = {k: v for k, v in vars(q.parse_args(extra)).items() if v is not None}
+    if shape.get("data") in ("copy", "backcopy"):
+        shape["vocab_size"] = 515  # the synthetic tasks' ids
 
     import torch
 
@@ -42,7 +47,7 @@ def main() -> int:
     for arm in args.arms:
         for setting in args.settings:
             t0 = time.time()
-            rec = train_arm(arm, spec, token_data=td, tokenizer=tok, out_dir=None, compile="compile" in setting,
+            rec = train_arm(arm, spec, token_data=td, tokenizer=tok, out_dir=None, compile="reduce-overhead" if "graphs" in setting else "compile" in setting,
                             amp="amp" in setting, progress=False)
             row = {"arm": arm, "setting": setting, "tokens_per_s": rec["tokens_per_s"], "mfu": rec["mfu"],
                    "warmup_s": rec["warmup_s"], "wall_s": time.time() - t0, "spec": shape, "steps": args.steps,
