@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from mi_massive.train import lab
 
     spec = lab.LabSpec(d_model=128, n_layers=4, n_heads=4, n_ctx=128, batch_size=32, steps=args.steps,
-                       eval_every=args.steps, warmup=100, lr=3e-3, data="copy", vocab_size=515, eval_windows=8,
+                       eval_every=args.steps, warmup=100, lr=3e-3, data="copy", vocab_size=_data.SYNTHETIC_VOCAB, eval_windows=8,
                        val_windows=16)
     tok = _data.tokenizer_of(spec.tokenizer)
     rec = lab.train_arm("default", spec, token_data=lab.load_data(spec, tok), tokenizer=tok, out_dir=args.out,

@@ -33,21 +33,22 @@ def main() -> int:
         q.add_argument(f"--{name}", type=int)
     q.add_argument("--data")
     shape = {k: v for k, v in vars(q.parse_args(extra)).items() if v is not None}
-    if shape.get("data") in ("copy", "backcopy"):
-        shape["vocab_size"] = 515  # the synthetic tasks' ids
 
     import torch
 
     from mi_massive.train import data as _data
     from mi_massive.train.lab import LabSpec, load_data, train_arm
 
+    if shape.get("data") in _data.SYNTHETIC:
+        shape["vocab_size"] = _data.SYNTHETIC_VOCAB
     spec = LabSpec(steps=args.steps, eval_every=args.steps, warmup=10, eval_windows=2, val_windows=2, **shape)
     tok = _data.tokenizer_of(spec.tokenizer)
     td = load_data(spec, tok)
     for arm in args.arms:
         for setting in args.settings:
             t0 = time.time()
-            rec = train_arm(arm, spec, token_data=td, tokenizer=tok, out_dir=None, compile="reduce-overhead" if "graphs" in setting else "compile" in setting,
+            rec = train_arm(arm, spec, token_data=td, tokenizer=tok, out_dir=None,
+                            compile="reduce-overhead" if "graphs" in setting else "compile" in setting,
                             amp="amp" in setting, progress=False)
             row = {"arm": arm, "setting": setting, "tokens_per_s": rec["tokens_per_s"], "mfu": rec["mfu"],
                    "warmup_s": rec["warmup_s"], "wall_s": time.time() - t0, "spec": shape, "steps": args.steps,

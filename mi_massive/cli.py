@@ -21,7 +21,7 @@ from ._types import HookedModel
 
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
-CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4", "linux-doc")  # corpus.CORPORA's names, checked against it in a test
+CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4", "linux-doc")  # corpus.CORPORA's names (a test checks)
 TABLE3_QUICK = {"seq_len": 128, "chunks": 4, "calibration": 8}  # finishes in minutes on a 2-core CPU
 TABLE3_FULL = {"seq_len": 256, "chunks": 32, "calibration": 32}  # the paper's size
 
@@ -519,7 +519,8 @@ def add_report_command(sub: Any) -> None:
 
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
 TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
-TRAIN_SYNTHETIC = ("copy", "backcopy")  # their token ids are < 515
+TRAIN_SYNTHETIC = ("copy", "backcopy")  # train.data.SYNTHETIC (a test checks)
+TRAIN_SYNTHETIC_VOCAB = 515  # train.data.SYNTHETIC_VOCAB: their token ids are below it (a test checks)
 TRAIN_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # lab.COMPILE_MODES
 TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc",
               *TRAIN_SYNTHETIC)
@@ -539,9 +540,9 @@ def _train(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every, warmup=args.warmup,
                    lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, data=args.data,
                    tie_embeddings=not args.untied, arch=args.arch,
-                   vocab_size=515 if args.data in TRAIN_SYNTHETIC else None)
-    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device, compile=args.compile_mode or args.compile,
-                amp=args.amp,
+                   vocab_size=TRAIN_SYNTHETIC_VOCAB if args.data in TRAIN_SYNTHETIC else None)
+    run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device,
+                compile=args.compile_mode or args.compile, amp=args.amp,
                 max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(run)
     cols = ["arm", "step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",

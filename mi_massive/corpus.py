@@ -237,8 +237,8 @@ CORPORA: dict[str, _Corpus] = {
 def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh: bool = False) -> list[str]:
     """The texts of corpus `name` (documents or paragraphs, in a fixed order); the first `n` if given.
 
-    Offline: ``lee-news``, ``wiki-en``, ``linux-doc``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``. Texts are
-    cached after the first load; `min_words` drops shorter texts.
+    Offline: ``lee-news``, ``wiki-en``, ``linux-doc``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``.
+    Texts are cached after the first load; `min_words` drops shorter texts.
 
         >>> load_corpus("wiki-en", n=2)              # doctest: +SKIP
     """

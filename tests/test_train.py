@@ -151,11 +151,12 @@ def test_arguments_are_checked():
 
 def test_cli_knows_the_arms_and_data():
     from mi_massive import cli
-
+    from mi_massive.train import data
     from mi_massive.train.lab import DATA
 
     assert cli.TRAIN_ARMS == modeling.VARIANTS
     assert cli.TRAIN_DATA == DATA
+    assert cli.TRAIN_SYNTHETIC == data.SYNTHETIC and cli.TRAIN_SYNTHETIC_VOCAB == data.SYNTHETIC_VOCAB
     assert cli.TRAIN_GPT2_ARMS == modeling.GPT2_VARIANTS
     assert cli.main(["train", "--arch", "gpt2", "--steps", "5", "--eval-every", "5"]) == 2  # attn_bias etc.: no
     assert cli.main(["train", "--steps", "5", "--eval-every", "9"]) == 2  # checked before anything loads

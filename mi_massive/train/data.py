@@ -33,6 +33,7 @@ LICENCES = {
     "backcopy": "synthetic, generated here (the task of Guo et al. 2024)",
 }
 SYNTHETIC = ("copy", "backcopy")
+SYNTHETIC_VOCAB = 3 + 512  # the synthetic tasks' ids: offset 3 (below it: special ids), alphabet 512
 
 
 @dataclass(frozen=True)

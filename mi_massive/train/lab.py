@@ -64,8 +64,9 @@ class LabSpec:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
-        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 515):
-            raise ValueError(f"vocab_size must be None or an int >= 515 (the synthetic tasks' ids), got {self.vocab_size!r}")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < _data.SYNTHETIC_VOCAB):
+            raise ValueError(f"vocab_size must be None or an int >= {_data.SYNTHETIC_VOCAB} (the synthetic tasks' ids), "
+                             f"got {self.vocab_size!r}")
         if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
             raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
         modeling.check_arms(self.arch, [])
@@ -248,7 +249,6 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
         bar.update(1)
         if not bar.disable:
             bar.set_postfix(loss=f"{float(loss):.3f}")
-    settle()
     bar.close()
 
     done = spec.steps if stopped_at is None else stopped_at
