@@ -223,9 +223,20 @@ display(Markdown(
     f"{int(g0.n_hits)} hits, {g0.first_token_mass:.1%} on the first token."))
 
 # %% [markdown]
-# The last block's values are not the paper's massive activations. `trace_origin` on the default checkpoint finds
-# one MLP neuron writing them through a single super weight, and `benchmarks/lab_last_block.py` shows what they
-# do: they are large exactly where the next token is unpredictable. After the final norm, one huge dimension
-# leaves the residual pointing along that one axis, which makes the logits nearly flat: a switch to a uniform
-# prediction. It depends on the input and does not act through attention, so attn_bias does not remove it.
-# No arm wrote a massive value at the first token in the blocks that attention reads.
+# The last block's values are not the paper's massive activations. `trace_origin`, run on the default checkpoint
+# after the run (`benchmarks/train_h200.py`, its record in checks.json), names what writes them, and
+# `benchmarks/lab_last_block.py` (a CPU run of the same task, its record beside it) what they do: they are large where
+# the next token is unpredictable, and after the final norm one huge dimension leaves the residual pointing along
+# that axis, which flattens the logits.
+
+# %%
+checks = json.loads((raw / "checks.json").read_text())
+lb = json.loads((root / "benchmarks" / "raw" / "2026-12-03_s9_local_2cpu_lab_last_block.json").read_text())
+display(Markdown(
+    f"- trace_origin on the default checkpoint: `{checks['analyses']['default']['trace_origin']}`\n"
+    f"- CPU run ({lb['steps']} steps): the largest final-block dimension ({lb['dim']}) averages |x| = "
+    f"{lb['abs_x_dim_unpredictable']:.0f} where the next token is unpredictable and {lb['abs_x_dim_copyable']:.1f} "
+    f"where it is a copy (median |x| {lb['median_abs_x']:.2f}); the prediction's entropy there is "
+    f"{lb['entropy_unpredictable']:.2f} nats (uniform: {lb['entropy_uniform']:.2f}) against "
+    f"{lb['entropy_copyable']:.2f}; |x| of that dimension and the entropy correlate at "
+    f"{lb['corr_abs_x_dim_entropy']:.2f} across positions."))
