@@ -23,29 +23,37 @@ sys.path.insert(0, str(ROOT))
 
 
 def launch(arms: list[str], out: Path, extra: list[str]) -> float:
+    return launch_jobs({arm: ["--arms", arm, "--out", str(out / arm), *extra] for arm in arms}, out)
+
+
+def launch_jobs(jobs: dict[str, list[str]], out: Path) -> float:
+    """Run `mi-massive train` once per job (name -> its arguments) in parallel processes sharing the GPU; each
+    job's log goes to OUT/name.log and its records to the --out folder it names. Returns the wall-clock time."""
     t0 = time.time()
     procs = []
-    for arm in arms:
-        cmd = [sys.executable, "-m", "mi_massive.cli", "train", "--arms", arm, "--out", str(out / arm), *extra]
-        log = open(out / f"{arm}.log", "w")
+    for name, argv in jobs.items():
+        cmd = [sys.executable, "-m", "mi_massive.cli", "train", *argv]
+        folder = Path(argv[argv.index("--out") + 1])
+        log = open(out / f"{name}.log", "w")
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1"),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONUNBUFFERED": "1"}  # six processes
         # on 16 cores: torch's default of one thread per core each made the CPU side (data, scans) crawl
-        procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        procs.append((name, folder, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
+                      log))
     seen: dict[str, float] = {}
-    while any(p.poll() is None for _, p, _ in procs):  # a process whose records are written is done: inductor's
+    while any(p.poll() is None for _, _, p, _ in procs):  # a process whose records are written is done: inductor's
         time.sleep(2)  # compile-worker shutdown at exit once held two of them for minutes
-        for arm, p, _ in procs:
-            if p.poll() is None and any((out / arm).glob("run_*.json")):
-                seen.setdefault(arm, time.time())
-                if time.time() - seen[arm] > 30:
+        for name, folder, p, _ in procs:
+            if p.poll() is None and any(folder.glob("run_*.json")):
+                seen.setdefault(name, time.time())
+                if time.time() - seen[name] > 30:
                     p.terminate()
-    for arm, p, log in procs:
+    for name, folder, p, log in procs:
         p.wait()
         log.close()
-        print(f"{arm}: exit {p.returncode}", flush=True)
-        if p.returncode and not any((out / arm).glob("run_*.json")):
-            print((out / f"{arm}.log").read_text()[-3000:], flush=True)
+        print(f"{name}: exit {p.returncode}", flush=True)
+        if p.returncode and not any(folder.glob("run_*.json")):
+            print((out / f"{name}.log").read_text()[-3000:], flush=True)
     return time.time() - t0
 
 

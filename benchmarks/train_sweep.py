@@ -1,0 +1,89 @@
+"""Where does the paper's phenomenon first appear? One `mi-massive train` process per condition on one GPU.
+
+    python benchmarks/train_sweep.py --out /tmp/sweep --minutes 12 [--only gpt2_backcopy ...] [-- --steps 50 ...]
+
+Each job trains one arm under one condition (architecture, data, context, learning rate, weight decay) until its
+wall-clock budget is spent, scanned with the package's rule as it learns. Writes OUT/<job>/run_*.json (the
+TrainingRun), OUT/<job>.log and OUT/summary.json: per job and scan, the largest top-1/median at position 0 and
+elsewhere, the rule's hits, the share of layers with hits at one fixed position, the first token's attention
+share and the validation loss. The rule is never lowered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_h200 import launch_jobs  # noqa: E402
+
+BASE = ["--d-model", "256", "--n-layers", "8", "--n-heads", "8", "--warmup", "200", "--steps", "400000"]
+TEXT = "wiki-en+lee-news+linux-doc"
+# name: (arm, its arguments); every job shares BASE, the seed and the scan settings
+JOBS: dict[str, tuple[str, list[str]]] = {
+    "llama_backcopy_ctx1024": ("default", ["--data", "backcopy", "--n-ctx", "1024", "--batch-size", "16", "--lr", "3e-3"]),
+    "gpt2_backcopy": ("default", ["--arch", "gpt2", "--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
+                                  "--lr", "1e-3"]),
+    "gpt2_text": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "6e-4"]),
+    "llama_text": ("default", ["--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "1e-3"]),
+    "llama_backcopy_sink_token": ("sink_token", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
+                                                 "--lr", "3e-3"]),
+    "llama_backcopy_wd1": ("default", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64", "--lr", "3e-3",
+                                       "--weight-decay", "1.0"]),
+    "llama_backcopy_lr1e-2": ("default", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
+                                          "--lr", "1e-2"]),
+    "gpt2_copy": ("default", ["--arch", "gpt2", "--data", "copy", "--n-ctx", "256", "--batch-size", "64",
+                              "--lr", "1e-3"]),
+}
+
+
+def summarize(out: Path, names: list[str]) -> dict:
+    from mi_massive.train import TrainingRun
+
+    summary: dict = {}
+    for name in names:
+        found = sorted((out / name).glob("run_*.json"))
+        if not found:
+            summary[name] = {"error": "no records"}
+            continue
+        run = TrainingRun.from_json(found[0])
+        df = run.to_dataframe()
+        summary[name] = {"arm": JOBS[name][0], "argv": JOBS[name][1],
+                         "arm_info": json.loads(run.arm_info.to_json(orient="records"))[0],
+                         "scans": json.loads(df[["step", "tokens", "val_loss", "max_ratio_pos0", "max_ratio_other",
+                                                 "n_hits", "fixed_pos_layers", "fixed_pos", "first_token_mass"]]
+                                             .to_json(orient="records"))}
+    return summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--minutes", type=float, default=12.0)
+    p.add_argument("--eval-every", type=int, default=1500)
+    p.add_argument("--only", nargs="+", choices=sorted(JOBS), default=None)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # appended to every job (later flags win)
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(JOBS)
+    jobs = {n: ["--arms", JOBS[n][0], "--out", str(out / n), *BASE, *JOBS[n][1], "--eval-every", str(args.eval_every),
+                "--max-minutes", str(args.minutes), *extra] for n in names}
+    wall = launch_jobs(jobs, out)
+    summary = summarize(out, names)
+    summary["_wall_s"] = wall
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for name in names:
+        s = summary[name]
+        last = s.get("scans", [{}])[-1]
+        print(name, {k: last.get(k) for k in ("step", "tokens", "val_loss", "max_ratio_pos0", "max_ratio_other",
+                                              "n_hits", "fixed_pos_layers", "first_token_mass")}, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
