@@ -24,19 +24,19 @@ BASE = ["--d-model", "256", "--n-layers", "8", "--n-heads", "8", "--warmup", "20
 TEXT = "wiki-en+lee-news+linux-doc"
 # name: (arm, its arguments); every job shares BASE, the seed and the scan settings
 JOBS: dict[str, tuple[str, list[str]]] = {
-    "llama_backcopy_ctx1024": ("default", ["--data", "backcopy", "--n-ctx", "1024", "--batch-size", "16", "--lr", "3e-3"]),
+    "gpt2_text": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "6e-4"]),
+    "gpt2_text_lr2e-3": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
+                                     "--lr", "2e-3"]),
+    "gpt2_text_d512": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
+                                   "--lr", "1e-3", "--d-model", "512"]),
+    "llama_text": ("default", ["--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "1e-3"]),
+    "llama_text_lr3e-3": ("default", ["--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "3e-3"]),
+    "llama_text_d512": ("default", ["--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "1e-3",
+                                    "--d-model", "512"]),
     "gpt2_backcopy": ("default", ["--arch", "gpt2", "--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
                                   "--lr", "1e-3"]),
-    "gpt2_text": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "6e-4"]),
-    "llama_text": ("default", ["--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "1e-3"]),
-    "llama_backcopy_sink_token": ("sink_token", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
-                                                 "--lr", "3e-3"]),
-    "llama_backcopy_wd1": ("default", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64", "--lr", "3e-3",
-                                       "--weight-decay", "1.0"]),
     "llama_backcopy_lr1e-2": ("default", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
                                           "--lr", "1e-2"]),
-    "gpt2_copy": ("default", ["--arch", "gpt2", "--data", "copy", "--n-ctx", "256", "--batch-size", "64",
-                              "--lr", "1e-3"]),
 }
 
 

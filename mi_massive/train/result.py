@@ -14,6 +14,11 @@ from .._results import Result
 
 COLORS = {"default": "#d62728", "sink_token": "#1f77b4", "attn_bias": "#2ca02c", "softmax1": "#9467bd",
           "sigmoid": "#8c564b", "gated": "#ff7f0e"}
+def _float(x: Any) -> float:
+    """A record's number; a missing one (the step-0 scan has no training loss yet) as NaN."""
+    return float("nan") if x is None else float(x)
+
+
 SHARE = 0.5  # a layer "has hits at a fixed position" when this share of the held-out windows has a hit there
 
 
@@ -90,7 +95,7 @@ class TrainingRun(Result):
             pos = fixed.hit_pos_mode.mode()
             rows.append({
                 "arm": arm, "step": int(step), "tokens": int(g.tokens.iloc[0]), "val_loss": float(g.val_loss.iloc[0]),
-                "train_loss": float(g.train_loss.iloc[0]),
+                "train_loss": _float(g.train_loss.iloc[0]),
                 "max_ratio_pos0": float(g.ratio_pos0.max()), "max_ratio_other": float(g.ratio_other.max()),
                 "max_ratio": float(max(g.ratio_pos0.max(), g.ratio_other.max())),
                 "n_hits": int(g.n_hits.sum()), "layers_with_hits": int((g.n_hits > 0).sum()),
