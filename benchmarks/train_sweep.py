@@ -37,6 +37,13 @@ JOBS: dict[str, tuple[str, list[str]]] = {
                                   "--lr", "1e-3"]),
     "llama_backcopy_lr1e-2": ("default", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
                                           "--lr", "1e-2"]),
+    # the second round (after the first eight showed no hit): the fastest-growing conditions, three to a GPU
+    "llama_backcopy_sink_token_lr1e-2": ("sink_token", ["--data", "backcopy", "--n-ctx", "256", "--batch-size", "64",
+                                                        "--lr", "1e-2"]),
+    "gpt2_backcopy_sink_token_lr3e-3": ("sink_token", ["--arch", "gpt2", "--data", "backcopy", "--n-ctx", "256",
+                                                       "--batch-size", "64", "--lr", "3e-3"]),
+    "gpt2_text_d512_lr2e-3": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
+                                          "--lr", "2e-3", "--d-model", "512"]),
 }
 
 
