@@ -195,6 +195,8 @@ def test_a_time_budget_stops_at_a_scan_with_records():
         run = train(("default",), SPEC, device="cpu", progress=False, max_seconds=0.0)
     assert sorted(run.curves.step.unique()) == [0]  # stopped at its first scan, records kept
     assert int(run.arm_info.stopped_at.iloc[0]) == 0
+    df = TrainingRun.from_json(run.to_json()).to_dataframe()  # the step-0 scan has no training loss yet
+    assert len(df) == 1 and df.train_loss.isna().all() and df.val_loss.notna().all()
 
 
 def test_untied_arm_has_its_own_unembedding(tmp_path):
