@@ -21,7 +21,7 @@ from ._types import HookedModel
 
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
-CORPORA = ("lee-news", "wiki-en", "wikitext-2", "c4", "linux-doc")  # corpus.CORPORA's names (a test checks)
+CORPORA = ("lee-news", "wiki-en", "wikitext-2", "wikitext-103", "c4", "linux-doc")  # corpus.CORPORA's names (a test checks)
 TABLE3_QUICK = {"seq_len": 128, "chunks": 4, "calibration": 8}  # finishes in minutes on a 2-core CPU
 TABLE3_FULL = {"seq_len": 256, "chunks": 32, "calibration": 32}  # the paper's size
 
@@ -522,7 +522,7 @@ TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a t
 TRAIN_SYNTHETIC = ("copy", "backcopy")  # train.data.SYNTHETIC (a test checks)
 TRAIN_SYNTHETIC_VOCAB = 515  # train.data.SYNTHETIC_VOCAB: their token ids are below it (a test checks)
 TRAIN_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # lab.COMPILE_MODES
-TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc",
+TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc", "wikitext-103",
               *TRAIN_SYNTHETIC)
 
 

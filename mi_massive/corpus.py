@@ -208,11 +208,20 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _wikitext2() -> list[str]:
+def _wikitext(config: str, split: str) -> list[str]:
+    """WikiText's paragraphs (one per line; headings and blank lines dropped)."""
     from datasets import load_dataset
 
-    rows = load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"]
+    rows = load_dataset("Salesforce/wikitext", config, split=split)["text"]
     return [r.strip() for r in rows if r.strip() and not r.strip().startswith("=")]
+
+
+def _wikitext2() -> list[str]:
+    return _wikitext("wikitext-2-raw-v1", "test")
+
+
+def _wikitext103() -> list[str]:
+    return _wikitext("wikitext-103-raw-v1", "train")
 
 
 def _c4(n_docs: int = 2000) -> list[str]:
@@ -228,6 +237,8 @@ CORPORA: dict[str, _Corpus] = {
     "wiki-en": _Corpus("shortened English Wikipedia dump, cleaned to prose paragraphs (gensim test data)", False,
                        _wiki_en),
     "wikitext-2": _Corpus("WikiText-2 raw, test split (Hugging Face datasets)", True, _wikitext2),
+    "wikitext-103": _Corpus("WikiText-103 raw, train split, about 100M words (Hugging Face datasets; for training)",
+                            True, _wikitext103),
     "c4": _Corpus("C4 English, first validation shard, first 2000 documents (Hugging Face datasets)", True, _c4),
     "linux-doc": _Corpus(f"the Linux kernel's documentation (GPL-2.0), its reStructuredText sources from Debian's "
                          f"{LINUX_DOC} package, cleaned to prose paragraphs", False, _linux_doc),
@@ -237,7 +248,8 @@ CORPORA: dict[str, _Corpus] = {
 def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh: bool = False) -> list[str]:
     """The texts of corpus `name` (documents or paragraphs, in a fixed order); the first `n` if given.
 
-    Offline: ``lee-news``, ``wiki-en``, ``linux-doc``. Online (Hugging Face datasets): ``wikitext-2``, ``c4``.
+    Offline: ``lee-news``, ``wiki-en``, ``linux-doc``. Online (Hugging Face datasets): ``wikitext-2``,
+    ``wikitext-103`` (train split, for the training lab), ``c4``.
     Texts are cached after the first load; `min_words` drops shorter texts.
 
         >>> load_corpus("wiki-en", n=2)              # doctest: +SKIP

@@ -7,7 +7,7 @@ from mi_massive.corpus import clean_wikitext, load_corpus
 
 
 def test_unknown_corpus_names_the_known_ones():
-    with pytest.raises(ValueError, match="known corpora are lee-news, wiki-en, wikitext-2, c4"):
+    with pytest.raises(ValueError, match="known corpora are lee-news, wiki-en, wikitext-2, wikitext-103, c4"):
         load_corpus("penn-treebank")
 
 
@@ -128,3 +128,27 @@ def test_linux_doc_is_english_prose_without_rst_markup():
     assert len(markup) < 0.001 * len(texts), markup[:3]
     assert not any("funzioni" in t or "的" in t for t in texts)  # the translations are left out
     assert all(t == " ".join(t.split()) for t in texts)
+
+
+def test_wikitext103_is_the_train_split_and_feeds_the_lab(monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from mi_massive.train import LabSpec, data
+
+    tokenizer = data.tokenizer_of()  # from the usual cache, before the test points the cache elsewhere
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        return {"text": [" = Heading = \n", "\n", " A first paragraph of prose . \n", " A second one . \n"] * 20}
+
+    monkeypatch.setenv("MI_MASSIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(corpus, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    texts = load_corpus("wikitext-103")
+    assert calls == [("Salesforce/wikitext", "wikitext-103-raw-v1", "train")]
+    assert texts[:2] == ["A first paragraph of prose .", "A second one ."] and len(texts) == 40
+    assert load_corpus("wikitext-103") == texts and len(calls) == 1  # cached
+
+    LabSpec(data="wikitext-103").validate()
+    tokens = data.corpus_tokens(tokenizer, ("wikitext-103",))
+    assert len(tokens.val) > 0 and len(tokens.train) > 10 * len(tokens.val) and "CC BY-SA" in tokens.licence

@@ -255,3 +255,20 @@ def test_a_compile_mode_reaches_torch_compile(monkeypatch):
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         train(("default",), spec, compile="fast")
     assert cli.TRAIN_COMPILE_MODES == lab.COMPILE_MODES
+
+
+def test_text_repeated_past_the_epoch_limit_warns():
+    from mi_massive.train import lab
+
+    spec = LabSpec(d_model=32, n_layers=1, n_heads=2, n_ctx=16, batch_size=4, steps=1_000_000, eval_every=10,
+                   warmup=2, eval_windows=2, val_windows=2, data="lee-news")
+    tokenizer = lab._data.tokenizer_of(spec.tokenizer)
+    data = lab.load_data(spec, tokenizer)
+    with pytest.warns(UserWarning, match=r"lee-news.*memorises"):
+        epochs = lab.warn_repeats(spec, data)
+    assert epochs == pytest.approx(1_000_000 * 4 * 17 / len(data.train))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lab.warn_repeats(SPEC, lab.load_data(SPEC, tokenizer, held_out_only=True)) > 0  # synthetic: silent
+        few = LabSpec(**{**spec.__dict__, "steps": 10})
+        assert lab.warn_repeats(few, data) < lab.MAX_EPOCHS

@@ -20,6 +20,7 @@ training window starts anywhere (as the text windows do).
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ LICENCES = {
     "wiki-en": "Wikipedia text, CC BY-SA 3.0 (Wikipedia contributors), via gensim's test data (gensim: LGPL-2.1)",
     "lee-news": "Lee background corpus (Lee, Pincombe & Welsh 2005), redistributed as gensim test data (LGPL-2.1)",
     "linux-doc": "the Linux kernel's documentation, GPL-2.0 (the kernel's authors), via Debian's linux-doc-6.1 package",
+    "wikitext-103": "WikiText-103 (Merity et al. 2016), CC BY-SA 3.0 (Wikipedia contributors), via Hugging Face datasets",
     "copy": "synthetic, generated here",
     "backcopy": "synthetic, generated here (the task of Guo et al. 2024)",
 }
@@ -60,18 +62,26 @@ def tokenizer_of(name: str = "smollm2-135m"):
     return AutoTokenizer.from_pretrained(fetch_embedded(name))
 
 
+def _tensor(ids: array) -> Tensor:
+    return torch.frombuffer(ids, dtype=torch.long).clone() if len(ids) else torch.zeros(0, dtype=torch.long)
+
+
 def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
                   max_texts: int | None = None) -> TokenData:
     """Offline English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out."""
     from ..corpus import load_corpus
 
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    train, val = [], []
+    train, val = array("q"), array("q")  # 8 bytes a token (a list of ints would take 4-5x that at 100M tokens)
     for name in corpora:
         texts = load_corpus(name, n=max_texts)
-        for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            (val if i % every == every - 1 else train).extend([*ids, sep])
-    return TokenData("+".join(corpora), torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long),
+        for start in range(0, len(texts), 10_000):  # bounded memory for the tokenizer's output
+            chunk = tokenizer(texts[start:start + 10_000], add_special_tokens=False)["input_ids"]
+            for i, ids in enumerate(chunk, start):
+                out = val if i % every == every - 1 else train
+                out.extend(ids)
+                out.append(sep)
+    return TokenData("+".join(corpora), _tensor(train), _tensor(val),
                      f"{' and '.join(corpora)} (mi_massive.corpus), <|endoftext|> between texts, every {every}th "
                      "text held out", "; ".join(LICENCES[c] for c in corpora))
 

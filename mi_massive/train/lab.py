@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from . import data as _data
 from . import modeling
 
-DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc", *_data.SYNTHETIC)
+DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-news+linux-doc", "wikitext-103",
+        *_data.SYNTHETIC)
 H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
+MAX_EPOCHS = 5.0  # more passes over a text corpus than this and the lab warns: its H200 text runs overfit from there
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -147,6 +149,20 @@ def _val_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: 
         total += float(F.cross_entropy(logits.float().flatten(0, 1), y[i:i + batch].flatten(), reduction="sum"))
     model.train(was)
     return total / y.numel()
+
+
+def warn_repeats(spec: LabSpec, token_data: _data.TokenData) -> float:
+    """The passes over the training tokens that `spec.steps` make; a warning when text is repeated so often that
+    the lab's curves describe memorisation (the synthetic tasks draw fresh tokens and never warn)."""
+    epochs = spec.steps * spec.batch_size * (spec.n_ctx + 1) / max(len(token_data.train), 1)
+    if spec.data not in _data.SYNTHETIC and epochs > MAX_EPOCHS:
+        import warnings
+
+        warnings.warn(f"{spec.steps} steps of {spec.batch_size} x {spec.n_ctx} tokens pass over the "
+                      f"{len(token_data.train):,} training tokens of {spec.data!r} {epochs:.0f} times: past about "
+                      f"{MAX_EPOCHS:g} epochs the validation loss rises as the model memorises them. Use more text "
+                      "(data 'wikitext-103', online) or fewer steps", stacklevel=3)
+    return epochs
 
 
 def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer: Any, out_dir: str | Path | None,
@@ -307,6 +323,7 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
         raise ValueError(f"unknown compile mode {compile!r}: use one of {', '.join(COMPILE_MODES)}")
     tokenizer = _data.tokenizer_of(spec.tokenizer)
     token_data = load_data(spec, tokenizer)
+    warn_repeats(spec, token_data)
     records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,
                          compile=compile, amp=amp, progress=progress, max_seconds=max_seconds) for a in arms]
     return TrainingRun.from_records(records, spec=spec, data=token_data.info())
