@@ -21,7 +21,8 @@ from ._types import HookedModel
 
 RULE = "|x| > {threshold:g} and |x| >= {ratio:g} x the layer's median |x| (per prompt, every block output)"
 PATHS = ("k", "v", "q", "direct")  # path patching's receivers (patching.PATHS, kept here so --help imports nothing)
-CORPORA = ("lee-news", "wiki-en", "wikitext-2", "wikitext-103", "c4", "linux-doc")  # corpus.CORPORA's names (a test checks)
+# corpus.CORPORA's names (a test checks)
+CORPORA = ("lee-news", "wiki-en", "wikitext-2", "wikitext-103", "c4", "linux-doc")
 TABLE3_QUICK = {"seq_len": 128, "chunks": 4, "calibration": 8}  # finishes in minutes on a 2-core CPU
 TABLE3_FULL = {"seq_len": 256, "chunks": 32, "calibration": 32}  # the paper's size
 
@@ -517,8 +518,8 @@ def add_report_command(sub: Any) -> None:
 
 # --- train -----------------------------------------------------------------------------------------------------
 
+TRAIN_ARCHS = ("llama", "gpt2")  # train.modeling.ARCHS (a test checks)
 TRAIN_ARMS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")  # train.modeling.VARIANTS (a test checks)
-TRAIN_GPT2_ARMS = ("default", "sink_token")  # train.modeling.GPT2_VARIANTS (a test checks)
 TRAIN_SYNTHETIC = ("copy", "backcopy")  # train.data.SYNTHETIC (a test checks)
 TRAIN_SYNTHETIC_VOCAB = 515  # train.data.SYNTHETIC_VOCAB: their token ids are below it (a test checks)
 TRAIN_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # lab.COMPILE_MODES
@@ -531,9 +532,6 @@ def _train(args: argparse.Namespace) -> int:
         raise BadArgument(f"--eval-every {args.eval_every} is more than --steps {args.steps}")
     if args.d_model % args.n_heads:
         raise BadArgument(f"--d-model {args.d_model} is not a multiple of --n-heads {args.n_heads}")
-    if args.arch == "gpt2" and set(args.arms) - set(TRAIN_GPT2_ARMS):
-        raise BadArgument(f"--arch gpt2 trains only {' and '.join(TRAIN_GPT2_ARMS)}: pass --arms "
-                          f"{' '.join(TRAIN_GPT2_ARMS)}")
     from .train.lab import LabSpec, train
 
     spec = LabSpec(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_ctx=args.n_ctx,
@@ -571,9 +569,9 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.1,
                    help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--untied", action="store_true", help="an unembedding of its own (default: tied to the embedding)")
-    p.add_argument("--arch", default="llama", choices=("llama", "gpt2"),
-                   help="Llama blocks (RoPE; every arm), or GPT-2 blocks (learned positions, as the paper's GPT-2; "
-                        "default and sink_token only) (default llama)")
+    p.add_argument("--arch", default="llama", choices=TRAIN_ARCHS,
+                   help="Llama blocks (RoPE) or GPT-2 blocks (learned positions, joint q/k/v, as the paper's GPT-2); "
+                        "every arm on both (default llama)")
     p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
     p.add_argument("--max-minutes", type=_non_negative_float, default=None,
                    help="wall-clock budget per arm: stop at the first scan after it (default: none)")

@@ -99,11 +99,12 @@ def test_attn_bias_k_v_receive_attention(bias_model):
     assert not torch.allclose(before, after)  # v' reaches the output
 
 
+@pytest.mark.parametrize("arch", modeling.ARCHS)
 @pytest.mark.parametrize("variant", ["attn_bias", "softmax1", "sigmoid", "gated"])
-def test_bridge_computes_the_variant(variant):
+def test_bridge_computes_the_variant(variant, arch):
     from mi_massive import load_model
 
-    config = modeling.lab_config(variant, d_model=32, n_layers=2, n_heads=2, vocab_size=515, n_ctx=16)
+    config = modeling.lab_config(variant, d_model=32, n_layers=2, n_heads=2, vocab_size=515, n_ctx=16, arch=arch)
     torch.manual_seed(0)
     hf = modeling.build_model(config)
     x = torch.randint(3, 515, (2, 10))
@@ -112,6 +113,11 @@ def test_bridge_computes_the_variant(variant):
         fast = hf(x).logits  # scaled_dot_product_attention path (training)
         hf.eval()
         eager = hf(x).logits
+        if variant == "softmax1":  # no weights of its own: a plain model takes the same state dict
+            plain = modeling.build_model(modeling.lab_config("default", d_model=32, n_layers=2, n_heads=2,
+                                                             vocab_size=515, n_ctx=16, arch=arch))
+            plain.load_state_dict(hf.state_dict())
+            plain = plain.eval()(x).logits
     from mi_massive.testing import char_tokenizer
 
     with warnings.catch_warnings():
@@ -121,7 +127,10 @@ def test_bridge_computes_the_variant(variant):
         out = bridge(x)
     torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
-    assert type(bridge.blocks[0].attn).__name__ == "LabAttentionBridge"
+    assert type(bridge.blocks[0].attn).__name__ == {"llama": "LabAttentionBridge",
+                                                     "gpt2": "LabJointQKVAttentionBridge"}[arch]
+    if variant == "softmax1":  # the variant changes the function: the same weights in a plain model differ
+        assert not torch.allclose(plain, eager, atol=1e-3)
 
 
 def test_package_analyses_run_on_a_lab_checkpoint(bias_model):
@@ -157,8 +166,7 @@ def test_cli_knows_the_arms_and_data():
     assert cli.TRAIN_ARMS == modeling.VARIANTS
     assert cli.TRAIN_DATA == DATA
     assert cli.TRAIN_SYNTHETIC == data.SYNTHETIC and cli.TRAIN_SYNTHETIC_VOCAB == data.SYNTHETIC_VOCAB
-    assert cli.TRAIN_GPT2_ARMS == modeling.GPT2_VARIANTS
-    assert cli.main(["train", "--arch", "gpt2", "--steps", "5", "--eval-every", "5"]) == 2  # attn_bias etc.: no
+    assert cli.TRAIN_ARCHS == modeling.ARCHS
     assert cli.main(["train", "--steps", "5", "--eval-every", "9"]) == 2  # checked before anything loads
 
 
@@ -224,22 +232,32 @@ def test_arms_are_compared_at_the_last_step_they_all_reached(lab):
 
 
 def test_gpt2_arms_train_and_reload(tmp_path):
-    """The paper's architecture (learned absolute positions): default and sink_token arms, loaded by load_model."""
+    """The paper's architecture (learned absolute positions, GPT-2's joint q/k/v): the paper's three arms, each
+    checkpoint loaded by load_model, k'/v' receiving attention through the bridge as in the HF model."""
     import dataclasses
 
     from mi_massive import find_massive_activations, load_model
 
     spec = dataclasses.replace(SPEC, arch="gpt2")
-    with pytest.raises(ValueError, match="not built for arch 'gpt2'"):
-        train(("default", "attn_bias"), spec)
+    arms = ("default", "sink_token", "attn_bias")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = train(("default", "sink_token"), spec, out_dir=tmp_path, device="cpu", progress=False)
-        model = load_model(run.arm_info.set_index("arm").at["sink_token", "checkpoint"], device="cpu")
-    assert run.arms == ("default", "sink_token") and len(run.curves) == 6 * SPEC.n_layers
+        run = train(arms, spec, out_dir=tmp_path, device="cpu", progress=False)
+        ckpt = run.arm_info.set_index("arm").checkpoint
+        model = load_model(ckpt["sink_token"], device="cpu")
+        bias = load_model(ckpt["attn_bias"], device="cpu")
+    assert run.arms == arms and len(run.curves) == 9 * SPEC.n_layers
     assert model.original_model.config.model_type == "gpt2" and model.cfg.n_layers == SPEC.n_layers
     assert (run.curves.first_token_mass > 0).all()
-    find_massive_activations(model, torch.tensor([[1, 5, 9, 12, 40]]))  # the analyses open it (ids of the copy task)
+    got = run.curves[run.curves.arm == "attn_bias"].bias_mass
+    assert ((got > 0) & (got < 1)).all()
+    x = torch.tensor([[1, 5, 9, 12, 40]])  # ids of the copy task
+    find_massive_activations(model, x)  # the analyses open it
+    assert type(bias.blocks[0].attn).__name__ == "LabJointQKVAttentionBridge"
+    _, cache = bias.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_pattern", "hook_bias_weight")))
+    pattern, weight = cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_bias_weight"]
+    torch.testing.assert_close(pattern.sum(-1) + weight, torch.ones_like(weight))  # the rest went to k'
+    assert (weight > 0).all()
 
 
 def test_a_compile_mode_reaches_torch_compile(monkeypatch):

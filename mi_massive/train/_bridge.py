@@ -36,9 +36,7 @@ def _classes() -> tuple[type, type]:
             hf: Any = self.original_component
             if hf is None:
                 raise RuntimeError(f"original component not set for {self.name}")
-            for flag in ("use_split_qkv_input", "use_attn_in", "use_attn_result"):
-                if getattr(self.config, flag, False):
-                    raise NotImplementedError(f"{flag} is not supported on the lab's attention variants")
+            _refuse_forks(self)
             hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]
             position_embeddings = kwargs.pop("position_embeddings", None)
             attention_mask = kwargs.pop("attention_mask", None)
@@ -60,18 +58,7 @@ def _classes() -> tuple[type, type]:
             scores = q @ k.transpose(-1, -2) * hf.scaling  # (batch, head, q, kv)
             scores = self._apply_reconstruct_attention_mask(attn_scores=scores, attention_mask=attention_mask,
                                                             seq_len=k.shape[-2], q_seq_len=q.shape[-2])
-            scores = self.hook_attn_scores(scores)
-            pattern, bias_w = modeling.attention_weights(scores, q, hf)
-            pattern = self.hook_pattern(self._scrub_compatibility_pattern_nans(pattern.to(q.dtype)))
-            out = pattern @ v
-            if bias_w is not None:
-                bias_w = self.hook_bias_weight(bias_w.to(q.dtype))
-                extra = modeling.bias_values(hf, bias_w)
-                if extra is not None:
-                    out = out + extra.to(out.dtype)
-            out = out.transpose(1, 2).reshape(*input_shape, -1)
-            if hf.variant == "gated":
-                out = out * torch.sigmoid(self.hook_gate(hf.gate_proj(hidden)))
+            out, pattern = _variant_output(self, hf, self.hook_attn_scores(scores), q, v, hidden)
             out = self.hook_out(self.o(out))
             return out, pattern
 
@@ -83,12 +70,84 @@ def _classes() -> tuple[type, type]:
     return LabAttentionBridge, LabArchitectureAdapter
 
 
+@functools.cache
+def _gpt2_classes() -> tuple[type, type]:
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge.generalized_components import JointQKVAttentionBridge, LinearBridge
+    from transformer_lens.model_bridge.supported_architectures.gpt2 import GPT2ArchitectureAdapter
+
+    class LabJointQKVAttentionBridge(JointQKVAttentionBridge):
+        """GPT-2's joint-q/k/v attention of a lab model, computed as `modeling.GPT2LabAttention` computes it."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.hook_gate = HookPoint()
+            self.hook_bias_weight = HookPoint()
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            _refuse_forks(self)
+            hidden = self._apply_attention_input_hook(*args, **kwargs)
+            kwargs.pop("hidden_states", None)
+            out = self._reconstruct_attention(self.q(hidden), self.k(hidden), self.v(hidden), lab_hidden=hidden,
+                                              **kwargs)
+            return self._process_output(out)
+
+        def _reconstruct_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> tuple:
+            hf: Any = self.original_component
+            hidden = kwargs.pop("lab_hidden")
+            n = hf.num_heads
+            q, k, v, batch, seq_len, head_dim = self._reshape_qkv_to_heads(q, k, v, n, n)
+            k, v = self._update_kv_cache(k, v, **kwargs)
+            scores = q @ k.transpose(-1, -2) * hf.scaling
+            scores = self._apply_reconstruct_attention_mask(attn_scores=scores,
+                                                            attention_mask=kwargs.get("attention_mask"),
+                                                            seq_len=k.shape[-2], q_seq_len=seq_len)
+            out, pattern = _variant_output(self, hf, self.hook_attn_scores(scores), q, v, hidden)
+            return self._apply_output_projection(out), pattern
+
+    class LabGPT2ArchitectureAdapter(GPT2ArchitectureAdapter):
+        """GPT-2's adapter with the lab's attention component."""
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            self.component_mapping["blocks"].submodules["attn"] = LabJointQKVAttentionBridge(
+                name="attn", config=self.cfg,
+                submodules={"qkv": LinearBridge(name="c_attn"), "o": LinearBridge(name="c_proj")})
+
+    return LabJointQKVAttentionBridge, LabGPT2ArchitectureAdapter
+
+
+def _refuse_forks(bridge: Any) -> None:
+    for flag in ("use_split_qkv_input", "use_attn_in", "use_attn_result"):
+        if getattr(bridge.config, flag, False):
+            raise NotImplementedError(f"{flag} is not supported on the lab's attention variants")
+
+
+def _variant_output(bridge: Any, hf: Any, scores: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
+                    hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From hooked scores: the pattern (hook_pattern), k'/v' (hook_bias_weight), the gate (hook_gate); returns the
+    heads' concatenated output before the output projection (batch, pos, head * d_head) and the pattern."""
+    pattern, bias_w = modeling.attention_weights(scores, q, hf)
+    pattern = bridge.hook_pattern(bridge._scrub_compatibility_pattern_nans(pattern.to(q.dtype)))
+    out = pattern @ v
+    if bias_w is not None:
+        bias_w = bridge.hook_bias_weight(bias_w.to(q.dtype))
+        extra = modeling.bias_values(hf, bias_w)
+        if extra is not None:
+            out = out + extra.to(out.dtype)
+    out = out.transpose(1, 2).reshape(*hidden.shape[:-1], -1)
+    if hf.variant == "gated":
+        out = out * torch.sigmoid(bridge.hook_gate(hf.gate_proj(hidden)))
+    return out, pattern
+
+
 def register_adapter() -> None:
-    """Make TransformerBridge pick `LabArchitectureAdapter` for MiMassiveLabForCausalLM (idempotent)."""
+    """Make TransformerBridge pick the lab's adapters for its two architectures (idempotent)."""
     from transformer_lens.factories import architecture_adapter_factory as factory
 
-    adapter = _classes()[1]
-    factory.ArchitectureAdapterFactory.register_adapter(modeling.LAB_ARCHITECTURE, adapter)
-    # register_adapter alone is not enough: the bridge names the architecture of an HF config only if it is in
-    # SUPPORTED_ARCHITECTURES (TransformerLens 4.3), and otherwise falls back to model_type llama's adapter
-    factory.SUPPORTED_ARCHITECTURES.setdefault(modeling.LAB_ARCHITECTURE, adapter)
+    for name, adapter in ((modeling.LAB_ARCHITECTURE, _classes()[1]),
+                          (modeling.LAB_GPT2_ARCHITECTURE, _gpt2_classes()[1])):
+        factory.ArchitectureAdapterFactory.register_adapter(name, adapter)
+        # register_adapter alone is not enough: the bridge names the architecture of an HF config only if it is in
+        # SUPPORTED_ARCHITECTURES (TransformerLens 4.3), and otherwise falls back to its model_type's adapter
+        factory.SUPPORTED_ARCHITECTURES.setdefault(name, adapter)

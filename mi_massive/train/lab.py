@@ -4,8 +4,8 @@
     >>> run = train(("default", "attn_bias"), LabSpec(steps=300, eval_every=50))   # doctest: +SKIP
     >>> run.to_dataframe().tail()                                                  # doctest: +SKIP
 
-Each arm ends as a checkpoint folder that `load_model` opens (default and sink_token are plain Llama checkpoints;
-the attention variants are `MiMassiveLabForCausalLM`, see `modeling`).
+Each arm ends as a checkpoint folder that `load_model` opens (default and sink_token are plain Llama or GPT-2
+checkpoints; the attention variants are `MiMassiveLabForCausalLM` or `MiMassiveLabGPT2LMHeadModel`, see `modeling`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LabSpec:
     n_heads: int = 4
     d_mlp: int | None = None  # None: 8/3 d_model rounded up to 64 (a SwiGLU MLP)
     tie_embeddings: bool = True  # the unembedding is the embedding (smollm2's choice); False: its own matrix
-    arch: str = "llama"  # or "gpt2" (learned absolute positions, as the paper's GPT-2; default and sink_token only)
+    arch: str = "llama"  # or "gpt2" (learned absolute positions, joint q/k/v: the paper's GPT-2; every arm)
     n_ctx: int = 128  # tokens per training window
     batch_size: int = 32  # windows per step
     steps: int = 1000
@@ -71,7 +71,7 @@ class LabSpec:
                              f"got {self.vocab_size!r}")
         if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
             raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
-        modeling.check_arms(self.arch, [])
+        modeling.check_arch(self.arch)
         if self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}")
 
@@ -318,7 +318,6 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
         raise ValueError(f"unknown arm {bad[0]!r}: known arms are {', '.join(modeling.VARIANTS)}")
     if len(set(arms)) != len(arms):
         raise ValueError(f"arms repeat: {arms}")
-    modeling.check_arms(spec.arch, arms)
     if isinstance(compile, str) and compile not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {compile!r}: use one of {', '.join(COMPILE_MODES)}")
     tokenizer = _data.tokenizer_of(spec.tokenizer)

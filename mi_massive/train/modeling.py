@@ -1,4 +1,4 @@
-"""The lab's attention variants as a Llama whose attention module carries the variant, loadable by `load_model`.
+"""The lab's attention variants as a Llama (or GPT-2) whose attention module carries the variant, for `load_model`.
 
 One Hugging Face class, `MiMassiveLabForCausalLM` (a `LlamaForCausalLM` whose attention is `LabAttention`), holds
 every variant; its config is a `LlamaConfig` (model type ``llama``, so `arch.py` reads it as the llama family) with
@@ -6,6 +6,10 @@ every variant; its config is a `LlamaConfig` (model type ``llama``, so `arch.py`
 module), so an unknown module would silently lose k'/v' or the gate: `register()` also registers a bridge adapter
 for the architecture name whose attention component (`_bridge.LabAttentionBridge`) computes the same variant with
 every hook point firing. Both paths call `attention_weights`, so the bare HF pass and the bridge agree.
+
+GPT-2 blocks (``arch="gpt2"``, the paper's own experiment) carry the same variants: `MiMassiveLabGPT2LMHeadModel` is
+a `GPT2LMHeadModel` whose attention is `GPT2LabAttention` (GPT-2's joint c_attn and c_proj, so its weights keep GPT-2's
+names), with `_bridge.LabJointQKVAttentionBridge` on the TransformerLens side. Both attention classes call `attend`.
 
 Variants (softmax over keys j <= i of s_ij = q_i . k_j / sqrt(d_head)):
 
@@ -27,6 +31,7 @@ k' (1 - row sum is what the bias position received), as TransformerLens does for
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -35,21 +40,17 @@ from torch import Tensor, nn
 
 VARIANTS = ("default", "sink_token", "attn_bias", "softmax1", "sigmoid", "gated")
 LAB_ARCHITECTURE = "MiMassiveLabForCausalLM"
-_ATTENTION_VARIANTS = ("attn_bias", "softmax1", "sigmoid", "gated")  # need the lab class; the others are plain Llama
+LAB_GPT2_ARCHITECTURE = "MiMassiveLabGPT2LMHeadModel"  # GPT-2 blocks whose attention carries the variant
+_ATTENTION_VARIANTS = ("attn_bias", "softmax1", "sigmoid", "gated")  # need a lab class; the others: plain Llama/GPT-2
 
 
 ARCHS = ("llama", "gpt2")
-GPT2_VARIANTS = ("default", "sink_token")  # plain GPT-2: its attention variants would need a joint-q/k/v bridge adapter
 
 
-def check_arms(arch: str, arms: tuple[str, ...] | list[str]) -> None:
-    """Raise for an unknown architecture, or an arm that architecture is not built for."""
+def check_arch(arch: str) -> None:
+    """Raise for an unknown architecture (every variant is built for both)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: use {', '.join(ARCHS)}")
-    bad = [a for a in arms if arch == "gpt2" and a not in GPT2_VARIANTS]
-    if bad:
-        raise ValueError(f"arm {bad[0]!r} is not built for arch 'gpt2' (only {', '.join(GPT2_VARIANTS)}: the attention "
-                         "variants live in the Llama lab class and its bridge adapter)")
 
 
 def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab_size: int, d_mlp: int | None = None,
@@ -63,7 +64,7 @@ def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab
         raise ValueError(f"unknown variant {variant!r}: known variants are {', '.join(VARIANTS)}")
     if d_model % n_heads:
         raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
-    check_arms(arch, [variant])
+    check_arch(arch)
     if arch == "gpt2":
         from transformers import GPT2Config
 
@@ -72,7 +73,11 @@ def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab
                          attn_pdrop=0.0, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_embeddings, initializer_range=0.02)
         cfg.lab_n_ctx = n_ctx
-        cfg.architectures = ["GPT2LMHeadModel"]
+        if variant in _ATTENTION_VARIANTS:
+            cfg.lab_variant = variant
+            cfg.architectures = [LAB_GPT2_ARCHITECTURE]
+        else:
+            cfg.architectures = ["GPT2LMHeadModel"]
         return cfg
     d_mlp = d_mlp or 64 * math.ceil(8 * d_model / 3 / 64)
     cfg = LlamaConfig(
@@ -139,13 +144,45 @@ def _llama():
     return modeling_llama
 
 
+def _add_variant(module: nn.Module, config: Any, d: int, hd: int) -> None:
+    """The variant's state on an attention module: k_bias/v_bias (attn_bias), gate_proj (gated), sigmoid_bias."""
+    module.variant = getattr(config, "lab_variant", "default")
+    if module.variant == "attn_bias":
+        module.k_bias = nn.Parameter(torch.randn(module.n_heads, module.head_dim) * config.initializer_range)
+        module.v_bias = nn.Parameter(torch.randn(module.n_heads, module.head_dim) * config.initializer_range)
+    if module.variant == "gated":
+        module.gate_proj = nn.Linear(d, hd, bias=True)
+        nn.init.zeros_(module.gate_proj.bias)
+    module.sigmoid_bias = -math.log(getattr(config, "lab_n_ctx", 256))
+
+
+def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, hidden_states: Tensor, attention_mask: Tensor | None,
+           output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The variant's attention from (batch, head, pos, d_head) q/k/v: the heads' concatenated output (batch, pos,
+    head * d_head), gated where the variant gates, before the output projection; and the pattern (None on the fast
+    training path). Llama's and GPT-2's lab attention both call it."""
+    if module.training and module.variant != "sigmoid" and not output_attentions:
+        out, weights = _fast(module, q, k, v, attention_mask), None
+    else:
+        scores = q @ k.transpose(-1, -2) * module.scaling  # (batch, head, q, kv)
+        scores = scores + _additive(attention_mask, q.shape[-2], k.shape[-2], scores.dtype, scores.device)
+        weights, bias_w = attention_weights(scores, q, module)
+        out = weights.to(v.dtype) @ v
+        extra = bias_values(module, bias_w)
+        if extra is not None:
+            out = out + extra.to(out.dtype)
+    out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)  # (batch, pos, head * d_head)
+    if module.variant == "gated":
+        out = out * torch.sigmoid(module.gate_proj(hidden_states))
+    return out, weights
+
+
 class LabAttention(nn.Module):
     """Llama attention with the lab's variant; q/k/v/o as in Llama, plus k_bias/v_bias or gate_proj."""
 
     def __init__(self, config: Any, layer_idx: int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
-        self.variant = getattr(config, "lab_variant", "default")
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.n_heads = config.num_attention_heads
         self.num_key_value_groups = 1
@@ -157,20 +194,13 @@ class LabAttention(nn.Module):
         self.k_proj = nn.Linear(d, hd, bias=False)
         self.v_proj = nn.Linear(d, hd, bias=False)
         self.o_proj = nn.Linear(hd, d, bias=False)
-        if self.variant == "attn_bias":
-            self.k_bias = nn.Parameter(torch.randn(self.n_heads, self.head_dim) * config.initializer_range)
-            self.v_bias = nn.Parameter(torch.randn(self.n_heads, self.head_dim) * config.initializer_range)
-        if self.variant == "gated":
-            self.gate_proj = nn.Linear(d, hd, bias=True)
-            nn.init.zeros_(self.gate_proj.bias)
-        self.sigmoid_bias = -math.log(getattr(config, "lab_n_ctx", 256))
+        _add_variant(self, config, d, hd)
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor] | None = None,
                 attention_mask: Tensor | None = None, past_key_values: Any = None, cache: Any = None,
                 **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         llama = _llama()
-        input_shape = hidden_states.shape[:-1]
-        shape = (*input_shape, -1, self.head_dim)
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         q = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (batch, head, pos, d_head)
         k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
@@ -179,47 +209,63 @@ class LabAttention(nn.Module):
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        if self.training and self.variant != "sigmoid" and not kwargs.get("output_attentions"):
-            out = self._fast(q, k, v, attention_mask)
-            weights = None
-        else:
-            scores = q @ k.transpose(-1, -2) * self.scaling  # (batch, head, q, kv)
-            scores = scores + _additive(attention_mask, q.shape[-2], k.shape[-2], scores.dtype, scores.device)
-            weights, bias_w = attention_weights(scores, q, self)
-            out = weights.to(v.dtype) @ v
-            extra = bias_values(self, bias_w)
-            if extra is not None:
-                out = out + extra.to(out.dtype)
-        out = out.transpose(1, 2).reshape(*input_shape, -1)  # (batch, pos, head * d_head)
-        if self.variant == "gated":
-            out = out * torch.sigmoid(self.gate_proj(hidden_states))
+        out, weights = attend(self, q, k, v, hidden_states, attention_mask, bool(kwargs.get("output_attentions")))
         return self.o_proj(out), weights
 
-    def _fast(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Training path through scaled_dot_product_attention; k', v' join as an extra key/value at index 0."""
-        import torch.nn.functional as F
 
-        q_len, kv_len = q.shape[-2], k.shape[-2]
-        if self.variant in ("attn_bias", "softmax1"):
-            b = q.shape[0]
-            if self.variant == "attn_bias":
-                kb = self.k_bias.to(k.dtype)[None, :, None, :].expand(b, -1, 1, -1)
-                vb = self.v_bias.to(v.dtype)[None, :, None, :].expand(b, -1, 1, -1)
-            else:
-                kb = k.new_zeros(b, k.shape[1], 1, k.shape[-1])
-                vb = torch.zeros_like(kb)
-            keep = torch.cat([torch.ones(q_len, 1, dtype=torch.bool, device=q.device),
-                              _causal(q_len, kv_len, q.device)], dim=1)
-            if mask is not None and mask.ndim == 4:
-                extra = _additive(mask, q_len, kv_len, q.dtype, q.device)
-                pad = torch.zeros(*extra.shape[:-1], 1, dtype=extra.dtype, device=extra.device)
-                return F.scaled_dot_product_attention(q, torch.cat([kb, k], 2), torch.cat([vb, v], 2),
-                                                      attn_mask=torch.cat([pad, extra], -1))
-            return F.scaled_dot_product_attention(q, torch.cat([kb, k], 2), torch.cat([vb, v], 2), attn_mask=keep)
+@functools.cache
+def _gpt2_attention_class() -> type:
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    class GPT2LabAttention(GPT2Attention):
+        """GPT-2 attention (joint c_attn, c_proj: GPT-2's weights and names) with the lab's variant."""
+
+        def __init__(self, config: Any, layer_idx: int):
+            super().__init__(config, layer_idx=layer_idx)
+            self.n_heads = self.num_heads
+            self.scaling = self.head_dim ** -0.5  # the lab's GPT-2 never scales by the inverse layer index
+            _add_variant(self, config, self.embed_dim, self.embed_dim)
+
+        def forward(self, hidden_states: Tensor, cache: Any = None, attention_mask: Tensor | None = None,
+                    past_key_values: Any = None, output_attentions: bool | None = False,
+                    **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+            shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+            q, k, v = (t.view(shape).transpose(1, 2) for t in self.c_attn(hidden_states).split(self.split_size, 2))
+            cache = cache if cache is not None else past_key_values
+            if cache is not None:
+                k, v = cache.update(k, v, self.layer_idx)
+            out, weights = attend(self, q, k, v, hidden_states, attention_mask, bool(output_attentions))
+            return self.resid_dropout(self.c_proj(out)), weights
+
+    GPT2LabAttention.__module__ = __name__
+    return GPT2LabAttention
+
+
+def _fast(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Training path through scaled_dot_product_attention; k', v' join as an extra key/value at index 0."""
+    import torch.nn.functional as F
+
+    q_len, kv_len = q.shape[-2], k.shape[-2]
+    if module.variant in ("attn_bias", "softmax1"):
+        b = q.shape[0]
+        if module.variant == "attn_bias":
+            kb = module.k_bias.to(k.dtype)[None, :, None, :].expand(b, -1, 1, -1)
+            vb = module.v_bias.to(v.dtype)[None, :, None, :].expand(b, -1, 1, -1)
+        else:
+            kb = k.new_zeros(b, k.shape[1], 1, k.shape[-1])
+            vb = torch.zeros_like(kb)
+        keep = torch.cat([torch.ones(q_len, 1, dtype=torch.bool, device=q.device),
+                          _causal(q_len, kv_len, q.device)], dim=1)
         if mask is not None and mask.ndim == 4:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=_additive(mask, q_len, kv_len, q.dtype, q.device))
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q_len == kv_len,
-                                              attn_mask=None if q_len == kv_len else _causal(q_len, kv_len, q.device))
+            extra = _additive(mask, q_len, kv_len, q.dtype, q.device)
+            pad = torch.zeros(*extra.shape[:-1], 1, dtype=extra.dtype, device=extra.device)
+            return F.scaled_dot_product_attention(q, torch.cat([kb, k], 2), torch.cat([vb, v], 2),
+                                                  attn_mask=torch.cat([pad, extra], -1))
+        return F.scaled_dot_product_attention(q, torch.cat([kb, k], 2), torch.cat([vb, v], 2), attn_mask=keep)
+    if mask is not None and mask.ndim == 4:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_additive(mask, q_len, kv_len, q.dtype, q.device))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=q_len == kv_len,
+                                          attn_mask=None if q_len == kv_len else _causal(q_len, kv_len, q.device))
 
 
 def _lab_class():
@@ -247,16 +293,37 @@ def _lab_class():
 _LAB: Any = None
 
 
+@functools.cache
+def _lab_gpt2_class() -> type:
+    """MiMassiveLabGPT2LMHeadModel: a GPT2LMHeadModel whose attention modules are GPT2LabAttention."""
+    from transformers import GPT2LMHeadModel
+
+    attention = _gpt2_attention_class()
+
+    class MiMassiveLabGPT2LMHeadModel(GPT2LMHeadModel):
+        def __init__(self, config: Any):
+            super().__init__(config)
+            for i, block in enumerate(self.transformer.h):
+                block.attn = attention(config, i)
+            self.post_init()
+
+    MiMassiveLabGPT2LMHeadModel.__module__ = __name__
+    register()
+    return MiMassiveLabGPT2LMHeadModel
+
+
 def __getattr__(name: str) -> Any:
     if name == LAB_ARCHITECTURE:
         return _lab_class()
+    if name == LAB_GPT2_ARCHITECTURE:
+        return _lab_gpt2_class()
     raise AttributeError(name)
 
 
 def build_model(config: Any) -> nn.Module:
     """A freshly initialised model for `config` (the lab class where the variant needs it, else Llama)."""
     if getattr(config, "lab_variant", None):
-        return _lab_class()(config)
+        return (_lab_gpt2_class() if config.model_type == "gpt2" else _lab_class())(config)
     if config.model_type == "gpt2":
         from transformers import GPT2LMHeadModel
 
@@ -269,20 +336,22 @@ def is_lab_checkpoint(path: Any) -> bool:
     from pathlib import Path
 
     cfg = Path(path) / "config.json"
-    return cfg.exists() and LAB_ARCHITECTURE in (json.loads(cfg.read_text()).get("architectures") or [])
+    return cfg.exists() and bool({LAB_ARCHITECTURE, LAB_GPT2_ARCHITECTURE}
+                                 & set(json.loads(cfg.read_text()).get("architectures") or []))
 
 
 def load_hf(path: Any, *, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The HF model of a lab checkpoint (registers the bridge adapter so `load_model` can wrap it)."""
-    from transformers import LlamaConfig
+    from transformers import AutoConfig
 
     register()
-    config = LlamaConfig.from_pretrained(path)
-    return _lab_class().from_pretrained(path, config=config, dtype=dtype)
+    config = AutoConfig.from_pretrained(path)
+    cls = _lab_gpt2_class() if config.model_type == "gpt2" else _lab_class()
+    return cls.from_pretrained(path, config=config, dtype=dtype)
 
 
 def register() -> None:
-    """Register the bridge adapter for MiMassiveLabForCausalLM (idempotent)."""
+    """Register the bridge adapters of MiMassiveLabForCausalLM and MiMassiveLabGPT2LMHeadModel (idempotent)."""
     from ._bridge import register_adapter
 
     register_adapter()
