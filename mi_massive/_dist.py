@@ -38,6 +38,22 @@ def _init() -> bool:
     return True
 
 
+def exit_program(code: int) -> None:
+    """End a program (the CLI, a worker script) whose work is done. Under a process group it skips the
+    interpreter's teardown. About 1 torchrun run in 8 on a loaded 2-core machine aborted there after writing its
+    results ("terminate called without an active exception", exit code -6), and destroying the group first did
+    not stop it."""
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def _local_gpu() -> int:
     """This rank's GPU: LOCAL_RANK, wrapped round the GPUs there are (gloo ranks may share one)."""
     return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()

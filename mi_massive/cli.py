@@ -631,5 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `mi-massive` program: `main`, then `_dist.exit_program` (a clean exit under torchrun)."""
+    from . import _dist
+
+    _dist.exit_program(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -64,3 +64,6 @@ def main(name: str, n: int, out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    from mi_massive import _dist
+
+    _dist.exit_program(0)  # under torchrun: no interpreter teardown (see exit_program)

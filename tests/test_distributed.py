@@ -82,3 +82,9 @@ def test_cli_scan_of_a_corpus_under_torchrun_prints_once_what_one_process_prints
     assert two.returncode == 0, two.stderr[-3000:]
     assert "5 text(s) of the corpus lee-news" in one.stdout and "507" in one.stdout
     assert two.stdout == one.stdout  # rank 0 alone prints, and prints the merged result
+
+
+def test_exit_program_raises_system_exit_in_one_process():
+    with pytest.raises(SystemExit) as info:
+        _dist.exit_program(3)
+    assert info.value.code == 3
