@@ -268,11 +268,9 @@ def _fast(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Non
                                           attn_mask=None if q_len == kv_len else _causal(q_len, kv_len, q.device))
 
 
-def _lab_class():
+@functools.cache
+def _lab_class() -> type:
     """MiMassiveLabForCausalLM, built on first use (transformers is imported lazily)."""
-    global _LAB
-    if _LAB is not None:
-        return _LAB
     llama = _llama()
 
     class MiMassiveLabForCausalLM(llama.LlamaForCausalLM):
@@ -285,12 +283,8 @@ def _lab_class():
             self.post_init()
 
     MiMassiveLabForCausalLM.__module__ = __name__
-    _LAB = MiMassiveLabForCausalLM
     register()  # a lab model can reach load_model as an object too: the bridge must know its attention
-    return _LAB
-
-
-_LAB: Any = None
+    return MiMassiveLabForCausalLM
 
 
 @functools.cache
