@@ -44,6 +44,11 @@ JOBS: dict[str, tuple[str, list[str]]] = {
                                                        "--batch-size", "64", "--lr", "3e-3"]),
     "gpt2_text_d512_lr2e-3": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
                                           "--lr", "2e-3", "--d-model", "512"]),
+    # the paper's comparison on its own blocks (GPT-2, every variant since session 11) at the condition that came
+    # closest for a default arm; one process per arm, so each arm's records and checkpoint stand alone
+    **{f"paper_gpt2_{arm}": (arm, ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
+                                   "--lr", "2e-3", "--d-model", "512"])
+       for arm in ("default", "sink_token", "attn_bias")},
 }
 
 
@@ -61,7 +66,7 @@ def summarize(out: Path, names: list[str]) -> dict:
         summary[name] = {"arm": JOBS[name][0], "argv": JOBS[name][1],
                          "arm_info": json.loads(run.arm_info.to_json(orient="records"))[0],
                          "scans": json.loads(df[["step", "tokens", "val_loss", "max_ratio_pos0", "max_ratio_other",
-                                                 "n_hits", "fixed_pos_layers", "fixed_pos", "first_token_mass"]]
+                                                 "n_hits", "fixed_pos_layers", "fixed_pos", "first_token_mass", "bias_mass"]]
                                              .to_json(orient="records"))}
     return summary
 
