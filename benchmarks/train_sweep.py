@@ -63,11 +63,11 @@ def summarize(out: Path, names: list[str]) -> dict:
             continue
         run = TrainingRun.from_json(found[0])
         df = run.to_dataframe()
+        columns = ["step", "tokens", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",
+                   "fixed_pos", "first_token_mass", "bias_mass"]
         summary[name] = {"arm": JOBS[name][0], "argv": JOBS[name][1],
                          "arm_info": json.loads(run.arm_info.to_json(orient="records"))[0],
-                         "scans": json.loads(df[["step", "tokens", "val_loss", "max_ratio_pos0", "max_ratio_other",
-                                                 "n_hits", "fixed_pos_layers", "fixed_pos", "first_token_mass", "bias_mass"]]
-                                             .to_json(orient="records"))}
+                         "scans": json.loads(df[columns].to_json(orient="records"))}
     return summary
 
 

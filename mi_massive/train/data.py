@@ -30,7 +30,8 @@ LICENCES = {
     "wiki-en": "Wikipedia text, CC BY-SA 3.0 (Wikipedia contributors), via gensim's test data (gensim: LGPL-2.1)",
     "lee-news": "Lee background corpus (Lee, Pincombe & Welsh 2005), redistributed as gensim test data (LGPL-2.1)",
     "linux-doc": "the Linux kernel's documentation, GPL-2.0 (the kernel's authors), via Debian's linux-doc-6.1 package",
-    "wikitext-103": "WikiText-103 (Merity et al. 2016), CC BY-SA 3.0 (Wikipedia contributors), via Hugging Face datasets",
+    "wikitext-103": "WikiText-103 (Merity et al. 2016), CC BY-SA 3.0 (Wikipedia contributors), via Hugging Face "
+                    "datasets",
     "copy": "synthetic, generated here",
     "backcopy": "synthetic, generated here (the task of Guo et al. 2024)",
 }

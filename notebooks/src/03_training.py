@@ -252,7 +252,7 @@ display(Markdown(
 # blocks, against training tokens; the dotted line is the rule's 1000. The rule is the package's, unchanged.
 
 # %%
-sweeps = [root / "benchmarks" / "raw" / d for d in ("2026-12-04_s11_h200_train_sweep", "2026-12-04_s11_h200_train_sweep2")]
+sweeps = [root / "benchmarks" / "raw" / f"2026-12-04_s11_h200_train_sweep{i}" for i in ("", "2")]
 rows, fig = [], go.Figure()
 for sweep in sweeps:
     summary = json.loads((sweep / "summary.json").read_text())
@@ -271,14 +271,16 @@ for sweep in sweeps:
                      "epochs": job["arm_info"]["epochs"], "largest ratio at pos 0": scans.max_ratio_pos0.max(),
                      "largest ratio elsewhere": scans.max_ratio_other.max(),
                      "final ratio at pos 0": scans.max_ratio_pos0.iloc[-1], "rule hits (all scans)": scans.n_hits.sum(),
-                     "final median |x|": last["median"].median(), "final max |x|": last[["top_pos0", "top_other"]].max().max(),
+                     "final median |x|": last["median"].median(),
+                     "final max |x|": last[["top_pos0", "top_other"]].max().max(),
                      "best val loss": scans.val_loss.min(), "final val loss": scans.val_loss.iloc[-1],
                      "first-token attention (final)": scans.first_token_mass.iloc[-1],
                      "first-token attention, most in one block (final)": last.first_token_mass.max(),
                      "that block": int(last.layer.iloc[last.first_token_mass.argmax()])})
         fig.add_trace(go.Scatter(x=scans.tokens / 1e6, y=scans.max_ratio_pos0, mode="lines+markers", name=name))
 fig.add_hline(y=1000, line_dash="dot", annotation_text="rule: 1000")
-fig.update_layout(xaxis_title="training tokens (millions)", yaxis_title="top-1 |x| / median at position 0 (max over blocks)",
+fig.update_layout(xaxis_title="training tokens (millions)",
+                  yaxis_title="top-1 |x| / median at position 0 (max over blocks)",
                   yaxis_type="log", template="plotly_white", height=480,
                   title="No condition reaches the rule's ratio within its budget")
 sweep_table = pd.DataFrame(rows).sort_values("largest ratio at pos 0", ascending=False).reset_index(drop=True)
@@ -309,7 +311,8 @@ display(Markdown(
     f"({text['largest ratio at pos 0'].min():.0f}-{text['largest ratio at pos 0'].max():.0f}) came while they "
     f"memorised, so it is no sign of the paper's phenomenon in a model that generalises.\n"
     f"- Attention on the first token, averaged over blocks, stays near uniform (final "
-    f"{sweep_table['first-token attention (final)'].min():.1%}-{sweep_table['first-token attention (final)'].max():.1%}; "
+    f"{sweep_table['first-token attention (final)'].min():.1%}-"
+    f"{sweep_table['first-token attention (final)'].max():.1%}; "
     f"uniform over 256 keys: 2.0%). One block goes further: {sink_row.condition}, block {sink_row['that block']}, "
-    f"{sink_row['first-token attention, most in one block (final)']:.1%}. Nowhere is it the attention sink that, in the "
-    f"paper and in Gu et al. (2024, 60M parameters, about 5B tokens), comes with the massive activation."))
+    f"{sink_row['first-token attention, most in one block (final)']:.1%}. Nowhere is it the attention sink that, in "
+    f"the paper and in Gu et al. (2024, 60M parameters, about 5B tokens), comes with the massive activation."))
