@@ -151,10 +151,14 @@ def _val_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: 
     return total / y.numel()
 
 
+def _batches(spec: LabSpec, token_data: _data.TokenData) -> _data.Batches:
+    return _data.Batches(token_data.train, n_ctx=spec.n_ctx, batch_size=spec.batch_size, seed=spec.seed)
+
+
 def warn_repeats(spec: LabSpec, token_data: _data.TokenData) -> float:
     """The passes over the training tokens that `spec.steps` make; a warning when text is repeated so often that
     the lab's curves describe memorisation (the synthetic tasks draw fresh tokens and never warn)."""
-    epochs = spec.steps * spec.batch_size * (spec.n_ctx + 1) / max(len(token_data.train), 1)
+    epochs = _batches(spec, token_data).epochs(spec.steps)  # as the arms will record it
     if spec.data not in _data.SYNTHETIC and epochs > MAX_EPOCHS:
         import warnings
 
@@ -189,7 +193,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     step_fn = (torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile
                else model)  # a mode string: torch.compile's (reduce-overhead replays CUDA graphs)
     opt = _optimizer(model, spec, device)
-    batches = _data.Batches(token_data.train, n_ctx=spec.n_ctx, batch_size=spec.batch_size, seed=spec.seed)
+    batches = _batches(spec, token_data)
     vx, vy = _data.held_out(token_data.val, n=spec.val_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
     sx, _ = _data.held_out(token_data.val, n=spec.eval_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
     vx, vy = vx.to(device), vy.to(device)

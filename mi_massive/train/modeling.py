@@ -314,10 +314,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def _lab_class_for(config: Any) -> type:
+    """The lab class of a config with a lab variant: GPT-2 blocks or Llama blocks."""
+    return _lab_gpt2_class() if config.model_type == "gpt2" else _lab_class()
+
+
 def build_model(config: Any) -> nn.Module:
     """A freshly initialised model for `config` (the lab class where the variant needs it, else Llama)."""
     if getattr(config, "lab_variant", None):
-        return (_lab_gpt2_class() if config.model_type == "gpt2" else _lab_class())(config)
+        return _lab_class_for(config)(config)
     if config.model_type == "gpt2":
         from transformers import GPT2LMHeadModel
 
@@ -340,8 +345,7 @@ def load_hf(path: Any, *, dtype: torch.dtype = torch.float32) -> nn.Module:
 
     register()
     config = AutoConfig.from_pretrained(path)
-    cls = _lab_gpt2_class() if config.model_type == "gpt2" else _lab_class()
-    return cls.from_pretrained(path, config=config, dtype=dtype)
+    return _lab_class_for(config).from_pretrained(path, config=config, dtype=dtype)
 
 
 def register() -> None:

@@ -14,12 +14,12 @@ from .._results import Result
 
 COLORS = {"default": "#d62728", "sink_token": "#1f77b4", "attn_bias": "#2ca02c", "softmax1": "#9467bd",
           "sigmoid": "#8c564b", "gated": "#ff7f0e"}
+SHARE = 0.5  # a layer "has hits at a fixed position" when this share of the held-out windows has a hit there
+
+
 def _float(x: Any) -> float:
     """A record's number; a missing one (the step-0 scan has no training loss yet) as NaN."""
     return float("nan") if x is None else float(x)
-
-
-SHARE = 0.5  # a layer "has hits at a fixed position" when this share of the held-out windows has a hit there
 
 
 @dataclass(frozen=True, repr=False)
