@@ -49,6 +49,20 @@ JOBS: dict[str, tuple[str, list[str]]] = {
     **{f"paper_gpt2_{arm}": (arm, ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32",
                                    "--lr", "2e-3", "--d-model", "512"])
        for arm in ("default", "sink_token", "attn_bias")},
+    # the third round (session 13): what moves the default arm's ratio at position 0 from the closest condition so far
+    # (gpt2_text_d512_lr2e-3, 112-119): weight decay (it shrinks ordinary activations, the ratio's denominator),
+    # depth, a higher rate, width (256 -> 512 raised it 2.7x), and the paper's GPT-2 context of 1024
+    **{f"gpt2_text_d512_lr2e-3_{tag}": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256",
+                                                   "--batch-size", "32", "--lr", "2e-3", "--d-model", "512", *more])
+       for tag, more in (("wd1", ["--weight-decay", "1.0"]), ("l12", ["--n-layers", "12"]),
+                         ("lr4e-3", ["--lr", "4e-3"]), ("d768", ["--d-model", "768", "--n-heads", "12"]),
+                         ("ctx1024", ["--n-ctx", "1024", "--batch-size", "8"]),
+                         # then (depth alone had raised it): deeper still, and no weight decay (1.0 had lowered it)
+                         ("l16", ["--n-layers", "16"]), ("l24", ["--n-layers", "24"]), ("wd0", ["--weight-decay", "0"]))},
+    # and both levers together, on the default arm and on a learnable first token
+    **{f"gpt2_text_d512_lr2e-3_l24_wd0{'_' + arm if arm != 'default' else ''}": (arm, [
+        "--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "2e-3", "--d-model", "512",
+        "--n-layers", "24", "--weight-decay", "0"]) for arm in ("default", "sink_token")},
 }
 
 
