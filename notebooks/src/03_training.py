@@ -61,25 +61,30 @@ run.show()
 # ## The paper's criteria, computed from the records
 
 # %%
+def paper_criteria(r: TrainingRun, step: int | None = None) -> pd.DataFrame:
+    """The issue's four checks from a run's records at `step` (default: each arm's last scan), shown as a list;
+    returns the arms' rows at that step."""
+    at = r.final(step).set_index("arm")
+    scans = r.to_dataframe()
+    best = scans.loc[scans.groupby("arm", sort=False).val_loss.idxmin()].set_index("arm")
+    d, a, n = at.loc["default"], at.loc["attn_bias"], r.spec["n_layers"]
+    display(Markdown("\n".join([
+        f"- default: rule hits at one fixed position in {d.fixed_pos_layers * n:.0f} of {n} layers "
+        f"(needed at least a third), largest top-1/median {d.max_ratio:.1f} (needed {r.ratio:g}): "
+        f"{'met' if d.fixed_pos_layers >= 1 / 3 and d.max_ratio >= r.ratio else 'not met'}.",
+        f"- attn_bias: {int(a.n_hits)} rule hits, top-1/median {a.max_ratio:.1f}, {d.max_ratio / a.max_ratio:.1f}x "
+        f"below the default's (needed no hit and 10x): "
+        f"{'met' if a.n_hits == 0 and d.max_ratio / a.max_ratio >= 10 else 'not met'}.",
+        f"- sink_token: {int(at.loc['sink_token'].n_hits)} rule hits, largest top-1/median at the sink "
+        f"{at.loc['sink_token'].max_ratio_pos0:.1f} against {at.loc['sink_token'].max_ratio_other:.1f} elsewhere.",
+        f"- validation loss, default vs attn_bias: {abs(d.val_loss - a.val_loss):.4f} nats apart at step "
+        f"{int(d.step)}, {abs(best.loc['default'].val_loss - best.loc['attn_bias'].val_loss):.4f} at each arm's best "
+        f"scan (steps {int(best.loc['default'].step)} and {int(best.loc['attn_bias'].step)}; needed 0.05)."])))
+    return at[["step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "first_token_mass", "bias_mass"]]
+
+
 final = run.final().set_index("arm")
-df = run.to_dataframe()
-best = df.loc[df.groupby("arm", sort=False).val_loss.idxmin()].set_index("arm")
-d, a = final.loc["default"], final.loc["attn_bias"]
-n_layers = spec["n_layers"]
-lines = [
-    f"- default: rule hits at one fixed position in {d.fixed_pos_layers * n_layers:.0f} of {n_layers} layers "
-    f"(needed at least a third), largest top-1/median {d.max_ratio:.1f} (needed {run.ratio:g}): "
-    f"{'met' if d.fixed_pos_layers >= 1 / 3 and d.max_ratio >= run.ratio else 'not met'}.",
-    f"- attn_bias: {int(a.n_hits)} rule hits, top-1/median {a.max_ratio:.1f}, {d.max_ratio / a.max_ratio:.1f}x below "
-    f"the default's (needed no hit and 10x): {'met' if a.n_hits == 0 and d.max_ratio / a.max_ratio >= 10 else 'not met'}.",
-    f"- sink_token: {int(final.loc['sink_token'].n_hits)} rule hits, largest top-1/median at the sink "
-    f"{final.loc['sink_token'].max_ratio_pos0:.1f} against {final.loc['sink_token'].max_ratio_other:.1f} elsewhere.",
-    f"- validation loss, default vs attn_bias: {abs(d.val_loss - a.val_loss):.3f} nats apart at the end, "
-    f"{abs(best.loc['default'].val_loss - best.loc['attn_bias'].val_loss):.3f} at each arm's best scan "
-    f"(steps {int(best.loc['default'].step)} and {int(best.loc['attn_bias'].step)}; needed 0.05).",
-]
-display(Markdown("\n".join(lines)))
-final[["val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "first_token_mass", "bias_mass"]].round(4)
+paper_criteria(run).round(4)
 
 # %% [markdown]
 # ## Layer by layer, at the end of training
@@ -252,32 +257,44 @@ display(Markdown(
 # blocks, against training tokens; the dotted line is the rule's 1000. The rule is the package's, unchanged.
 
 # %%
-sweeps = [root / "benchmarks" / "raw" / f"2026-12-04_s11_h200_train_sweep{i}" for i in ("", "2")]
-rows, fig = [], go.Figure()
-for sweep in sweeps:
+def sweep_jobs(sweep: Path, names: list[str] | None = None) -> list[tuple[dict, pd.DataFrame, pd.DataFrame]]:
+    """One (summary row, scans, last scan by block) per job of a `train_sweep.py` folder (or the named jobs)."""
     summary = json.loads((sweep / "summary.json").read_text())
+    jobs = []
     for name, job in summary.items():
-        if name.startswith("_"):
+        if name.startswith("_") or (names is not None and name not in names):
             continue
         scans = pd.DataFrame(job["scans"])
         job_run = TrainingRun.from_json(next((sweep / name).glob("run_*.json")))
         curves = job_run.curves
         last = curves[curves.step == curves.step.max()]
         args = dict(zip(job["argv"][::2], job["argv"][1::2]))
-        rows.append({"condition": name, "arm": job["arm"], "arch": args.get("--arch", "llama"),
-                     "data": args["--data"].replace("wiki-en+lee-news+linux-doc", "text"),
-                     "d_model": int(job_run.spec["d_model"]), "lr": float(args["--lr"]),
-                     "params (M)": job["arm_info"]["n_params"] / 1e6, "tokens (M)": scans.tokens.iloc[-1] / 1e6,
-                     "epochs": job["arm_info"]["epochs"], "largest ratio at pos 0": scans.max_ratio_pos0.max(),
-                     "largest ratio elsewhere": scans.max_ratio_other.max(),
-                     "final ratio at pos 0": scans.max_ratio_pos0.iloc[-1], "rule hits (all scans)": scans.n_hits.sum(),
-                     "final median |x|": last["median"].median(),
-                     "final max |x|": last[["top_pos0", "top_other"]].max().max(),
-                     "best val loss": scans.val_loss.min(), "final val loss": scans.val_loss.iloc[-1],
-                     "first-token attention (final)": scans.first_token_mass.iloc[-1],
-                     "first-token attention, most in one block (final)": last.first_token_mass.max(),
-                     "that block": int(last.layer.iloc[last.first_token_mass.argmax()])})
-        fig.add_trace(go.Scatter(x=scans.tokens / 1e6, y=scans.max_ratio_pos0, mode="lines+markers", name=name))
+        row = {"condition": name, "arm": job["arm"], "arch": args.get("--arch", "llama"),
+               "data": args["--data"].replace("wiki-en+lee-news+linux-doc", "text"),
+               "d_model": int(job_run.spec["d_model"]), "blocks": int(job_run.spec["n_layers"]),
+               "lr": float(job_run.spec["lr"]), "weight decay": float(job_run.spec["weight_decay"]),
+               "n_ctx": int(job_run.spec["n_ctx"]), "params (M)": job["arm_info"]["n_params"] / 1e6,
+               "steps": int(scans.step.iloc[-1]), "tokens (M)": scans.tokens.iloc[-1] / 1e6,
+               "epochs": job["arm_info"]["epochs"], "largest ratio at pos 0": scans.max_ratio_pos0.max(),
+               "largest ratio elsewhere": scans.max_ratio_other.max(),
+               "final ratio at pos 0": scans.max_ratio_pos0.iloc[-1], "rule hits (all scans)": scans.n_hits.sum(),
+               "final median |x|": last["median"].median(), "final max |x|": last[["top_pos0", "top_other"]].max().max(),
+               "best val loss": scans.val_loss.min(), "final val loss": scans.val_loss.iloc[-1],
+               "first-token attention (final)": scans.first_token_mass.iloc[-1],
+               "first-token attention, most in one block (final)": last.first_token_mass.max(),
+               "that block": int(last.layer.iloc[last.first_token_mass.argmax()]),
+               "tokens/s": job["arm_info"]["tokens_per_s"], "FLOPs/token": job["arm_info"]["flops_per_token"]}
+        jobs.append((row, scans, last))
+    return jobs
+
+
+sweeps = [root / "benchmarks" / "raw" / f"2026-12-04_s11_h200_train_sweep{i}" for i in ("", "2")]
+rows, fig = [], go.Figure()
+for sweep in sweeps:
+    for row, scans, _ in sweep_jobs(sweep):
+        rows.append(row)
+        fig.add_trace(go.Scatter(x=scans.tokens / 1e6, y=scans.max_ratio_pos0, mode="lines+markers",
+                                 name=row["condition"]))
 fig.add_hline(y=1000, line_dash="dot", annotation_text="rule: 1000")
 fig.update_layout(xaxis_title="training tokens (millions)",
                   yaxis_title="top-1 |x| / median at position 0 (max over blocks)",
@@ -316,3 +333,98 @@ display(Markdown(
     f"uniform over 256 keys: 2.0%). One block goes further: {sink_row.condition}, block {sink_row['that block']}, "
     f"{sink_row['first-token attention, most in one block (final)']:.1%}. Nowhere is it the attention sink that, in "
     f"the paper and in Gu et al. (2024, 60M parameters, about 5B tokens), comes with the massive activation."))
+
+# %% [markdown]
+# ## The paper's three arms on GPT-2 blocks (session 12)
+#
+# The condition that came closest for a default arm above (GPT-2 blocks, d_model 512, peak lr 2e-3, the offline
+# text) with the paper's three arms, one process each on the H200, 2.8 minutes each
+# (`benchmarks/train_h200.py --arms default sink_token attn_bias -- --arch gpt2 ...`).
+
+# %%
+p12 = TrainingRun.from_json(root / "benchmarks" / "raw" / "2026-12-04_s12_h200_gpt2_paper_arms" / "gpt2" / "run.json")
+info12 = p12.arm_info.set_index("arm")
+display(Markdown(
+    f"**Model**: {p12.spec['n_layers']} GPT-2 blocks, d_model {p12.spec['d_model']}, {p12.spec['n_heads']} heads, "
+    f"{info12.n_params.iloc[0] / 1e6:.1f}M parameters; {p12.spec['batch_size']} windows of {p12.spec['n_ctx']} "
+    f"tokens per step, {p12.common_step()} steps ({info12.epochs.iloc[0]:.1f} epochs of the text); "
+    f"{info12.tokens_per_s.min() / 1e3:.0f}-{info12.tokens_per_s.max() / 1e3:.0f}k tokens/s per arm, "
+    f"MFU {info12.mfu.mean():.1%} each."))
+paper_criteria(p12).round(4)
+
+# %%
+p12.show()
+
+# %% [markdown]
+# ## What moves the default arm's ratio? Ten more conditions (session 13)
+#
+# From the closest condition (GPT-2 blocks, d_model 512, 8 blocks, peak lr 2e-3, weight decay 0.1, 256 tokens
+# per window; session 11's `gpt2_text_d512_lr2e-3`, the baseline below), one change at a time: weight decay 1.0
+# (it shrinks ordinary activations, the ratio's denominator) and 0, 12, 16 and 24 blocks, lr 4e-3, d_model 768,
+# the paper's context of 1024 tokens (8 windows per step, the same tokens per step); then 24 blocks without
+# weight decay, for the default arm and the sink token. Three rounds of processes sharing the H200, each until its
+# budget ran out (`benchmarks/train_sweep.py`, scanned every 750 steps).
+
+# %%
+base_name = "gpt2_text_d512_lr2e-3"
+s13 = root / "benchmarks" / "raw" / "2026-12-04_s13_h200_train_sweep3"
+jobs13 = (sweep_jobs(root / "benchmarks" / "raw" / "2026-12-04_s11_h200_train_sweep2", [base_name])
+          + sweep_jobs(s13))
+fig = go.Figure()
+for row, scans, _ in jobs13:
+    label = row["condition"].replace(base_name, "baseline").replace("baseline_", "")
+    fig.add_trace(go.Scatter(x=scans.step, y=scans.max_ratio_pos0, mode="lines+markers", name=label,
+                             line={"width": 4 if label == "baseline" else 2}))
+fig.add_hline(y=1000, line_dash="dot", annotation_text="rule: 1000")
+fig.update_layout(xaxis_title="step (32 x 256 tokens each)", yaxis_title="top-1 |x| / median at position 0 "
+                  "(max over blocks)", yaxis_type="log", template="plotly_white", height=480,
+                  title="One change at a time from the closest condition")
+fig.show()
+table13 = pd.DataFrame([row for row, _, _ in jobs13])
+table13.insert(1, "ratio at pos 0, step 3000", [scans.set_index("step").max_ratio_pos0.get(3000, float("nan"))
+                                                 for _, scans, _ in jobs13])
+table13[["condition", "arm", "blocks", "d_model", "lr", "weight decay", "n_ctx", "params (M)", "steps", "epochs",
+         "ratio at pos 0, step 3000", "largest ratio at pos 0", "largest ratio elsewhere", "rule hits (all scans)",
+         "best val loss", "final val loss", "final median |x|", "final max |x|", "first-token attention (final)",
+         "first-token attention, most in one block (final)", "that block", "tokens/s"]].round(3)
+
+# %%
+t = table13.set_index("condition")
+base = t.loc[base_name]
+new = t.drop(index=base_name)
+up = new[new["ratio at pos 0, step 3000"] > base["ratio at pos 0, step 3000"]]
+down = new[new["ratio at pos 0, step 3000"] < base["ratio at pos 0, step 3000"]]
+default_arm = new[new.arm == "default"]
+blow = default_arm.loc[default_arm["final median |x|"].idxmax()]
+base_scans = dict(jobs13[0][1][["step", "max_ratio_pos0"]].values)
+late = []  # each condition against the baseline at the last step both scanned (the baseline: every 1500 steps)
+for row, scans, _ in jobs13[1:]:
+    step = max(st for st in scans.step if st in base_scans)
+    late.append(f"{row['condition']} {scans.set_index('step').max_ratio_pos0[step]:.0f} vs {base_scans[step]:.0f} "
+                f"at step {int(step)}")
+rounds = json.loads((s13 / "summary.json").read_text())["_rounds"]
+through = []
+for name, r in rounds.items():
+    sel = t.loc[r["jobs"]]
+    through.append(f"{name}, {len(sel)} processes: {sel['tokens/s'].sum() / 1e3:.0f}k tokens/s, MFU "
+                   f"{(sel['tokens/s'] * sel['FLOPs/token']).sum() / 989.4e12:.1%}")
+display(Markdown("\n".join([
+    f"- Rule hits over the {len(new)} new conditions and all their scans: {int(new['rule hits (all scans)'].sum())}. "
+    f"Largest top-1/median at position 0: {new['largest ratio at pos 0'].max():.0f} "
+    f"({new['largest ratio at pos 0'].idxmax()}), against the baseline's {base['largest ratio at pos 0']:.0f}: "
+    f"{1000 / new['largest ratio at pos 0'].max():.1f}x short of the rule.",
+    f"- At step 3000 the baseline stood at {base['ratio at pos 0, step 3000']:.0f}. Higher: "
+    + ", ".join(f"{n} {v:.0f}" for n, v in up["ratio at pos 0, step 3000"].items())
+    + ". Lower: " + ", ".join(f"{n} {v:.0f}" for n, v in down["ratio at pos 0, step 3000"].items()) + ".",
+    "- At the last step each condition and the baseline both scanned: " + "; ".join(late) + ".",
+    f"- Where the whole stream grew, the ratio fell: {blow.name} ends with a median |x| of "
+    f"{blow['final median |x|']:,.0f} per block and a top |x| of {blow['final max |x|']:,.0f}, ratio "
+    f"{blow['final ratio at pos 0']:.0f}; yet its queries put {blow['first-token attention (final)']:.1%} of their "
+    f"attention on the first token ({blow['first-token attention, most in one block (final)']:.1%} in block "
+    f"{blow['that block']}; uniform over 256 keys: 2.0%): an attention sink without a massive activation.",
+    f"- The text is memorised as before: the new conditions ran {int(new['steps'].min())}-{int(new['steps'].max())} "
+    f"steps ({new['epochs'].min():.0f}-{new['epochs'].max():.0f} epochs); best validation loss "
+    f"{new['best val loss'].min():.2f}-{new['best val loss'].max():.2f}, final {new['final val loss'].min():.2f}-"
+    f"{new['final val loss'].max():.2f} (windows of 1024 tokens are scored with more context, so the context-1024 "
+    f"run's losses are lower by construction).",
+    "- Throughput, sums over the processes sharing the GPU: " + "; ".join(through) + "."])))
