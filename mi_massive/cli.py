@@ -527,6 +527,20 @@ TRAIN_DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+l
               *TRAIN_SYNTHETIC)
 
 
+TRAIN_FILE = "file:"  # train.data.FILE: text of your own (a test checks)
+
+
+def _train_data(value: str) -> str:
+    if value in TRAIN_DATA:
+        return value
+    if value.startswith(TRAIN_FILE) and len(value) > len(TRAIN_FILE):
+        if not Path(value[len(TRAIN_FILE):]).expanduser().exists():
+            raise argparse.ArgumentTypeError(f"no file or folder at {value[len(TRAIN_FILE):]!r}")
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(TRAIN_DATA)}, "
+                                     f"or {TRAIN_FILE}PATH)")
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.eval_every > args.steps:
         raise BadArgument(f"--eval-every {args.eval_every} is more than --steps {args.steps}")
@@ -557,8 +571,10 @@ def add_train_command(sub: Any) -> None:
                                      "activations emerge")
     p.add_argument("--arms", nargs="+", default=["default", "sink_token", "attn_bias", "softmax1", "gated"],
                    choices=TRAIN_ARMS, help="attention variants, one model each (default: all but sigmoid)")
-    p.add_argument("--data", default="wiki-en+lee-news", choices=TRAIN_DATA,
-                   help="token data (default: offline English text)")
+    p.add_argument("--data", default="wiki-en+lee-news", type=_train_data, metavar="DATA",
+                   help=f"token data: {', '.join(TRAIN_DATA)}, or {TRAIN_FILE}PATH, text of your own (.jsonl with a "
+                        f"'text' per line, .txt with blank lines between documents, .gz of either, or a folder of "
+                        f"them; default: offline English text)")
     for name, default, what in (("d-model", 256, "residual width"), ("n-layers", 8, "blocks"),
                                 ("n-heads", 4, "heads per block"), ("n-ctx", 128, "tokens per window"),
                                 ("batch-size", 32, "windows per step"), ("steps", 1000, "optimizer steps"),

@@ -12,6 +12,10 @@ and nothing third-party is stored in this repository.
     >>> texts = load_corpus("lee-news", n=10)        # doctest: +SKIP
     >>> len(texts)                                    # doctest: +SKIP
     10
+
+Text of your own (for the training lab, where the offline corpora are small) is read by `iter_text_file`:
+a ``.jsonl`` file (one JSON object per line, its ``"text"``), a ``.txt`` file (documents separated by blank
+lines), either one gzip-compressed (``.gz``), or a folder of such files.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import tarfile
 import tempfile
 import zipfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,6 +287,58 @@ def load_corpus(name: str, *, n: int | None = None, min_words: int = 1, refresh:
         tmp.replace(path)
     texts = [t for t in texts if len(t.split()) >= min_words]
     return texts[:n] if n is not None else texts
+
+
+TEXT_FILE_SUFFIXES = (".jsonl", ".txt", ".jsonl.gz", ".txt.gz")
+
+
+def _text_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(TEXT_FILE_SUFFIXES))
+        if not files:
+            raise ValueError(f"{path} holds no {', '.join(TEXT_FILE_SUFFIXES)} files")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"no text file or folder at {path}")
+    if not path.name.endswith(TEXT_FILE_SUFFIXES):
+        raise ValueError(f"{path.name}: text files are {', '.join(TEXT_FILE_SUFFIXES)}")
+    return [path]
+
+
+def iter_text_file(path: str | os.PathLike) -> Iterator[str]:
+    """The texts of a corpus of your own, in order, without holding the file in memory: a ``.jsonl`` file (each
+    line a JSON object whose ``"text"`` is one document), a ``.txt`` file (documents separated by blank lines),
+    either gzip-compressed (``.gz``), or a folder of such files (every one under it, sorted by path). Empty texts
+    are skipped. The files are checked before the first text is read."""
+    import gzip
+
+    files = _text_files(Path(path).expanduser())
+
+    def texts() -> Iterator[str]:
+        for f in files:
+            with (gzip.open(f, "rt", encoding="utf-8") if f.name.endswith(".gz")
+                  else open(f, encoding="utf-8")) as lines:
+                if f.name.removesuffix(".gz").endswith(".jsonl"):
+                    for n, line in enumerate(lines, 1):
+                        if line.strip():
+                            try:
+                                text = json.loads(line)["text"]
+                            except (ValueError, KeyError, TypeError) as exc:
+                                raise ValueError(f"{f}:{n}: not a JSON object with a 'text' ({exc})") from None
+                            if text.strip():
+                                yield text
+                else:
+                    doc: list[str] = []
+                    for line in lines:
+                        if line.strip():
+                            doc.append(line.rstrip("\n"))
+                        elif doc:
+                            yield "\n".join(doc)
+                            doc = []
+                    if doc:
+                        yield "\n".join(doc)
+
+    return texts()
 
 
 def corpus_info() -> dict[str, str]:

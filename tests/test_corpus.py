@@ -152,3 +152,31 @@ def test_wikitext103_is_the_train_split_and_feeds_the_lab(monkeypatch, tmp_path)
     LabSpec(data="wikitext-103").validate()
     tokens = data.corpus_tokens(tokenizer, ("wikitext-103",))
     assert len(tokens.val) > 0 and len(tokens.train) > 10 * len(tokens.val) and "CC BY-SA" in tokens.licence
+
+
+def test_text_of_ones_own_is_read_in_every_format(tmp_path):
+    import gzip
+    import json
+
+    from mi_massive.corpus import iter_text_file
+
+    (tmp_path / "a.txt").write_text("First line\nof one document.\n\n\n  \nSecond document.\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "Third, compressed."}) + "\n\n" + json.dumps({"text": "  "}) + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.jsonl").write_text(json.dumps({"text": "Fourth.", "id": 4}) + "\n")
+    (tmp_path / "notes.md").write_text("not read")
+    assert list(iter_text_file(tmp_path / "a.txt")) == ["First line\nof one document.", "Second document."]
+    assert list(iter_text_file(tmp_path)) == ["First line\nof one document.", "Second document.",
+                                              "Third, compressed.", "Fourth."]  # sorted by path, empty texts skipped
+    with pytest.raises(ValueError, match="text files are"):
+        iter_text_file(tmp_path / "notes.md")
+    with pytest.raises(FileNotFoundError):
+        iter_text_file(tmp_path / "absent.txt")
+    (tmp_path / "bad.jsonl").write_text('{"txt": "no text field"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a JSON object with a 'text'"):
+        list(iter_text_file(tmp_path / "bad.jsonl"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no"):
+        iter_text_file(empty)

@@ -290,3 +290,42 @@ def test_text_repeated_past_the_epoch_limit_warns():
         assert lab.warn_repeats(SPEC, lab.load_data(SPEC, tokenizer, held_out_only=True)) > 0  # synthetic: silent
         few = LabSpec(**{**spec.__dict__, "steps": 10})
         assert lab.warn_repeats(few, data) < lab.MAX_EPOCHS
+
+
+def test_text_of_ones_own_trains_through_the_cli(tmp_path, capsys):
+    """`--data file:PATH`: the lab reads, splits and trains on a corpus the user brings (the offline ones are small)."""
+    import json
+
+    from mi_massive import cli
+    from mi_massive.train import data, lab
+
+    docs = [f"Document {i} says that the river {'rose' if i % 2 else 'fell'} by {i} metres near town {i % 7}."
+            for i in range(60)]
+    corpus = tmp_path / "mine.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tokenizer = data.tokenizer_of()
+    td = lab.load_data(LabSpec(data=f"file:{corpus}"), tokenizer)
+    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    held = [docs[i] for i in range(19, 60, 20)]  # every 20th text is held out
+    assert td.val.tolist() == [t for d in held for t in tokenizer(d, add_special_tokens=False)["input_ids"] + [sep]]
+    assert len(td.train) + len(td.val) == sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1
+                                              for d in docs)
+    assert str(corpus) in td.licence and "yours to state" in td.licence
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["train", "--arms", "default", "--data", f"file:{corpus}", "--d-model", "32", "--n-layers",
+                         "1", "--n-heads", "2", "--n-ctx", "16", "--batch-size", "2", "--steps", "2", "--eval-every",
+                         "2", "--out", str(out), "--device", "cpu", "--no-compile", "--no-amp"]) == 0
+    run = TrainingRun.from_json(out / "run_default.json")
+    assert run.spec["data"] == f"file:{corpus}" and run.data["train_tokens"] == len(td.train)
+    assert sorted(run.curves.step.unique()) == [0, 2]
+    assert cli.TRAIN_FILE == data.FILE
+    with pytest.raises(ValueError, match="at least 20"):
+        data.corpus_tokens(tokenizer, (f"file:{corpus}",), max_texts=10)
+    with pytest.raises(FileNotFoundError, match="no text file or folder"):
+        LabSpec(data=f"file:{tmp_path / 'absent.txt'}").validate()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--data", f"file:{tmp_path / 'absent.txt'}"])
+    assert exit_.value.code == 2
+    assert "no file or folder" in capsys.readouterr().err

@@ -10,6 +10,9 @@ times the other two (token counts in benchmarks/RESULTS.md).
 ``copy``: random spans of a 512-token alphabet, each followed by itself (a second data set for induction; the
 first half of every span is unpredictable, the second half is a copy).
 
+``file:PATH``: text of your own (a .jsonl or .txt file, gzip-compressed or not, or a folder of them: see
+`mi_massive.corpus.iter_text_file`), for runs that need more than the offline corpora hold; read as it is tokenized.
+
 ``backcopy``: the Bigram-Backcopy task of Guo et al. 2024 ("Active-Dormant Attention Heads: Mechanistically
 Demystifying Extreme-Token Phenomena in LLMs"): a random sparse bigram chain over a 512-token alphabet, except
 that after one of a few trigger tokens the next token repeats the token before the trigger. A head that does the
@@ -67,24 +70,36 @@ def _tensor(ids: array) -> Tensor:
     return torch.frombuffer(ids, dtype=torch.long).clone() if len(ids) else torch.zeros(0, dtype=torch.long)
 
 
+FILE = "file:"  # data "file:PATH": text of your own (mi_massive.corpus.iter_text_file reads it)
+YOUR_LICENCE = "text of your own from {path}: its licence is yours to state"
+
+
 def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
                   max_texts: int | None = None) -> TokenData:
-    """Offline English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out."""
-    from ..corpus import load_corpus
+    """English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out. A corpus is a
+    name `mi_massive.corpus.load_corpus` knows or ``file:PATH``, text of your own, read as it is tokenized."""
+    from itertools import islice
+
+    from ..corpus import iter_text_file, load_corpus
 
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     train, val = array("q"), array("q")  # 8 bytes a token (a list of ints would take 4-5x that at 100M tokens)
     for name in corpora:
-        texts = load_corpus(name, n=max_texts)
-        for start in range(0, len(texts), 10_000):  # bounded memory for the tokenizer's output
-            chunk = tokenizer(texts[start:start + 10_000], add_special_tokens=False)["input_ids"]
-            for i, ids in enumerate(chunk, start):
+        texts = (islice(iter_text_file(name[len(FILE):]), max_texts) if name.startswith(FILE)
+                 else iter(load_corpus(name, n=max_texts)))
+        start = 0
+        while chunk := list(islice(texts, 10_000)):  # bounded memory for the texts and the tokenizer's output
+            for i, ids in enumerate(tokenizer(chunk, add_special_tokens=False)["input_ids"], start):
                 out = val if i % every == every - 1 else train
                 out.extend(ids)
                 out.append(sep)
+            start += len(chunk)
+        if start < every:
+            raise ValueError(f"{name}: {start} texts; every {every}th is held out, so at least {every} are needed")
     return TokenData("+".join(corpora), _tensor(train), _tensor(val),
                      f"{' and '.join(corpora)} (mi_massive.corpus), <|endoftext|> between texts, every {every}th "
-                     "text held out", "; ".join(LICENCES[c] for c in corpora))
+                     "text held out", "; ".join(YOUR_LICENCE.format(path=c[len(FILE):]) if c.startswith(FILE)
+                                                else LICENCES[c] for c in corpora))
 
 
 def copy_tokens(*, n_train: int = 1 << 20, n_val: int = 1 << 15, span: int = 32, alphabet: int = 512,

@@ -52,7 +52,7 @@ class LabSpec:
     eval_windows: int = 16  # held-out windows per scan
     val_windows: int = 64  # held-out windows for the validation loss
     seed: int = 0
-    data: str = "wiki-en+lee-news"  # or a synthetic task: "copy", "backcopy"
+    data: str = "wiki-en+lee-news"  # or a synthetic task ("copy", "backcopy"), or "file:PATH", text of your own
     tokenizer: str = "smollm2-135m"  # an embedded model whose tokenizer is used
     vocab_size: int | None = None  # None: the tokenizer's; smaller only for the synthetic tasks (ids < 515)
     threshold: float = 100.0  # the paper's rule, never lowered here
@@ -72,8 +72,13 @@ class LabSpec:
         if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
             raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
         modeling.check_arch(self.arch)
-        if self.data not in DATA:
-            raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}")
+        if self.data.startswith(_data.FILE):
+            from ..corpus import iter_text_file
+
+            iter_text_file(self.data[len(_data.FILE):])  # checks that the file or folder holds text files
+        elif self.data not in DATA:
+            raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}, or "
+                             f"'{_data.FILE}PATH' for text of your own")
 
 
 def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
@@ -83,6 +88,8 @@ def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> 
         n = spec.steps * spec.batch_size * (spec.n_ctx + 1)
         make = _data.copy_tokens if spec.data == "copy" else _data.backcopy_tokens
         return make(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)), seed=spec.seed)
+    if spec.data.startswith(_data.FILE):  # a path may hold a '+'
+        return _data.corpus_tokens(tokenizer, (spec.data,))
     return _data.corpus_tokens(tokenizer, tuple(spec.data.split("+")))
 
 
@@ -165,7 +172,7 @@ def warn_repeats(spec: LabSpec, token_data: _data.TokenData) -> float:
         warnings.warn(f"{spec.steps} steps of {spec.batch_size} x {spec.n_ctx} tokens pass over the "
                       f"{len(token_data.train):,} training tokens of {spec.data!r} {epochs:.0f} times: past about "
                       f"{MAX_EPOCHS:g} epochs the validation loss rises as the model memorises them. Use more text "
-                      "(data 'wikitext-103', online) or fewer steps", stacklevel=3)
+                      "(data 'wikitext-103', online, or 'file:PATH', your own) or fewer steps", stacklevel=3)
     return epochs
 
 
