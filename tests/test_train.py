@@ -311,6 +311,10 @@ def test_text_of_ones_own_trains_through_the_cli(tmp_path, capsys):
     assert len(td.train) + len(td.val) == sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1
                                               for d in docs)
     assert str(corpus) in td.licence and "yours to state" in td.licence
+    assert td.train.dtype == data.TOKEN_DTYPE and td.train.element_size() == 4  # 4 bytes a token, held in memory
+    batches = data.Batches(td.train, n_ctx=8, batch_size=2, seed=0)
+    assert batches.windows(0).dtype == torch.long and data.held_out(td.val, n=1, n_ctx=8, sink_id=None)[0].dtype \
+        == torch.long
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -66,8 +66,13 @@ def tokenizer_of(name: str = "smollm2-135m"):
     return AutoTokenizer.from_pretrained(fetch_embedded(name))
 
 
+TOKEN_DTYPE = torch.int32  # text streams: 4 bytes a token (1B tokens of one's own text: 4 GB), ids < 2**31;
+# the windows cut from them are int64, as embeddings want
+
+
 def _tensor(ids: array) -> Tensor:
-    return torch.frombuffer(ids, dtype=torch.long).clone() if len(ids) else torch.zeros(0, dtype=torch.long)
+    assert ids.itemsize == TOKEN_DTYPE.itemsize
+    return torch.frombuffer(ids, dtype=TOKEN_DTYPE).clone() if len(ids) else torch.zeros(0, dtype=TOKEN_DTYPE)
 
 
 FILE = "file:"  # data "file:PATH": text of your own (mi_massive.corpus.iter_text_file reads it)
@@ -83,7 +88,7 @@ def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"),
     from ..corpus import iter_text_file, load_corpus
 
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    train, val = array("q"), array("q")  # 8 bytes a token (a list of ints would take 4-5x that at 100M tokens)
+    train, val = array("i"), array("i")  # 4 bytes a token (a list of ints would take 9x that at 100M tokens)
     for name in corpora:
         texts = (islice(iter_text_file(name[len(FILE):]), max_texts) if name.startswith(FILE)
                  else iter(load_corpus(name, n=max_texts)))
@@ -184,7 +189,7 @@ class Batches:
     def windows(self, step: int) -> Tensor:
         starts = self.window_starts(step)
         idx = starts[:, None] + torch.arange(self.n_ctx + 1)
-        return self.stream[idx]  # (batch, n_ctx + 1)
+        return self.stream[idx].long()  # (batch, n_ctx + 1)
 
     def epochs(self, steps: int) -> float:
         return steps * self.batch_size / max(self.n_windows, 1)
@@ -203,5 +208,5 @@ def held_out(val: Tensor, *, n: int, n_ctx: int, sink_id: int | None) -> tuple[T
     n = min(n, (len(val) - 1) // (n_ctx + 1))
     if n < 1:
         raise ValueError(f"the held-out stream holds {len(val)} tokens: too few for one window of {n_ctx + 1}")
-    windows = val[: n * (n_ctx + 1)].view(n, n_ctx + 1)
+    windows = val[: n * (n_ctx + 1)].view(n, n_ctx + 1).long()
     return inputs_targets(windows, sink_id)
