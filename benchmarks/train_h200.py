@@ -115,6 +115,27 @@ def analyses(checkpoint: str, tokens) -> dict:
     return rec
 
 
+def analyse_run(run) -> dict:
+    """`analyses` on every arm's checkpoint of a TrainingRun, each on 4 held-out windows (with the sink token in
+    front for that arm); an arm whose analyses fail records the error."""
+    from mi_massive.train import data as _data
+    from mi_massive.train.lab import LabSpec, load_data
+
+    spec = LabSpec(**run.spec)
+    tok = _data.tokenizer_of(spec.tokenizer)
+    td = load_data(spec, tok, held_out_only=True)
+    out: dict = {}
+    for arm in run.arms:
+        ckpt = run.arm_info.set_index("arm").at[arm, "checkpoint"]
+        x, _ = _data.held_out(td.val, n=4, n_ctx=spec.n_ctx, sink_id=tok.bos_token_id if arm == "sink_token" else None)
+        try:
+            out[arm] = analyses(ckpt, x)
+        except Exception as exc:  # noqa: BLE001
+            out[arm] = f"error: {type(exc).__name__}: {exc}"
+        print(arm, out[arm], flush=True)
+    return out
+
+
 def main() -> int:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -146,22 +167,7 @@ def main() -> int:
         checks["figure"] = f"not drawn: {exc}"
     (out / "checks.json").write_text(json.dumps(checks, indent=1, default=str))  # kept if the analyses time out
     if not args.no_analyses:
-        from mi_massive.train import data as _data
-        from mi_massive.train.lab import LabSpec, load_data
-
-        spec = LabSpec(**run.spec)
-        tok = _data.tokenizer_of(spec.tokenizer)
-        td = load_data(spec, tok, held_out_only=True)
-        checks["analyses"] = {}
-        for arm in run.arms:
-            ckpt = run.arm_info.set_index("arm").at[arm, "checkpoint"]
-            x, _ = _data.held_out(td.val, n=4, n_ctx=spec.n_ctx, sink_id=tok.bos_token_id if arm == "sink_token"
-                                  else None)
-            try:
-                checks["analyses"][arm] = analyses(ckpt, x)
-            except Exception as exc:  # noqa: BLE001
-                checks["analyses"][arm] = f"error: {type(exc).__name__}: {exc}"
-            print(arm, checks["analyses"][arm], flush=True)
+        checks["analyses"] = analyse_run(run)
     (out / "checks.json").write_text(json.dumps(checks, indent=1, default=str))
     print(json.dumps({k: v for k, v in checks.items() if k not in ("final", "analyses")}, indent=1), flush=True)
     return 0

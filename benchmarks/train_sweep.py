@@ -1,12 +1,15 @@
 """Where does the paper's phenomenon first appear? One `mi-massive train` process per condition on one GPU.
 
-    python benchmarks/train_sweep.py --out /tmp/sweep --minutes 12 [--only gpt2_backcopy ...] [-- --steps 50 ...]
+    python benchmarks/train_sweep.py --out /tmp/sweep --minutes 12 [--only gpt2_backcopy ...] [--analyses]
+                                     [-- --steps 50 ...]
 
 Each job trains one arm under one condition (architecture, data, context, learning rate, weight decay) until its
 wall-clock budget is spent, scanned with the package's rule as it learns. Writes OUT/<job>/run_*.json (the
 TrainingRun), OUT/<job>.log and OUT/summary.json: per job and scan, the largest top-1/median at position 0 and
 elsewhere, the rule's hits, the share of layers with hits at one fixed position, the first token's attention
-share and the validation loss. The rule is never lowered.
+share and the validation loss. The rule is never lowered. With --analyses, the package's analyses run on each job's
+checkpoint afterwards (train_h200.analyses: find_massive_activations, attention_sinks, and where there is a massive
+activation trace_origin and path_patch), into the summary and OUT/<job>/analyses.json.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_h200 import launch_jobs  # noqa: E402
+from train_h200 import analyse_run, launch_jobs  # noqa: E402
 
 BASE = ["--d-model", "256", "--n-layers", "8", "--n-heads", "8", "--warmup", "200", "--steps", "400000"]
 TEXT = "wiki-en+lee-news+linux-doc"
@@ -91,6 +94,7 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=12.0)
     p.add_argument("--eval-every", type=int, default=1500)
     p.add_argument("--only", nargs="+", choices=sorted(JOBS), default=None)
+    p.add_argument("--analyses", action="store_true", help="run the package's analyses on each job's checkpoint")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # appended to every job (later flags win)
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -102,6 +106,15 @@ def main() -> int:
     wall = launch_jobs(jobs, out)
     summary = summarize(out, names)
     summary["_wall_s"] = wall
+    if args.analyses:
+        from mi_massive.train import TrainingRun
+
+        for name in names:
+            found = sorted((out / name).glob("run_*.json"))
+            if found:
+                summary[name]["analyses"] = analyse_run(TrainingRun.from_json(found[0]))[JOBS[name][0]]
+                (out / name / "analyses.json").write_text(json.dumps(summary[name]["analyses"], indent=1,
+                                                                     default=str))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for name in names:
         s = summary[name]

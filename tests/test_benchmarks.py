@@ -111,3 +111,23 @@ def test_arithmetic_floor_of_path_patching(monkeypatch, tiny_llama):
     assert rec["gemm_flops"] > 0 and rec["gemm_floor_forward_equivalents"] > 0
     batched = path_patch(tiny_llama, "hello world")
     assert bench.arithmetic_floor(tiny_llama, batched, n_tokens, "cpu", 1.0)["arithmetic_forwards"] < batched.forward_rows
+
+
+def test_train_sweep_trains_a_job_and_analyses_its_checkpoint(scripts, monkeypatch, tmp_path):
+    """A sweep job (here the 24-block, no-weight-decay condition, shrunk by the trailing arguments) trains in its own
+    `mi-massive train` process; --analyses then opens its checkpoint with load_model and runs the package on it."""
+    job = "gpt2_text_d512_lr2e-3_l24_wd0"
+    monkeypatch.setattr(sys, "argv", ["train_sweep.py", "--out", str(tmp_path), "--minutes", "5", "--eval-every", "2",
+                                      "--only", job, "--analyses", "--", "--data", "copy", "--d-model", "32",
+                                      "--n-layers", "2", "--n-heads", "2", "--n-ctx", "16", "--batch-size", "2",
+                                      "--steps", "2", "--device", "cpu"])
+    assert scripts("train_sweep").main() == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rec = summary[job]
+    assert rec["arm"] == "default" and [s["step"] for s in rec["scans"]] == [0, 2]
+    assert rec["arm_info"]["n_params"] < 100_000  # the trailing arguments won over the job's
+    analyses = json.loads((tmp_path / job / "analyses.json").read_text())
+    assert analyses == rec["analyses"]
+    assert analyses["bridge_attention"] == "JointQKVAttentionBridge"  # GPT-2 blocks, opened by load_model
+    assert analyses["find_massive_activations"].startswith("<MassiveActivations") and "AttentionSinks" in \
+        analyses["attention_sinks"]
