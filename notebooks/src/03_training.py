@@ -396,6 +396,7 @@ up = new[new["ratio at pos 0, step 3000"] > base["ratio at pos 0, step 3000"]]
 down = new[new["ratio at pos 0, step 3000"] < base["ratio at pos 0, step 3000"]]
 default_arm = new[new.arm == "default"]
 blow = default_arm.loc[default_arm["final median |x|"].idxmax()]
+blow_scans = next(scans for row, scans, _ in jobs13 if row["condition"] == blow.name)
 base_scans = dict(jobs13[0][1][["step", "max_ratio_pos0"]].values)
 late = []  # each condition against the baseline at the last step both scanned (the baseline: every 1500 steps)
 for row, scans, _ in jobs13[1:]:
@@ -421,7 +422,10 @@ display(Markdown("\n".join([
     f"{blow['final median |x|']:,.0f} per block and a top |x| of {blow['final max |x|']:,.0f}, ratio "
     f"{blow['final ratio at pos 0']:.0f}; yet its queries put {blow['first-token attention (final)']:.1%} of their "
     f"attention on the first token ({blow['first-token attention, most in one block (final)']:.1%} in block "
-    f"{blow['that block']}; uniform over 256 keys: 2.0%): an attention sink without a massive activation.",
+    f"{blow['that block']}; uniform over 256 keys: 2.0%) at its last scan, against "
+    f"{blow_scans.first_token_mass.iloc[-2]:.1%} one scan earlier, with no massive activation at position 0: one "
+    f"scan of an unstable run (validation loss {blow['best val loss']:.2f} at best, {blow['final val loss']:.2f} at "
+    f"the end), not a settled sink.",
     f"- The text is memorised as before: the new conditions ran {int(new['steps'].min())}-{int(new['steps'].max())} "
     f"steps ({new['epochs'].min():.0f}-{new['epochs'].max():.0f} epochs); best validation loss "
     f"{new['best val loss'].min():.2f}-{new['best val loss'].max():.2f}, final {new['final val loss'].min():.2f}-"
