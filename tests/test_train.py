@@ -311,6 +311,9 @@ def test_text_of_ones_own_trains_through_the_cli(tmp_path, capsys):
     assert len(td.train) + len(td.val) == sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1
                                               for d in docs)
     assert str(corpus) in td.licence and "yours to state" in td.licence
+    few = lab.load_data(LabSpec(data=f"file:{corpus}", n_ctx=8, val_windows=1, eval_windows=1), tokenizer,
+                        held_out_only=True)  # what analyses of a checkpoint read: the first held-out tokens alone
+    assert few.train.numel() == 0 and len(few.val) >= 9 and few.val.tolist() == td.val[:len(few.val)].tolist()
     assert td.train.dtype == data.TOKEN_DTYPE and td.train.element_size() == 4  # 4 bytes a token, held in memory
     batches = data.Batches(td.train, n_ctx=8, batch_size=2, seed=0)
     assert batches.windows(0).dtype == torch.long and data.held_out(td.val, n=1, n_ctx=8, sink_id=None)[0].dtype \
@@ -333,3 +336,16 @@ def test_text_of_ones_own_trains_through_the_cli(tmp_path, capsys):
         cli.main(["train", "--data", f"file:{tmp_path / 'absent.txt'}"])
     assert exit_.value.code == 2
     assert "no file or folder" in capsys.readouterr().err
+
+
+def test_held_out_tokens_alone_stop_reading_early(tmp_path):
+    """Analyses of a checkpoint want a few held-out windows: a large corpus of one's own is not read to its end."""
+    from mi_massive.train import data
+
+    corpus = tmp_path / "many.txt"
+    corpus.write_text("\n\n".join(f"Text number {i} of many." for i in range(25_000)))
+    tokenizer = data.tokenizer_of()
+    full = data.corpus_tokens(tokenizer, (f"file:{corpus}",))
+    few = data.corpus_tokens(tokenizer, (f"file:{corpus}",), held_out_tokens=100)
+    assert few.train.numel() == 0 and 100 <= len(few.val) < len(full.val) // 2  # the first 10,000 texts were enough
+    assert few.val.tolist() == full.val[:len(few.val)].tolist()

@@ -80,9 +80,13 @@ YOUR_LICENCE = "text of your own from {path}: its licence is yours to state"
 
 
 def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
-                  max_texts: int | None = None) -> TokenData:
+                  max_texts: int | None = None, held_out_tokens: int | None = None) -> TokenData:
     """English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out. A corpus is a
-    name `mi_massive.corpus.load_corpus` knows or ``file:PATH``, text of your own, read as it is tokenized."""
+    name `mi_massive.corpus.load_corpus` knows or ``file:PATH``, text of your own, read as it is tokenized.
+
+    `held_out_tokens`: only the held-out stream is wanted, and only its first that many tokens (what analyses of a
+    checkpoint read): the training texts are not tokenized and reading stops there; the training stream is empty.
+    The held-out tokens are the same as the full stream's first ones."""
     from itertools import islice
 
     from ..corpus import iter_text_file, load_corpus
@@ -94,11 +98,18 @@ def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"),
                  else iter(load_corpus(name, n=max_texts)))
         start = 0
         while chunk := list(islice(texts, 10_000)):  # bounded memory for the texts and the tokenizer's output
-            for i, ids in enumerate(tokenizer(chunk, add_special_tokens=False)["input_ids"], start):
-                out = val if i % every == every - 1 else train
+            held = [i % every == every - 1 for i in range(start, start + len(chunk))]
+            start += len(chunk)
+            if held_out_tokens is not None:  # the held-out texts alone
+                chunk, held = [t for t, h in zip(chunk, held) if h], [True] * sum(held)
+            for ids, h in zip(tokenizer(chunk, add_special_tokens=False)["input_ids"] if chunk else [], held):
+                out = val if h else train
                 out.extend(ids)
                 out.append(sep)
-            start += len(chunk)
+            if held_out_tokens is not None and len(val) >= held_out_tokens:
+                break
+        if held_out_tokens is not None and len(val) >= held_out_tokens:
+            break
         if start < every:
             raise ValueError(f"{name}: {start} texts; every {every}th is held out, so at least {every} are needed")
     return TokenData("+".join(corpora), _tensor(train), _tensor(val),

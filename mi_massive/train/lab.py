@@ -82,15 +82,16 @@ class LabSpec:
 
 
 def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
-    """The spec's token data; with `held_out_only`, a synthetic task draws only a short training stream (its
-    held-out stream, from its own seed, is the same either way)."""
+    """The spec's token data; with `held_out_only`, for analyses of a checkpoint, a synthetic task draws only a
+    short training stream (its held-out stream, from its own seed, is the same either way) and text yields only
+    the held-out tokens the spec's windows read (the same tokens), with an empty training stream."""
     if spec.data in _data.SYNTHETIC:  # fresh tokens for every step (no epoch repeats), up to 64M
         n = spec.steps * spec.batch_size * (spec.n_ctx + 1)
         make = _data.copy_tokens if spec.data == "copy" else _data.backcopy_tokens
         return make(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)), seed=spec.seed)
-    if spec.data.startswith(_data.FILE):  # a path may hold a '+'
-        return _data.corpus_tokens(tokenizer, (spec.data,))
-    return _data.corpus_tokens(tokenizer, tuple(spec.data.split("+")))
+    corpora = (spec.data,) if spec.data.startswith(_data.FILE) else tuple(spec.data.split("+"))  # a path may hold +
+    need = max(spec.val_windows, spec.eval_windows) * (spec.n_ctx + 1) if held_out_only else None
+    return _data.corpus_tokens(tokenizer, corpora, held_out_tokens=need)
 
 
 def _flops_per_token(model: torch.nn.Module, spec: LabSpec) -> float:
