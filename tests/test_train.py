@@ -346,6 +346,38 @@ def test_held_out_tokens_alone_stop_reading_early(tmp_path):
     corpus.write_text("\n\n".join(f"Text number {i} of many." for i in range(25_000)))
     tokenizer = data.tokenizer_of()
     full = data.corpus_tokens(tokenizer, (f"file:{corpus}",))
-    few = data.corpus_tokens(tokenizer, (f"file:{corpus}",), held_out_tokens=100)
+    few = data.corpus_tokens(tokenizer, (f"file:{corpus}",), held_out_tokens=100, cache=False)  # read, not cached
     assert few.train.numel() == 0 and 100 <= len(few.val) < len(full.val) // 2  # the first 10,000 texts were enough
     assert few.val.tolist() == full.val[:len(few.val)].tolist()
+
+
+def test_token_streams_are_cached_and_a_changed_source_is_tokenized_again(tmp_path):
+    from mi_massive.train import data
+
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i}: the tide turned at {i} o'clock." for i in range(40)))
+    tokenizer = data.tokenizer_of()
+    first = data.corpus_tokens(tokenizer, (f"file:{corpus}",))
+    folder = data._token_cache(tokenizer, (f"file:{corpus}",), 20, None)
+    assert (folder / "train.i32").stat().st_size == 4 * len(first.train)
+
+    class Refuses:  # the same vocabulary and rules, but tokenizing is an error: a second call must read the cache
+        backend_tokenizer = tokenizer.backend_tokenizer
+        convert_tokens_to_ids = tokenizer.convert_tokens_to_ids
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("tokenized again")
+
+    again = data.corpus_tokens(Refuses(), (f"file:{corpus}",))
+    assert again.train.tolist() == first.train.tolist() and again.val.tolist() == first.val.tolist()
+    assert again.info() == first.info() and again.train.dtype == data.TOKEN_DTYPE
+    held = data.corpus_tokens(Refuses(), (f"file:{corpus}",), held_out_tokens=5)
+    assert held.train.numel() == 0 and held.val.tolist() == first.val.tolist()
+    with pytest.raises(AssertionError, match="tokenized again"):
+        data.corpus_tokens(Refuses(), (f"file:{corpus}",), cache=False)
+    corpus.write_text(corpus.read_text() + "\n\nOne more paragraph at the end.")  # a new size and time: a new cache
+    with pytest.raises(AssertionError, match="tokenized again"):
+        data.corpus_tokens(Refuses(), (f"file:{corpus}",))
+    changed = data.corpus_tokens(tokenizer, (f"file:{corpus}",))
+    assert len(changed.train) > len(first.train)
+    assert data._token_cache(tokenizer, (f"file:{corpus}",), 20, None) != folder

@@ -23,8 +23,12 @@ training window starts anywhere (as the text windows do).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -79,14 +83,94 @@ FILE = "file:"  # data "file:PATH": text of your own (mi_massive.corpus.iter_tex
 YOUR_LICENCE = "text of your own from {path}: its licence is yours to state"
 
 
+TOKEN_CACHE_VERSION = 1
+
+
+def _token_cache(tokenizer, corpora: tuple[str, ...], every: int, max_texts: int | None) -> Path | None:
+    """The cache folder of these corpora's token streams, named by what they are made from: the tokenizer's
+    vocabulary and rules, every source file's path, size and modification time (for a named corpus, its cached
+    texts), `every` and `max_texts`. None where a named corpus has no cached texts yet (its first load builds them)."""
+    import hashlib
+
+    from ..corpus import _text_files
+    from ..models import cache_dir
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    parts = [f"v{TOKEN_CACHE_VERSION}", hashlib.sha1(rules.encode()).hexdigest(), f"every={every}",
+             f"max_texts={max_texts}"]
+    for name in corpora:
+        files = (_text_files(Path(name[len(FILE):]).expanduser()) if name.startswith(FILE)
+                 else [cache_dir() / "corpora" / f"{name}.json"])
+        if not all(f.is_file() for f in files):
+            return None
+        parts += [name] + [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return cache_dir() / "tokens" / hashlib.sha1("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _read_cache(folder: Path) -> TokenData | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    streams = {}
+    for part in ("train", "val"):  # mapped copy-on-write: processes reading one corpus share its pages
+        n = meta[f"{part}_tokens"]
+        streams[part] = (torch.from_file(str(folder / f"{part}.i32"), shared=False, size=n, dtype=TOKEN_DTYPE) if n
+                         else torch.zeros(0, dtype=TOKEN_DTYPE))
+    return TokenData(meta["name"], streams["train"], streams["val"], meta["description"], meta["licence"])
+
+
+def _write_cache(folder: Path, data: TokenData) -> None:
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for part in ("train", "val"):
+        getattr(data, part).numpy().tofile(tmp / f"{part}.i32")
+    (tmp / "meta.json").write_text(json.dumps(data.info() | {"version": TOKEN_CACHE_VERSION}))
+    try:
+        tmp.rename(folder)  # whole or absent: a reader never sees half a cache
+    except OSError:  # another process finished first: its cache is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
-                  max_texts: int | None = None, held_out_tokens: int | None = None) -> TokenData:
+                  max_texts: int | None = None, held_out_tokens: int | None = None, cache: bool = True) -> TokenData:
     """English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out. A corpus is a
     name `mi_massive.corpus.load_corpus` knows or ``file:PATH``, text of your own, read as it is tokenized.
 
     `held_out_tokens`: only the held-out stream is wanted, and only its first that many tokens (what analyses of a
     checkpoint read): the training texts are not tokenized and reading stops there; the training stream is empty.
-    The held-out tokens are the same as the full stream's first ones."""
+    The held-out tokens are the same as the full stream's first ones.
+
+    `cache`: the streams are kept under the cache directory (``tokens/``, 4 bytes a token), named by what they are
+    made from, and read back (memory-mapped) by later calls and by other processes instead of tokenizing again; an
+    edited source file has a new modification time and so a new cache."""
+    folder = _token_cache(tokenizer, corpora, every, max_texts) if cache else None
+    found = _read_cache(folder) if folder is not None else None
+    if found is not None:
+        if held_out_tokens is not None:
+            return TokenData(found.name, torch.zeros(0, dtype=TOKEN_DTYPE), found.val, found.description,
+                             found.licence)
+        return found
+    if folder is None or held_out_tokens is not None:
+        return _tokenize(tokenizer, corpora, every=every, max_texts=max_texts, held_out_tokens=held_out_tokens)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        try:  # one process tokenizes, the others (one per arm in the benchmark scripts) wait and read its cache
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no lock, each process may tokenize; the first cache written stays
+            pass
+        found = _read_cache(folder)
+        if found is None:
+            found = _tokenize(tokenizer, corpora, every=every, max_texts=max_texts, held_out_tokens=None)
+            _write_cache(folder, found)
+    return found
+
+
+def _tokenize(tokenizer, corpora: tuple[str, ...], *, every: int, max_texts: int | None,
+              held_out_tokens: int | None) -> TokenData:
     from itertools import islice
 
     from ..corpus import iter_text_file, load_corpus
