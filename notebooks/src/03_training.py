@@ -23,6 +23,10 @@
 # ```
 #
 # or `mi-massive train --steps 4000 --out lab`. Every arm's checkpoint opens with `load_model("lab/attn_bias")`.
+# The offline text is small (2.6M tokens at most); to train on text of your own, such as OpenWebText or C4 shards
+# saved as JSON lines, pass `LabSpec(data="file:owt.jsonl")` or `--data file:owt.jsonl` (a .txt file with blank
+# lines between documents, a .gz of either, or a folder of them also work). The tokens are cached, so the second
+# run does not tokenize again.
 
 # %%
 import json
