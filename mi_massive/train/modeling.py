@@ -72,13 +72,7 @@ def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab
                          n_head=n_heads, n_inner=d_mlp or 4 * d_model, resid_pdrop=0.0, embd_pdrop=0.0,
                          attn_pdrop=0.0, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_embeddings, initializer_range=0.02)
-        cfg.lab_n_ctx = n_ctx
-        if variant in _ATTENTION_VARIANTS:
-            cfg.lab_variant = variant
-            cfg.architectures = [LAB_GPT2_ARCHITECTURE]
-        else:
-            cfg.architectures = ["GPT2LMHeadModel"]
-        return cfg
+        return _arm(cfg, variant, n_ctx, LAB_GPT2_ARCHITECTURE, "GPT2LMHeadModel")
     d_mlp = d_mlp or 64 * math.ceil(8 * d_model / 3 / 64)
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
@@ -86,12 +80,18 @@ def lab_config(variant: str, *, d_model: int, n_layers: int, n_heads: int, vocab
         rms_norm_eps=1e-5, tie_word_embeddings=tie_embeddings, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
         pad_token_id=None, attention_bias=False, mlp_bias=False, rope_theta=10000.0, initializer_range=0.02,
     )
+    return _arm(cfg, variant, n_ctx, LAB_ARCHITECTURE, "LlamaForCausalLM")
+
+
+def _arm(cfg: Any, variant: str, n_ctx: int, lab_architecture: str, plain_architecture: str) -> Any:
+    """Mark a config with its arm: the lab's own model class for a variant that changes attention (``lab_variant``),
+    the plain transformers class otherwise; ``lab_n_ctx`` records the training window."""
     cfg.lab_n_ctx = n_ctx
     if variant in _ATTENTION_VARIANTS:
         cfg.lab_variant = variant
-        cfg.architectures = [LAB_ARCHITECTURE]
+        cfg.architectures = [lab_architecture]
     else:
-        cfg.architectures = ["LlamaForCausalLM"]
+        cfg.architectures = [plain_architecture]
     return cfg
 
 
