@@ -533,9 +533,10 @@ TRAIN_FILE = "file:"  # train.data.FILE: text of your own (a test checks)
 def _train_data(value: str) -> str:
     if value in TRAIN_DATA:
         return value
-    if value.startswith(TRAIN_FILE) and len(value) > len(TRAIN_FILE):
-        if not Path(value[len(TRAIN_FILE):]).expanduser().exists():
-            raise argparse.ArgumentTypeError(f"no file or folder at {value[len(TRAIN_FILE):]!r}")
+    path = value[len(TRAIN_FILE):] if value.startswith(TRAIN_FILE) else ""
+    if path:
+        if not Path(path).expanduser().exists():
+            raise argparse.ArgumentTypeError(f"no file or folder at {path!r}")
         return value
     raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(TRAIN_DATA)}, "
                                      f"or {TRAIN_FILE}PATH)")

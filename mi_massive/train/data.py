@@ -83,6 +83,11 @@ FILE = "file:"  # data "file:PATH": text of your own (mi_massive.corpus.iter_tex
 YOUR_LICENCE = "text of your own from {path}: its licence is yours to state"
 
 
+def own_text(name: str) -> str | None:
+    """The PATH of a ``file:PATH`` data name; None for any other name."""
+    return name[len(FILE):] if name.startswith(FILE) else None
+
+
 TOKEN_CACHE_VERSION = 1
 
 
@@ -100,8 +105,8 @@ def _token_cache(tokenizer, corpora: tuple[str, ...], every: int, max_texts: int
     parts = [f"v{TOKEN_CACHE_VERSION}", hashlib.sha1(rules.encode()).hexdigest(), f"every={every}",
              f"max_texts={max_texts}"]
     for name in corpora:
-        files = (_text_files(Path(name[len(FILE):]).expanduser()) if name.startswith(FILE)
-                 else [cache_dir() / "corpora" / f"{name}.json"])
+        path = own_text(name)
+        files = _text_files(Path(path).expanduser()) if path else [cache_dir() / "corpora" / f"{name}.json"]
         if not all(f.is_file() for f in files):
             return None
         parts += [name] + [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
@@ -177,11 +182,14 @@ def _tokenize(tokenizer, corpora: tuple[str, ...], *, every: int, max_texts: int
 
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     train, val = array("i"), array("i")  # 4 bytes a token (a list of ints would take 9x that at 100M tokens)
+    def enough() -> bool:
+        return held_out_tokens is not None and len(val) >= held_out_tokens
+
     for name in corpora:
-        texts = (islice(iter_text_file(name[len(FILE):]), max_texts) if name.startswith(FILE)
-                 else iter(load_corpus(name, n=max_texts)))
+        path = own_text(name)
+        texts = islice(iter_text_file(path), max_texts) if path else iter(load_corpus(name, n=max_texts))
         start = 0
-        while chunk := list(islice(texts, 10_000)):  # bounded memory for the texts and the tokenizer's output
+        while not enough() and (chunk := list(islice(texts, 10_000))):  # bounded memory for texts and token ids
             held = [i % every == every - 1 for i in range(start, start + len(chunk))]
             start += len(chunk)
             if held_out_tokens is not None:  # the held-out texts alone
@@ -190,15 +198,13 @@ def _tokenize(tokenizer, corpora: tuple[str, ...], *, every: int, max_texts: int
                 out = val if h else train
                 out.extend(ids)
                 out.append(sep)
-            if held_out_tokens is not None and len(val) >= held_out_tokens:
-                break
-        if held_out_tokens is not None and len(val) >= held_out_tokens:
+        if enough():
             break
         if start < every:
             raise ValueError(f"{name}: {start} texts; every {every}th is held out, so at least {every} are needed")
     return TokenData("+".join(corpora), _tensor(train), _tensor(val),
                      f"{' and '.join(corpora)} (mi_massive.corpus), <|endoftext|> between texts, every {every}th "
-                     "text held out", "; ".join(YOUR_LICENCE.format(path=c[len(FILE):]) if c.startswith(FILE)
+                     "text held out", "; ".join(YOUR_LICENCE.format(path=own_text(c)) if own_text(c)
                                                 else LICENCES[c] for c in corpora))
 
 

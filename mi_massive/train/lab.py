@@ -72,10 +72,10 @@ class LabSpec:
         if self.vocab_size is not None and self.data not in _data.SYNTHETIC:
             raise ValueError("vocab_size below the tokenizer's is only for the synthetic tasks (text uses every id)")
         modeling.check_arch(self.arch)
-        if self.data.startswith(_data.FILE):
+        if _data.own_text(self.data):
             from ..corpus import iter_text_file
 
-            iter_text_file(self.data[len(_data.FILE):])  # checks that the file or folder holds text files
+            iter_text_file(_data.own_text(self.data))  # checks that the file or folder holds text files
         elif self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}, or "
                              f"'{_data.FILE}PATH' for text of your own")
@@ -89,7 +89,7 @@ def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> 
         n = spec.steps * spec.batch_size * (spec.n_ctx + 1)
         make = _data.copy_tokens if spec.data == "copy" else _data.backcopy_tokens
         return make(n_train=1 << 16 if held_out_only else max(1 << 20, min(1 << 26, n)), seed=spec.seed)
-    corpora = (spec.data,) if spec.data.startswith(_data.FILE) else tuple(spec.data.split("+"))  # a path may hold +
+    corpora = (spec.data,) if _data.own_text(spec.data) else tuple(spec.data.split("+"))  # a path may hold a +
     need = max(spec.val_windows, spec.eval_windows) * (spec.n_ctx + 1) if held_out_only else None
     return _data.corpus_tokens(tokenizer, corpora, held_out_tokens=need)
 
