@@ -41,10 +41,14 @@ def launch_jobs(jobs: dict[str, list[str]], out: Path) -> float:
         procs.append((name, folder, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
                       log))
     seen: dict[str, float] = {}
+
+    def written(folder: Path) -> bool:  # records of this launch (a resumed job's folder holds the last call's too)
+        return any(f.stat().st_mtime >= t0 for f in folder.glob("run_*.json"))
+
     while any(p.poll() is None for _, _, p, _ in procs):  # a process whose records are written is done: inductor's
         time.sleep(2)  # compile-worker shutdown at exit once held two of them for minutes
         for name, folder, p, _ in procs:
-            if p.poll() is None and any(folder.glob("run_*.json")):
+            if p.poll() is None and written(folder):
                 seen.setdefault(name, time.time())
                 if time.time() - seen[name] > 30:
                     p.terminate()
@@ -52,7 +56,7 @@ def launch_jobs(jobs: dict[str, list[str]], out: Path) -> float:
         p.wait()
         log.close()
         print(f"{name}: exit {p.returncode}", flush=True)
-        if p.returncode and not any(folder.glob("run_*.json")):
+        if p.returncode and not written(folder):
             print((out / f"{name}.log").read_text()[-3000:], flush=True)
     return time.time() - t0
 

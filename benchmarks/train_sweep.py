@@ -25,6 +25,7 @@ from train_h200 import analyse_run, launch_jobs  # noqa: E402
 
 BASE = ["--d-model", "256", "--n-layers", "8", "--n-heads", "8", "--warmup", "200", "--steps", "400000"]
 TEXT = "wiki-en+lee-news+linux-doc"
+SUBSETS = ".runs/data"  # where benchmarks/text_subsets.py --out puts its files (relative to the repository root)
 # name: (arm, its arguments); every job shares BASE, the seed and the scan settings
 JOBS: dict[str, tuple[str, list[str]]] = {
     "gpt2_text": ("default", ["--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "6e-4"]),
@@ -66,6 +67,11 @@ JOBS: dict[str, tuple[str, list[str]]] = {
     **{f"gpt2_text_d512_lr2e-3_l24_wd0{'_' + arm if arm != 'default' else ''}": (arm, [
         "--arch", "gpt2", "--data", TEXT, "--n-ctx", "256", "--batch-size", "32", "--lr", "2e-3", "--d-model", "512",
         "--n-layers", "24", "--weight-decay", "0"]) for arm in ("default", "sink_token")},
+    # session 14: is fresh text the missing condition? The closest condition on 1/k of the offline mix's training
+    # text, with the same held-out text (benchmarks/text_subsets.py writes the files; k = 1 is the mix itself)
+    **{f"gpt2_text_d512_lr2e-3_1of{k}": ("default", ["--arch", "gpt2", "--data", f"file:{SUBSETS}/mix_1of{k}.jsonl.gz",
+                                                     "--n-ctx", "256", "--batch-size", "32", "--lr", "2e-3",
+                                                     "--d-model", "512"]) for k in (1, 2, 4, 8, 16)},
 }
 
 

@@ -543,6 +543,8 @@ def _train_data(value: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise BadArgument("--resume keeps the training state in --out: give --out")
     if args.eval_every > args.steps:
         raise BadArgument(f"--eval-every {args.eval_every} is more than --steps {args.steps}")
     if args.d_model % args.n_heads:
@@ -556,7 +558,7 @@ def _train(args: argparse.Namespace) -> int:
                    vocab_size=TRAIN_SYNTHETIC_VOCAB if args.data in TRAIN_SYNTHETIC else None)
     run = train(tuple(args.arms), spec, out_dir=args.out, device=args.device,
                 compile=args.compile_mode or args.compile, amp=args.amp,
-                max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, resume=args.resume)
     print(run)
     cols = ["arm", "step", "val_loss", "max_ratio_pos0", "max_ratio_other", "n_hits", "fixed_pos_layers",
             "fixed_pos", "first_token_mass", "bias_mass", "tokens_per_s", "mfu"]
@@ -592,6 +594,9 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--out", default=None, help="folder for one checkpoint per arm and the run's JSON (default: none)")
     p.add_argument("--max-minutes", type=_non_negative_float, default=None,
                    help="wall-clock budget per arm: stop at the first scan after it (default: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep each arm's training state in --out at every scan and go on from one found there "
+                        "(the same arguments give the same run, stopped or not)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (default: on CUDA only)")

@@ -168,6 +168,7 @@ def test_cli_knows_the_arms_and_data():
     assert cli.TRAIN_SYNTHETIC == data.SYNTHETIC and cli.TRAIN_SYNTHETIC_VOCAB == data.SYNTHETIC_VOCAB
     assert cli.TRAIN_ARCHS == modeling.ARCHS
     assert cli.main(["train", "--steps", "5", "--eval-every", "9"]) == 2  # checked before anything loads
+    assert cli.main(["train", "--resume"]) == 2  # the state needs a folder
 
 
 def test_train_help_imports_no_torch():
@@ -381,3 +382,52 @@ def test_token_streams_are_cached_and_a_changed_source_is_tokenized_again(tmp_pa
     changed = data.corpus_tokens(tokenizer, (f"file:{corpus}",))
     assert len(changed.train) > len(first.train)
     assert data._token_cache(tokenizer, (f"file:{corpus}",), 20, None) != folder
+
+
+def test_a_killed_arm_resumes_where_its_last_scan_left_it(tmp_path, monkeypatch):
+    """resume=True: an arm killed after its scan at step 2 goes on from there, and ends with the records and weights
+    of an arm that was never stopped; a finished arm is not retrained, and another spec is refused."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from mi_massive.train import data as train_data
+    from mi_massive.train.lab import STATE_FILE, TrainState
+
+    spec = dataclasses.replace(SPEC, steps=6, eval_every=2)
+    kw = dict(device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = train(("default",), spec, out_dir=tmp_path / "whole", **kw)
+        windows = train_data.Batches.windows
+
+        def killed(self, step):
+            if step == 3:
+                raise KeyboardInterrupt("the machine was taken back")
+            return windows(self, step)
+
+        monkeypatch.setattr(train_data.Batches, "windows", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(("default",), spec, out_dir=tmp_path / "cut", resume=True, **kw)
+        state = TrainState.load(tmp_path / "cut" / "default" / STATE_FILE)
+        assert state.step == 2 and state.optimizer is not None and len(state.rows) == 2 * spec.n_layers
+        monkeypatch.setattr(train_data.Batches, "windows", windows)
+        resumed = train(("default",), spec, out_dir=tmp_path / "cut", resume=True, **kw)
+    assert int(resumed.arm_info.resumed_at.iloc[0]) == 2 and int(whole.arm_info.resumed_at.iloc[0]) == 0
+    cols = ["step", "layer", "val_loss", "train_loss", "ratio_pos0", "ratio_other", "n_hits"]
+    a, b = whole.curves[cols], resumed.curves[cols]
+    assert a.step.tolist() == b.step.tolist() == sorted(a.step.tolist()) and set(a.step) == {0, 2, 4, 6}
+    assert a.equals(b), (a.compare(b) if a.shape == b.shape else (a.shape, b.shape))
+    w1 = load_file(str(tmp_path / "whole" / "default" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "cut" / "default" / "model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    final = TrainState.load(tmp_path / "cut" / "default" / STATE_FILE)
+    assert final.step == spec.steps and final.optimizer is None  # a finished arm keeps no optimizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = train(("default",), spec, out_dir=tmp_path / "cut", resume=True, **kw)  # nothing left to train
+        assert again.curves[cols].equals(b) and int(again.arm_info.resumed_at.iloc[0]) == spec.steps
+        with pytest.raises(ValueError, match="another spec .*lr: 0.003 there, 0.001 here"):
+            train(("default",), dataclasses.replace(spec, lr=1e-3), out_dir=tmp_path / "cut", resume=True, **kw)
+        with pytest.raises(ValueError, match="needs an out_dir"):
+            train(("default",), spec, resume=True, **kw)

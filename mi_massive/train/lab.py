@@ -6,6 +6,11 @@
 
 Each arm ends as a checkpoint folder that `load_model` opens (default and sink_token are plain Llama or GPT-2
 checkpoints; the attention variants are `MiMassiveLabForCausalLM` or `MiMassiveLabGPT2LMHeadModel`, see `modeling`).
+
+With ``resume=True`` every scan also writes the arm's `TrainState` (weights, optimizer, records) into its folder, and a
+later call with the same spec goes on from the last one: the data order is a function of the step, so a resumed arm
+sees the same batches and gives the same records as one that was never stopped (long runs on machines that are taken
+back, or on wall-clock limits: see ``max_seconds``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._results import Result
 from . import data as _data
 from . import modeling
 
@@ -29,6 +35,7 @@ DATA = ("wiki-en+lee-news", "wiki-en", "lee-news", "linux-doc", "wiki-en+lee-new
 H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H100/H200 SXM (NVIDIA datasheet, without sparsity)
 MAX_EPOCHS = 5.0  # more passes over a text corpus than this and the lab warns: its H200 text runs overfit from there
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+STATE_FILE = "train_state.safetensors"  # in an arm's folder, with resume=True
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,40 @@ class LabSpec:
         elif self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}: use {', '.join(map(repr, DATA))}, or "
                              f"'{_data.FILE}PATH' for text of your own")
+
+
+@dataclass(frozen=True, repr=False)
+class TrainState(Result):
+    """Where an arm's training stood after a scan: its weights, its optimizer (None once the arm has finished), the
+    records so far and the time spent; written with ``resume=True`` and read back by the next such call."""
+
+    arm: str
+    spec: LabSpec
+    data: dict  # TokenData.info() of the stream it trained on
+    step: int  # the scan just made: training goes on with this step
+    model: dict
+    optimizer: dict | None
+    rows: list
+    train_s: float
+    warmup_s: float
+    timed_steps: int  # steps inside train_s (the first ones after each start are compilation and warm-up)
+
+    def sentence(self) -> str:
+        return f"training state of the {self.arm} arm at step {self.step} of {self.spec.steps}"
+
+    def check(self, arm: str, spec: LabSpec, data: dict, path: Path) -> None:
+        """ValueError unless this state is of `arm` under `spec` on the same data: anything else would not go on
+        with the same run."""
+        if self.arm != arm:
+            raise ValueError(f"{path} holds the {self.arm} arm's state, not the {arm} arm's")
+        if self.spec != spec:
+            diff = [f"{k}: {getattr(self.spec, k)!r} there, {getattr(spec, k)!r} here"
+                    for k in (f.name for f in dataclasses.fields(spec)) if getattr(self.spec, k) != getattr(spec, k)]
+            raise ValueError(f"{path} was written under another spec ({'; '.join(diff)}): resume with the same spec, "
+                             "or start afresh in another folder")
+        if self.data != data:
+            raise ValueError(f"{path} was trained on other token data ({self.data}, here {data}): its batches would "
+                             "differ; start afresh in another folder")
 
 
 def load_data(spec: LabSpec, tokenizer: Any, *, held_out_only: bool = False) -> _data.TokenData:
@@ -179,11 +220,12 @@ def warn_repeats(spec: LabSpec, token_data: _data.TokenData) -> float:
 
 def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer: Any, out_dir: str | Path | None,
               device: str | torch.device | None = None, compile: bool | str | None = None, amp: bool | None = None,
-              progress: bool | None = None, max_seconds: float | None = None) -> dict:
+              progress: bool | None = None, max_seconds: float | None = None, resume: bool = False) -> dict:
     """Train one arm; returns its records (eval rows, throughput, checkpoint path).
 
     `max_seconds`: a wall-clock budget; when it is spent the arm stops at its next scan (recorded as
     ``stopped_at``), so that a shared GPU's budget ends with records and a checkpoint rather than a kill.
+    `resume`: write a `TrainState` into ``out_dir/arm`` at every scan, and start from the one found there.
     """
     from tqdm.auto import tqdm
 
@@ -198,9 +240,21 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     torch.manual_seed(spec.seed)
     model = modeling.build_model(config).to(device)
     model.train()
+    opt = _optimizer(model, spec, device)
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs an out_dir to keep the training state in")
+    state_path = Path(out_dir) / arm / STATE_FILE if resume else None
+    start, rows, train_time, first_steps_time, timed_steps = 0, [], 0.0, None, 0
+    if state_path is not None and state_path.exists():
+        state = TrainState.load(state_path)
+        state.check(arm, spec, token_data.info(), state_path)
+        model.load_state_dict(state.model)
+        if state.optimizer is not None:
+            opt.load_state_dict(state.optimizer)
+        start, rows, train_time, first_steps_time = state.step, list(state.rows), state.train_s, state.warmup_s
+        timed_steps = state.timed_steps
     step_fn = (torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile
                else model)  # a mode string: torch.compile's (reduce-overhead replays CUDA graphs)
-    opt = _optimizer(model, spec, device)
     batches = _batches(spec, token_data)
     vx, vy = _data.held_out(token_data.val, n=spec.val_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
     sx, _ = _data.held_out(token_data.val, n=spec.eval_windows, n_ctx=spec.n_ctx, sink_id=sink_id)
@@ -208,12 +262,11 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     scanner = _Scanner(config, tokenizer, device)
     flops = _flops_per_token(model, spec)
 
-    rows: list[dict] = []
     train_losses: list[float] = []
     pending: list[torch.Tensor] = []  # losses still on the device: read once per scan, not once per step
-    train_time, first_steps_time = 0.0, None
     eval_steps = sorted({0, spec.steps, *range(spec.eval_every, spec.steps, spec.eval_every)})
-    bar = tqdm(total=spec.steps, desc=f"train {arm}", disable=not (progress if progress is not None else not cuda))
+    bar = tqdm(total=spec.steps, initial=start, desc=f"train {arm}",
+               disable=not (progress if progress is not None else not cuda))
     started, stopped_at = time.perf_counter(), None
     segment: float | None = None  # start of the timed stretch of steps since the last scan
 
@@ -239,26 +292,36 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
             rows.append({"arm": arm, "step": step, "tokens": step * spec.batch_size * spec.n_ctx, "val_loss": loss,
                          "train_loss": sum(recent) / len(recent) if recent else float("nan"), **r})
 
-    for step in range(spec.steps + 1):
-        if step in eval_steps:
+    def save_state(step: int) -> None:
+        TrainState(arm, spec, token_data.info(), step, model.state_dict(),
+                   opt.state_dict() if step < spec.steps else None, rows, train_time, first_steps_time or 0.0,
+                   timed_steps).save(state_path)
+
+    for step in range(start, spec.steps + 1):
+        if step in eval_steps and (step > start or not rows):  # a resumed arm has its scan at `start` already
             settle()
             evaluate(step)
             if cuda and bar.disable:  # no bar on CUDA: one line per scan for the log (silent when asked on the CPU)
                 print(f"[{arm}] step {step}: val loss {rows[-1]['val_loss']:.4f}, max top-1/median "
                       f"{max(r['ratio_pos0'] for r in rows[-spec.n_layers:]):.1f} at pos 0, "
                       f"{sum(r['n_hits'] for r in rows[-spec.n_layers:])} hits", flush=True)
+            if state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                save_state(step)
             if max_seconds is not None and step < spec.steps and time.perf_counter() - started > max_seconds:
                 stopped_at = step
                 break
         if step == spec.steps:
             break
-        warm = step < 10  # compilation and warm-up, timed step by step and kept out of the throughput
+        warm = step < start + 10  # compilation and warm-up, timed step by step and kept out of the throughput
         if warm:
             sync()
             t0 = time.perf_counter()
-        elif segment is None:
-            sync()
-            segment = time.perf_counter()
+        else:
+            timed_steps += 1
+            if segment is None:
+                sync()
+                segment = time.perf_counter()
         x, y = _data.inputs_targets(batches.windows(step), sink_id)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for g in opt.param_groups:
@@ -280,14 +343,14 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     bar.close()
 
     done = spec.steps if stopped_at is None else stopped_at
-    timed_tokens = max(0, done - 10) * spec.batch_size * spec.n_ctx
+    timed_tokens = timed_steps * spec.batch_size * spec.n_ctx
     tok_s = timed_tokens / train_time if train_time else float("nan")
     record = {
         "arm": arm, "rows": rows, "n_params": sum(p.numel() for p in model.parameters()),
         "flops_per_token": flops, "tokens_per_s": tok_s,
         "mfu": tok_s * flops / H200_BF16_PEAK if cuda else float("nan"),
         "warmup_s": first_steps_time or 0.0, "train_s": train_time, "epochs": batches.epochs(done),
-        "stopped_at": -1 if stopped_at is None else stopped_at,
+        "stopped_at": -1 if stopped_at is None else stopped_at, "resumed_at": start,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "amp": amp, "compile": compile,
         "checkpoint": None,
     }
@@ -311,12 +374,14 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path, *, arm: 
 def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bias", "softmax1", "gated"),
           spec: LabSpec | None = None, *, out_dir: str | Path | None = None, device: str | None = None,
           compile: bool | str | None = None, amp: bool | None = None, progress: bool | None = None,
-          max_seconds: float | None = None):
+          max_seconds: float | None = None, resume: bool = False):
     """Train every arm in turn on the same data order and schedule; returns a `TrainingRun`.
 
     `arms` from `modeling.VARIANTS`; `out_dir` receives one checkpoint folder per arm (None: no checkpoints);
     `compile` and `amp` (bf16 autocast) default to on for CUDA and off on the CPU, where a progress bar shows;
-    `compile` may also name a torch.compile mode (`COMPILE_MODES`).
+    `compile` may also name a torch.compile mode (`COMPILE_MODES`). `max_seconds` is each arm's wall-clock budget
+    (it stops at its next scan); with `resume`, every scan writes the arm's `TrainState` into its folder under
+    `out_dir`, and the next call with the same spec goes on from there (an arm that had finished is not retrained).
     """
     from .result import TrainingRun
 
@@ -336,5 +401,6 @@ def train(arms: tuple[str, ...] | list[str] = ("default", "sink_token", "attn_bi
     token_data = load_data(spec, tokenizer)
     warn_repeats(spec, token_data)
     records = [train_arm(a, spec, token_data=token_data, tokenizer=tokenizer, out_dir=out_dir, device=device,
-                         compile=compile, amp=amp, progress=progress, max_seconds=max_seconds) for a in arms]
+                         compile=compile, amp=amp, progress=progress, max_seconds=max_seconds, resume=resume)
+               for a in arms]
     return TrainingRun.from_records(records, spec=spec, data=token_data.info())
