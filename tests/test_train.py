@@ -392,7 +392,8 @@ def test_a_killed_arm_resumes_where_its_last_scan_left_it(tmp_path, monkeypatch)
     from safetensors.torch import load_file
 
     from mi_massive.train import data as train_data
-    from mi_massive.train.lab import STATE_FILE, TrainState
+    from mi_massive.train import TrainState
+    from mi_massive.train.lab import STATE_FILE
 
     spec = dataclasses.replace(SPEC, steps=6, eval_every=2)
     kw = dict(device="cpu", progress=False)
@@ -411,6 +412,8 @@ def test_a_killed_arm_resumes_where_its_last_scan_left_it(tmp_path, monkeypatch)
             train(("default",), spec, out_dir=tmp_path / "cut", resume=True, **kw)
         state = TrainState.load(tmp_path / "cut" / "default" / STATE_FILE)
         assert state.step == 2 and state.optimizer is not None and len(state.rows) == 2 * spec.n_layers
+        assert state.to_dataframe().step.tolist() == [0] * spec.n_layers + [2] * spec.n_layers
+        assert repr(state) == "<TrainState: training state of the default arm at step 2 of 6>"
         monkeypatch.setattr(train_data.Batches, "windows", windows)
         resumed = train(("default",), spec, out_dir=tmp_path / "cut", resume=True, **kw)
     assert int(resumed.arm_info.resumed_at.iloc[0]) == 2 and int(whole.arm_info.resumed_at.iloc[0]) == 0

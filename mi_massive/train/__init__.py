@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["train", "TrainingRun", "LabSpec", "VARIANTS"]
+__all__ = ["train", "TrainingRun", "LabSpec", "TrainState", "VARIANTS"]
 
-_LAZY = {"train": "lab", "LabSpec": "lab", "TrainingRun": "result", "VARIANTS": "modeling"}
+_LAZY = {"train": "lab", "LabSpec": "lab", "TrainState": "lab", "TrainingRun": "result", "VARIANTS": "modeling"}
 
 
 def __getattr__(name: str) -> Any:

@@ -107,6 +107,12 @@ class TrainState(Result):
     def sentence(self) -> str:
         return f"training state of the {self.arm} arm at step {self.step} of {self.spec.steps}"
 
+    def to_dataframe(self):
+        """The records so far: one row per scan and layer, as in `TrainingRun.curves`."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
     def check(self, arm: str, spec: LabSpec, data: dict, path: Path) -> None:
         """ValueError unless this state is of `arm` under `spec` on the same data: anything else would not go on
         with the same run."""
