@@ -424,6 +424,7 @@ def test_a_killed_arm_resumes_where_its_last_scan_left_it(tmp_path, monkeypatch)
     w1 = load_file(str(tmp_path / "whole" / "default" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "cut" / "default" / "model.safetensors"))
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not list((tmp_path / "cut").rglob("*.tmp"))  # each state was written aside, then moved into place
     final = TrainState.load(tmp_path / "cut" / "default" / STATE_FILE)
     assert final.step == spec.steps and final.optimizer is None  # a finished arm keeps no optimizer
     with warnings.catch_warnings():

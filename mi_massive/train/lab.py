@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,10 +299,12 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
             rows.append({"arm": arm, "step": step, "tokens": step * spec.batch_size * spec.n_ctx, "val_loss": loss,
                          "train_loss": sum(recent) / len(recent) if recent else float("nan"), **r})
 
-    def save_state(step: int) -> None:
+    def save_state(step: int) -> None:  # whole or not at all: a kill while writing leaves the last state in place
+        tmp = state_path.with_name(f"{state_path.name}.tmp")
         TrainState(arm, spec, token_data.info(), step, model.state_dict(),
                    opt.state_dict() if step < spec.steps else None, rows, train_time, first_steps_time or 0.0,
-                   timed_steps).save(state_path)
+                   timed_steps).save(tmp)
+        os.replace(tmp, state_path)
 
     for step in range(start, spec.steps + 1):
         if step in eval_steps and (step > start or not rows):  # a resumed arm has its scan at `start` already
