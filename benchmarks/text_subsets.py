@@ -16,27 +16,28 @@ import gzip
 import json
 from pathlib import Path
 
+from mi_massive.train.data import is_held_out
+
 CORPORA = ("wiki-en", "lee-news", "linux-doc")
-EVERY = 20  # train.data.corpus_tokens' default: every 20th text of a corpus is held out
 
 
-def split(corpora: tuple[str, ...] = CORPORA, every: int = EVERY) -> tuple[list[str], list[str]]:
+def split(corpora: tuple[str, ...] = CORPORA) -> tuple[list[str], list[str]]:
     """(training texts, held-out texts) of the mix, in the order `corpus_tokens` reads them."""
     from mi_massive.corpus import load_corpus
 
     train, held = [], []
     for name in corpora:
         for i, text in enumerate(load_corpus(name)):
-            (held if i % every == every - 1 else train).append(text)
+            (held if is_held_out(i) else train).append(text)
     return train, held
 
 
-def interleave(train: list[str], held: list[str], every: int = EVERY) -> list[str]:
-    """Texts in file order: `held` at the places the lab holds out (every `every`-th), `train` elsewhere, until the
-    training texts run out."""
+def interleave(train: list[str], held: list[str]) -> list[str]:
+    """Texts in file order: `held` at the places the lab holds out, `train` elsewhere, until the training texts run
+    out."""
     out, t, h = [], iter(train), iter(held)
     for i in range(len(train) + len(held)):
-        nxt = next(h, None) if i % every == every - 1 else next(t, None)
+        nxt = next(h, None) if is_held_out(i) else next(t, None)
         if nxt is None:
             break
         out.append(nxt)

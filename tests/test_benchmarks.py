@@ -131,3 +131,31 @@ def test_train_sweep_trains_a_job_and_analyses_its_checkpoint(scripts, monkeypat
     assert analyses["bridge_attention"] == "JointQKVAttentionBridge"  # GPT-2 blocks, opened by load_model
     assert analyses["find_massive_activations"].startswith("<MassiveActivations") and "AttentionSinks" in \
         analyses["attention_sinks"]
+
+
+def test_text_subsets_keep_the_lab_held_out_text(scripts, tmp_path):
+    """benchmarks/text_subsets.py: a file of 1/k of the training texts, read by the lab (`file:PATH`), holds out
+    exactly the mix's held-out texts, first ones first; for k = 1 its training stream is the mix's own."""
+    import gzip
+
+    from mi_massive.train import data
+
+    ts = scripts("text_subsets")
+    texts = [f"text number {i} of a small corpus." for i in range(95)]
+    train = [t for i, t in enumerate(texts) if not data.is_held_out(i)]
+    held = [t for i, t in enumerate(texts) if data.is_held_out(i)]
+    tok = data.tokenizer_of()
+    sep = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    def stream(ts_: list[str]) -> list[int]:
+        return [i for t in ts_ for i in [*tok(t, add_special_tokens=False)["input_ids"], sep]]
+
+    for k in (1, 4):
+        path = tmp_path / f"mix_1of{k}.jsonl.gz"
+        with gzip.open(path, "wt") as fh:
+            fh.writelines(json.dumps({"text": t}) + "\n" for t in ts.interleave(train[::k], held))
+        got = data.corpus_tokens(tok, (f"file:{path}",), cache=False)
+        assert got.train.tolist() == stream(train[::k])
+        n_held = len(ts.interleave(train[::k], held)) - len(train[::k])
+        assert n_held == (len(train[::k]) + n_held) // data.HELD_OUT_EVERY and got.val.tolist() == stream(held[:n_held])
+    assert n_held < len(held)  # the smaller file holds out fewer texts: the first ones

@@ -138,7 +138,15 @@ def _write_cache(folder: Path, data: TokenData) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = 20,
+HELD_OUT_EVERY = 20  # every 20th text of a corpus is held out
+
+
+def is_held_out(i: int, every: int = HELD_OUT_EVERY) -> bool:
+    """Whether a corpus's `i`-th text (from 0) is held out: every `every`-th, the last of each run of `every`."""
+    return i % every == every - 1
+
+
+def corpus_tokens(tokenizer, corpora: tuple[str, ...] = ("wiki-en", "lee-news"), *, every: int = HELD_OUT_EVERY,
                   max_texts: int | None = None, held_out_tokens: int | None = None, cache: bool = True) -> TokenData:
     """English text as token streams: texts joined by <|endoftext|>; every `every`-th text held out. A corpus is a
     name `mi_massive.corpus.load_corpus` knows or ``file:PATH``, text of your own, read as it is tokenized.
@@ -190,7 +198,7 @@ def _tokenize(tokenizer, corpora: tuple[str, ...], *, every: int, max_texts: int
         texts = islice(iter_text_file(path), max_texts) if path else iter(load_corpus(name, n=max_texts))
         start = 0
         while not enough() and (chunk := list(islice(texts, 10_000))):  # bounded memory for texts and token ids
-            held = [i % every == every - 1 for i in range(start, start + len(chunk))]
+            held = [is_held_out(i, every) for i in range(start, start + len(chunk))]
             start += len(chunk)
             if held_out_tokens is not None:  # the held-out texts alone
                 chunk, held = [t for t, h in zip(chunk, held) if h], [True] * sum(held)

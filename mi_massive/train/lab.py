@@ -238,6 +238,8 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
 
     from .probe import probe
 
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs an out_dir to keep the training state in")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     amp = cuda if amp is None else amp  # bf16 autocast pays on the GPU; on the CPU it is slower
@@ -248,8 +250,6 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
     model = modeling.build_model(config).to(device)
     model.train()
     opt = _optimizer(model, spec, device)
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs an out_dir to keep the training state in")
     state_path = Path(out_dir) / arm / STATE_FILE if resume else None
     start, rows, train_time, first_steps_time, timed_steps = 0, [], 0.0, None, 0
     if state_path is not None and state_path.exists():
@@ -301,6 +301,7 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
 
     def save_state(step: int) -> None:  # whole or not at all: a kill while writing leaves the last state in place
         tmp = state_path.with_name(f"{state_path.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         TrainState(arm, spec, token_data.info(), step, model.state_dict(),
                    opt.state_dict() if step < spec.steps else None, rows, train_time, first_steps_time or 0.0,
                    timed_steps).save(tmp)
@@ -315,7 +316,6 @@ def train_arm(arm: str, spec: LabSpec, *, token_data: _data.TokenData, tokenizer
                       f"{max(r['ratio_pos0'] for r in rows[-spec.n_layers:]):.1f} at pos 0, "
                       f"{sum(r['n_hits'] for r in rows[-spec.n_layers:])} hits", flush=True)
             if state_path is not None:
-                state_path.parent.mkdir(parents=True, exist_ok=True)
                 save_state(step)
             if max_seconds is not None and step < spec.steps and time.perf_counter() - started > max_seconds:
                 stopped_at = step
