@@ -462,7 +462,7 @@ for (rep, k), (row, scans, _) in jobs14.items():
 fig.add_hline(y=1000, line_dash="dot", annotation_text="rule: 1000")
 fig.update_layout(xaxis_title="step (32 x 256 tokens each)", yaxis_title="top-1 |x| / median at position 0 "
                   "(max over blocks)", yaxis_type="log", template="plotly_white", height=480,
-                  title="Less text, the same ratio: fresh text does not move it in this range")
+                  title="The closest condition on 1/k of the offline text, two replicates")
 fig.show()
 
 
@@ -488,8 +488,12 @@ by_k = table14.groupby("fraction", sort=False)
 r45, att = by_k["ratio at pos 0, step 4500"], by_k["first-token attention, step 4500"]
 r15 = by_k["ratio at pos 0, step 1500"].mean()
 spread = table14[table14.fraction == "1/1"]["ratio at pos 0, step 4500"]
-ranks = table14[["training tokens (M)", "ratio at pos 0, step 4500", "first-token attention, step 4500"]].rank()
+ranks = table14[["training tokens (M)", "ratio at pos 0, step 4500", "first-token attention, step 4500",
+                 "ratio at pos 0, step 1500"]].rank()
 rho = ranks.corr().iloc[0]  # Spearman's rank correlation with the amount of text, over the ten runs
+smallest = [scans for (rep, k), (_, scans, _) in jobs14.items() if k == max(fractions)]
+never_below = all(sc.val_loss.iloc[1:].min() > sc.val_loss.iloc[0] for sc in smallest)  # scans after step 0
+tokens_m, epochs = table14["training tokens (M)"], table14["epochs at step 4500"]
 rep_sums = table14.groupby("replicate").apply(lambda g: (g["tokens/s"].sum(), (g["tokens/s"] * g["FLOPs/token"]).sum()
                                                           / 989.4e12), include_groups=False)
 display(Markdown("\n".join([
@@ -498,17 +502,24 @@ display(Markdown("\n".join([
     + "; ".join(f"{k} of the text {lo:.0f}-{hi:.0f}" for k, lo, hi in zip(r45.min().index, r45.min(), r45.max()))
     + f". Rank correlation with the amount of text over the ten runs: {rho.iloc[1]:+.2f}; the two runs of the full "
     f"text alone differ by {spread.max() / spread.min() - 1:.0%}.",
-    "- Early on, less text rises faster (step 1500, mean of the replicates: "
-    + ", ".join(f"{k} {v:.0f}" for k, v in r15.items()) + "): these ratios grow while the text is memorised.",
-    "- Attention on the first token at step 4500 does grow with the text: "
+    "- Early on (step 1500, mean of the replicates: " + ", ".join(f"{k} {v:.0f}" for k, v in r15.items())
+    + f"; rank correlation with the amount of text {rho.iloc[3]:+.2f}) the ratio "
+    + ("rises faster with less text: it grows while the text is memorised." if rho.iloc[3] < 0
+       else "does not rise faster with less text."),
+    f"- Attention on the first token at step 4500 {'grows' if rho.iloc[2] > 0.5 else 'does not grow clearly'} with "
+    "the text: "
     + ", ".join(f"{k} {lo:.1%}-{hi:.1%}" for k, lo, hi in zip(att.min().index, att.min(), att.max()))
     + f" (uniform over 256 keys: 2.0%; rank correlation with the amount of text {rho.iloc[2]:+.2f}), as Gu et al. "
-    "(2024) found for sinks and training data, though far below the sinks of the embedded models.",
-    "- So over these 16x (0.16M-2.6M tokens, 14-226 epochs by step 4500), more distinct text raises the sink a "
-    "little and the ratio not at all. Whether billions of tokens, each seen once (the paper's regime), would make the "
-    "massive activation is what remains untested: neither that much offline text nor that much GPU time is here.",
-    f"- The smallest sets overfit from the first scan: with 1/16 of the text the validation loss never fell below its "
-    f"value at step 0 ({table14[table14.fraction == '1/16']['best val loss'].min():.2f}).",
+    "(2024) found for sinks and training data.",
+    f"- So over these {tokens_m.max() / tokens_m.min():.0f}x ({tokens_m.min():.2f}M-{tokens_m.max():.2f}M tokens, "
+    f"{epochs.min():.0f}-{epochs.max():.0f} epochs by step 4500), more distinct text raises the first-token attention "
+    f"(rank correlation {rho.iloc[2]:+.2f}) and not the ratio ({rho.iloc[1]:+.2f}). Whether billions of tokens, each "
+    "seen once (the paper's regime), would make the massive activation is what remains untested: neither that much "
+    "offline text nor that much GPU time is here.",
+    f"- With 1/{max(fractions)} of the text the validation loss "
+    + ("never fell below its value at step 0" if never_below else "fell below its value at step 0")
+    + f" ({smallest[0].val_loss.iloc[0]:.2f}) in either replicate"
+    + (": the smallest set overfits from the first scan." if never_below else "."),
     "- Throughput, five processes sharing the GPU: " + "; ".join(
         f"replicate {rep}: {tok / 1e3:.0f}k tokens/s, MFU {mfu:.1%}" for rep, (tok, mfu) in rep_sums.items()) + "."])))
 
